@@ -1,0 +1,359 @@
+//! The configuration file (TOML) and its validation. Every error names the field and the reason.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where bulwarkd keeps its API socket and state when no `--run-dir` is given.
+pub const DEFAULT_RUN_DIR: &str = "/run/bulwark";
+
+/// A configuration error: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    /// Path of the offending field, e.g. `ports[1].segment`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Who opens a port's vhost-user socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// QEMU listens (`-chardev socket,server=on`); bulwarkd dials and re-dials.
+    #[default]
+    Client,
+    /// bulwarkd listens; QEMU dials (use QEMU's `reconnect=` to survive bulwarkd restarts).
+    Server,
+}
+
+/// One port, as written in the config file or an API request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Unique name: 1-32 characters from `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Absolute path of the vhost-user socket.
+    pub socket: PathBuf,
+    /// Socket mode (default client).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Logical segment id, 1-65535. Exactly one of `segment` and `vlan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
+    /// Access VLAN, 1-4094 (the same id space as `segment`: `vlan = 10` is segment 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u32>,
+}
+
+impl PortConfig {
+    /// Checks the port on its own; `at` prefixes field names (e.g. `ports[2].`).
+    pub fn validate(&self, at: &str) -> Result<u16, ConfigError> {
+        let f = |name: &str| format!("{at}{name}");
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 32
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(ConfigError::new(
+                f("name"),
+                "must be 1-32 characters from A-Z a-z 0-9 _ . -",
+            ));
+        }
+        if !self.socket.is_absolute() {
+            return Err(ConfigError::new(f("socket"), "must be an absolute path"));
+        }
+        if self.socket.as_os_str().len() > 107 {
+            return Err(ConfigError::new(
+                f("socket"),
+                "is longer than a Unix socket path may be (107 bytes)",
+            ));
+        }
+        match (self.segment, self.vlan) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                f("vlan"),
+                "give either segment or vlan, not both",
+            )),
+            (None, None) => Err(ConfigError::new(
+                f("segment"),
+                "missing: give segment (1-65535) or vlan (1-4094)",
+            )),
+            (Some(s), None) => u16::try_from(s).ok().filter(|&s| s >= 1).ok_or_else(|| {
+                ConfigError::new(f("segment"), format!("{s} is out of range 1-65535"))
+            }),
+            (None, Some(v)) => u16::try_from(v)
+                .ok()
+                .filter(|&v| (1..=4094).contains(&v))
+                .ok_or_else(|| ConfigError::new(f("vlan"), format!("{v} is out of range 1-4094"))),
+        }
+    }
+
+    /// The segment id (after `validate` succeeded).
+    pub fn segment_id(&self) -> u16 {
+        self.segment
+            .or(self.vlan)
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The `[switch]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSection {
+    /// CPU ids for the poll-mode workers (default: the last CPU).
+    pub workers: Option<Vec<usize>>,
+    /// Microseconds an idle worker sleeps between polls after a run of empty ones (default 0:
+    /// pure polling, one core at 100 %).
+    pub idle_sleep_us: Option<u64>,
+    /// MAC aging time in seconds (default 300).
+    pub mac_aging_secs: Option<u32>,
+    /// MAC table slots (default 65536).
+    pub mac_table_size: Option<usize>,
+    /// Largest frame accepted from a guest, bytes without FCS (default 9216).
+    pub max_frame: Option<u32>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Switch-wide settings.
+    #[serde(default)]
+    pub switch: SwitchSection,
+    /// Ports to attach at start.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+impl Config {
+    /// Parses and validates a config file's text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let field = e.span().map(|s| locate(text, s.start)).unwrap_or_default();
+            ConfigError::new(field, msg)
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+            .map_err(|e| ConfigError::new(e.field, format!("{} (in {})", e.reason, path.display())))
+    }
+
+    /// Checks everything that does not need the machine.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cpus = dataplane::online_cpus();
+        if let Some(w) = &self.switch.workers {
+            if w.is_empty() {
+                return Err(ConfigError::new(
+                    "switch.workers",
+                    "must name at least one CPU",
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (i, &c) in w.iter().enumerate() {
+                if c >= cpus {
+                    return Err(ConfigError::new(
+                        format!("switch.workers[{i}]"),
+                        format!("CPU {c} does not exist (this machine has {cpus})"),
+                    ));
+                }
+                if !seen.insert(c) {
+                    return Err(ConfigError::new(
+                        format!("switch.workers[{i}]"),
+                        format!("CPU {c} listed twice"),
+                    ));
+                }
+            }
+        }
+        if self.switch.mac_aging_secs == Some(0) {
+            return Err(ConfigError::new(
+                "switch.mac_aging_secs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(s) = self.switch.mac_table_size {
+            if !(64..=1 << 24).contains(&s) {
+                return Err(ConfigError::new(
+                    "switch.mac_table_size",
+                    "must be between 64 and 16777216",
+                ));
+            }
+        }
+        if let Some(m) = self.switch.max_frame {
+            if !(64..=65535).contains(&m) {
+                return Err(ConfigError::new(
+                    "switch.max_frame",
+                    "must be between 64 and 65535",
+                ));
+            }
+        }
+        check_ports(&self.ports, "ports")
+    }
+
+    /// The data-plane settings this config asks for.
+    pub fn switch_config(&self) -> dataplane::SwitchConfig {
+        let d = dataplane::SwitchConfig::default();
+        let last = dataplane::online_cpus().saturating_sub(1);
+        dataplane::SwitchConfig {
+            workers: self.switch.workers.clone().unwrap_or_else(|| vec![last]),
+            idle_sleep_us: self.switch.idle_sleep_us.unwrap_or(d.idle_sleep_us),
+            mac_aging_secs: self.switch.mac_aging_secs.unwrap_or(d.mac_aging_secs),
+            mac_table_size: self.switch.mac_table_size.unwrap_or(d.mac_table_size),
+            max_frame: self.switch.max_frame.unwrap_or(d.max_frame),
+        }
+    }
+}
+
+/// Validates a list of ports: each on its own, then names and sockets unique.
+pub fn check_ports(ports: &[PortConfig], list: &str) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    let mut socks = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let at = format!("{list}[{i}].");
+        p.validate(&at)?;
+        if !names.insert(&p.name) {
+            return Err(ConfigError::new(
+                format!("{at}name"),
+                format!("port name {:?} is used twice", p.name),
+            ));
+        }
+        if !socks.insert(&p.socket) {
+            return Err(ConfigError::new(
+                format!("{at}socket"),
+                format!("socket {} is used twice", p.socket.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Names the TOML table/key around byte `pos`, as well as a line number, for parse errors.
+fn locate(text: &str, pos: usize) -> String {
+    let upto = &text[..pos.min(text.len())];
+    let line = upto.matches('\n').count() + 1;
+    let mut table = String::new();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for l in upto.lines() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let c = index.entry(name.to_string()).or_insert(0);
+            table = format!("{name}[{c}]");
+            *c += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            table = name.to_string();
+        }
+    }
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let key = text[line_start..]
+        .lines()
+        .next()
+        .and_then(|l| l.split('=').next())
+        .map(str::trim)
+        .unwrap_or("");
+    match (table.is_empty(), key.is_empty() || key.starts_with('[')) {
+        (true, true) => format!("line {line}"),
+        (true, false) => format!("{key} (line {line})"),
+        (false, true) => format!("{table} (line {line})"),
+        (false, false) => format!("{table}.{key} (line {line})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(
+            r#"
+[switch]
+workers = [0]
+idle_sleep_us = 100
+
+[[ports]]
+name = "vm1"
+socket = "/tmp/vm1.sock"
+segment = 10
+
+[[ports]]
+name = "vm2"
+socket = "/tmp/vm2.sock"
+mode = "server"
+vlan = 20
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].mode, Mode::Client);
+        assert_eq!(c.ports[1].mode, Mode::Server);
+        assert_eq!(c.ports[1].segment_id(), 20);
+        assert_eq!(c.switch_config().idle_sleep_us, 100);
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "[[ports]]\nname = \"a\"\nsocket = \"/tmp/a\"\n";
+        let e = err(&format!("{base}segment = 0\n"));
+        assert_eq!(e.field, "ports[0].segment");
+        let e = err(&format!("{base}segment = 70000\n"));
+        assert_eq!(e.field, "ports[0].segment");
+        let e = err(&format!("{base}vlan = 4095\n"));
+        assert_eq!(e.field, "ports[0].vlan");
+        let e = err(&format!("{base}vlan = 3\nsegment = 3\n"));
+        assert_eq!(e.field, "ports[0].vlan");
+        let e = err(base);
+        assert_eq!(e.field, "ports[0].segment");
+        let e = err("[[ports]]\nname = \"a b\"\nsocket = \"/tmp/a\"\nsegment = 1\n");
+        assert_eq!(e.field, "ports[0].name");
+        let e = err("[[ports]]\nname = \"a\"\nsocket = \"rel\"\nsegment = 1\n");
+        assert_eq!(e.field, "ports[0].socket");
+        let e = err(&format!("{base}segment = 1\n{base}segment = 2\n"));
+        assert_eq!(e.field, "ports[1].name");
+        assert!(e.reason.contains("twice"));
+        let e = err(&format!("{base}segment = 1\ncolour = \"red\"\n"));
+        assert!(e.reason.contains("unknown field"), "{e}");
+        assert!(e.field.starts_with("ports[0].colour"), "{e}");
+        let e = err("[switch]\nworkers = [4096]\n");
+        assert_eq!(e.field, "switch.workers[0]");
+        let e = err("[switch]\nmac_aging_secs = \"x\"\n");
+        assert!(e.field.starts_with("switch.mac_aging_secs"), "{e}");
+        let e = err(&format!("{base}mode = \"sideways\"\nsegment = 1\n"));
+        assert!(e.field.starts_with("ports[0].mode"), "{e}");
+    }
+}

@@ -1,0 +1,379 @@
+//! The daemon's port registry: names, ids, sockets, and what is persisted.
+//!
+//! Ports come from the config file and from the API. Ports added through the API are written
+//! to `<run-dir>/ports.json` (atomically: a temporary file, then rename), so a restarted
+//! bulwarkd brings them back; removing one through the API removes it from that file. A port
+//! from the config file that is removed through the API comes back at the next start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
+use serde::Serialize;
+use vhost::{NetDevice, PortConn, SocketMode};
+
+use crate::config::{check_ports, ConfigError, Mode, PortConfig};
+
+/// An API-level error: an HTTP status and a message naming the field when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    /// HTTP status code.
+    #[serde(skip)]
+    pub status: u16,
+    /// The field at fault, or empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl ApiError {
+    /// A 400 for a bad field.
+    pub fn bad(field: impl Into<String>, error: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            field: field.into(),
+            error: error.into(),
+        }
+    }
+    /// A 404.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError {
+            status: 404,
+            field: String::new(),
+            error: what.into(),
+        }
+    }
+    /// A 409 conflict on a field.
+    pub fn conflict(field: impl Into<String>, error: impl Into<String>) -> Self {
+        ApiError {
+            status: 409,
+            field: field.into(),
+            error: error.into(),
+        }
+    }
+    /// A 500.
+    pub fn internal(error: impl Into<String>) -> Self {
+        ApiError {
+            status: 500,
+            field: String::new(),
+            error: error.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        ApiError::bad(e.field, e.reason)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.error)
+        } else {
+            write!(f, "{}: {}", self.field, self.error)
+        }
+    }
+}
+
+struct PortRecord {
+    cfg: PortConfig,
+    id: u16,
+    dev: Arc<NetDevice>,
+    conn: Option<PortConn>,
+    base: PortStats,
+    persisted: bool,
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortInfo {
+    /// Port name.
+    pub name: String,
+    /// Internal port id.
+    pub id: u16,
+    /// vhost-user socket path.
+    pub socket: PathBuf,
+    /// "client" or "server".
+    pub mode: Mode,
+    /// Segment id.
+    pub segment: u16,
+    /// Link state: stopped, connecting, listening, negotiating, running.
+    pub state: &'static str,
+    /// Frontend connections so far.
+    pub connections: u64,
+    /// Negotiated virtio features, hex.
+    pub features: String,
+    /// Added through the API (and persisted) rather than the config file.
+    pub persisted: bool,
+    /// Frames received from the guest.
+    pub rx_packets: u64,
+    /// Bytes received from the guest.
+    pub rx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub tx_packets: u64,
+    /// Bytes delivered to the guest.
+    pub tx_bytes: u64,
+    /// Drops by reason (every reason, zero or not).
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+/// The daemon: the switch plus its ports.
+pub struct Daemon {
+    switch: Arc<Switch>,
+    ports: Mutex<BTreeMap<String, PortRecord>>,
+    state_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("state_file", &self.state_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// A daemon over `switch`; API-added ports persist to `state_file` when given.
+    pub fn new(switch: Arc<Switch>, state_file: Option<PathBuf>) -> Self {
+        Daemon {
+            switch,
+            ports: Mutex::new(BTreeMap::new()),
+            state_file,
+        }
+    }
+
+    /// The switch.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PortRecord>> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ports persisted by an earlier run (empty if none).
+    pub fn load_state(path: &Path) -> Result<Vec<PortConfig>, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let ports: Vec<PortConfig> = serde_json::from_str(&text)
+                    .map_err(|e| ConfigError::new("", format!("{}: {e}", path.display())))?;
+                check_ports(&ports, &path.display().to_string())?;
+                Ok(ports)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+
+    /// Adds a port and starts its socket; `persist` records it in the state file.
+    pub fn add_port(&self, cfg: PortConfig, persist: bool) -> Result<PortInfo, ApiError> {
+        let segment = cfg.validate("")?;
+        let mut ports = self.lock();
+        if ports.contains_key(&cfg.name) {
+            return Err(ApiError::conflict(
+                "name",
+                format!("port {:?} already exists", cfg.name),
+            ));
+        }
+        if let Some(other) = ports.values().find(|p| p.cfg.socket == cfg.socket) {
+            return Err(ApiError::conflict(
+                "socket",
+                format!(
+                    "{} is already used by port {:?}",
+                    cfg.socket.display(),
+                    other.cfg.name
+                ),
+            ));
+        }
+        let used: Vec<u16> = ports.values().map(|p| p.id).collect();
+        let id = (0..MAX_PORTS as u16)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                ApiError::conflict(
+                    "name",
+                    format!("the switch holds at most {MAX_PORTS} ports"),
+                )
+            })?;
+        let dev = Arc::new(NetDevice::default());
+        let mode = match cfg.mode {
+            Mode::Client => SocketMode::Client,
+            Mode::Server => SocketMode::Server,
+        };
+        let conn = PortConn::start(&cfg.name, &cfg.socket, mode, dev.clone()).map_err(|e| {
+            ApiError::bad(
+                "socket",
+                format!("cannot open {}: {e}", cfg.socket.display()),
+            )
+        })?;
+        log::info!(
+            "port {} (id {id}, segment {segment}): {}",
+            cfg.name,
+            vhost::conn::describe(mode, &cfg.socket)
+        );
+        let rec = PortRecord {
+            base: self.switch.port_stats(id),
+            cfg,
+            id,
+            dev,
+            conn: Some(conn),
+            persisted: persist,
+        };
+        let name = rec.cfg.name.clone();
+        ports.insert(name.clone(), rec);
+        self.publish(&ports);
+        if persist {
+            self.save(&ports);
+        }
+        Ok(self.info(&ports[&name]))
+    }
+
+    /// Removes a port: the workers stop using it, then its socket closes and its memory unmaps.
+    pub fn remove_port(&self, name: &str) -> Result<(), ApiError> {
+        let mut ports = self.lock();
+        let Some(mut rec) = ports.remove(name) else {
+            return Err(ApiError::not_found(format!("no port named {name:?}")));
+        };
+        // After publish returns no worker polls or delivers to the port any more.
+        self.publish(&ports);
+        if let Some(c) = rec.conn.take() {
+            c.stop();
+        }
+        let n = self.switch.flush_macs(rec.id);
+        log::info!("port {name} removed ({n} MAC entries flushed)");
+        if rec.persisted {
+            self.save(&ports);
+        }
+        Ok(())
+    }
+
+    /// Removes every port (shutdown).
+    pub fn remove_all(&self) {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        for n in names {
+            let _ = self.remove_port_nosave(&n);
+        }
+    }
+
+    fn remove_port_nosave(&self, name: &str) -> Option<()> {
+        let mut ports = self.lock();
+        let mut rec = ports.remove(name)?;
+        self.publish(&ports);
+        if let Some(c) = rec.conn.take() {
+            c.stop();
+        }
+        Some(())
+    }
+
+    fn publish(&self, ports: &BTreeMap<String, PortRecord>) {
+        let specs: Vec<PortSpec> = ports
+            .values()
+            .map(|p| PortSpec {
+                id: p.id,
+                segment: p.cfg.segment_id(),
+                dev: p.dev.clone(),
+            })
+            .collect();
+        if let Err(e) = self.switch.set_ports(&specs) {
+            // Ids and segments were validated on the way in; this would be a bug.
+            log::error!("port table refused: {e}");
+        }
+    }
+
+    fn save(&self, ports: &BTreeMap<String, PortRecord>) {
+        let Some(path) = &self.state_file else { return };
+        let list: Vec<&PortConfig> = ports
+            .values()
+            .filter(|p| p.persisted)
+            .map(|p| &p.cfg)
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let res = serde_json::to_vec_pretty(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = res {
+            log::error!("cannot save port state to {}: {e}", path.display());
+        }
+    }
+
+    fn info(&self, p: &PortRecord) -> PortInfo {
+        let s = self.switch.port_stats(p.id).since(&p.base);
+        PortInfo {
+            name: p.cfg.name.clone(),
+            id: p.id,
+            socket: p.cfg.socket.clone(),
+            mode: p.cfg.mode,
+            segment: p.cfg.segment_id(),
+            state: p.dev.state().as_str(),
+            connections: p.dev.connections(),
+            features: format!("{:#x}", p.dev.features()),
+            persisted: p.persisted,
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r.name(), s.drops[r as usize]))
+                .collect(),
+        }
+    }
+
+    /// All ports.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        let ports = self.lock();
+        ports.values().map(|p| self.info(p)).collect()
+    }
+
+    /// One port.
+    pub fn port(&self, name: &str) -> Result<PortInfo, ApiError> {
+        let ports = self.lock();
+        ports
+            .get(name)
+            .map(|p| self.info(p))
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))
+    }
+
+    /// The MAC table with port names.
+    pub fn macs(&self) -> Vec<MacInfo> {
+        let ports = self.lock();
+        let name_of = |id: u16| {
+            ports
+                .values()
+                .find(|p| p.id == id)
+                .map(|p| p.cfg.name.clone())
+        };
+        self.switch
+            .mac_entries()
+            .into_iter()
+            .filter_map(|e| {
+                Some(MacInfo {
+                    segment: e.segment,
+                    mac: e.mac.to_string(),
+                    port: name_of(e.port)?,
+                    age_secs: e.age_secs,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A MAC table entry as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MacInfo {
+    /// Segment id.
+    pub segment: u16,
+    /// The address.
+    pub mac: String,
+    /// Port name.
+    pub port: String,
+    /// Seconds since last seen.
+    pub age_secs: u32,
+}

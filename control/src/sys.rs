@@ -1,0 +1,30 @@
+//! Signal handling for the daemon: block SIGINT/SIGTERM in every thread, wait for them in one.
+#![allow(unsafe_code)]
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and the threads it spawns later.
+pub fn block_signals() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of the blocked signals and returns its number.
+pub fn wait_signal() -> i32 {
+    // SAFETY: as above; sigwait writes the signal number into a live i32.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}

@@ -1,0 +1,181 @@
+//! Per-port counters and named drop reasons.
+//!
+//! Each worker owns one `Counters` block and is its only writer: an increment is a relaxed load
+//! and a relaxed store (plain `mov`s, no `lock` prefix), never a shared atomic read-modify-write.
+//! The control thread sums the blocks of all workers when asked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vhost::{ChainError, RxError};
+
+/// Most ports a switch holds (port ids are `0..MAX_PORTS`).
+pub const MAX_PORTS: usize = 1024;
+
+macro_rules! drop_reasons {
+    ($($variant:ident = $name:literal : $doc:literal,)*) => {
+        /// Why a frame was dropped. Every drop in the data path has one, and a counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum DropReason { $(#[doc = $doc] $variant,)* }
+
+        impl DropReason {
+            /// All reasons, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// The name used by the API and the CLI.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+            /// A one-line description.
+            pub fn description(self) -> &'static str {
+                match self { $(DropReason::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    DescOutOfBounds = "desc_out_of_bounds": "guest descriptor points outside guest memory",
+    DescChainTooLong = "desc_chain_too_long": "guest descriptor chain too long or looping",
+    DescLenOverflow = "desc_len_overflow": "guest descriptor lengths overflow",
+    DescBadFlags = "desc_bad_flags": "guest descriptor has the wrong direction or INDIRECT flag",
+    DescNextOutOfRange = "desc_next_out_of_range": "guest descriptor's next index is outside the table",
+    RingBroken = "ring_broken": "guest ring indexes are inconsistent; ring stopped until reset",
+    FrameTooShort = "frame_too_short": "frame shorter than an Ethernet header",
+    FrameTooLong = "frame_too_long": "frame longer than the switch's maximum frame size",
+    VlanTagged = "vlan_tagged": "802.1Q-tagged frame on an access port",
+    BadSourceMac = "bad_source_mac": "multicast or zero source MAC address",
+    SamePort = "same_port": "destination MAC was learned on the ingress port",
+    NoDestination = "no_destination": "no other port in the segment to flood to",
+    PortDown = "port_down": "destination port's receive queue is not running",
+    RxNoBuffers = "rx_no_buffers": "destination guest posted no receive buffers",
+    RxBufferTooSmall = "rx_buffer_too_small": "destination guest's receive buffer too small",
+    RxBadDesc = "rx_bad_desc": "destination guest's receive descriptor is invalid",
+    RxRingBroken = "rx_ring_broken": "destination guest's receive ring is broken",
+}
+
+/// Number of drop reasons.
+pub const N_REASONS: usize = DropReason::ALL.len();
+
+impl From<ChainError> for DropReason {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::OutOfBounds => DropReason::DescOutOfBounds,
+            ChainError::TooLong => DropReason::DescChainTooLong,
+            ChainError::LenOverflow => DropReason::DescLenOverflow,
+            ChainError::BadFlags => DropReason::DescBadFlags,
+            ChainError::NextOutOfRange => DropReason::DescNextOutOfRange,
+        }
+    }
+}
+
+impl From<RxError> for DropReason {
+    fn from(e: RxError) -> Self {
+        match e {
+            RxError::NoBuffers => DropReason::RxNoBuffers,
+            RxError::BufferTooSmall => DropReason::RxBufferTooSmall,
+            RxError::BadChain(_) => DropReason::RxBadDesc,
+            RxError::Broken => DropReason::RxRingBroken,
+        }
+    }
+}
+
+/// One worker's counters for one port.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames received from the port's guest.
+    pub rx_packets: AtomicU64,
+    /// Bytes (Ethernet frame, no virtio header) received from the port's guest.
+    pub rx_bytes: AtomicU64,
+    /// Frames delivered to the port's guest.
+    pub tx_packets: AtomicU64,
+    /// Bytes delivered to the port's guest.
+    pub tx_bytes: AtomicU64,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: [AtomicU64; N_REASONS],
+}
+
+/// Adds `v` to a counter that only the calling worker writes.
+#[inline]
+pub fn bump(c: &AtomicU64, v: u64) {
+    // Single writer: load + store is exact and avoids a locked read-modify-write. Relaxed: the
+    // readers (control) only need an eventually consistent value.
+    c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+}
+
+impl PortCounters {
+    /// Counts a drop.
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        bump(&self.drops[r as usize], 1);
+    }
+}
+
+/// A worker's counter block: one `PortCounters` per port id.
+#[derive(Debug)]
+pub struct Counters {
+    ports: Box<[PortCounters]>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+        }
+    }
+}
+
+impl Counters {
+    /// The counters of port `id`.
+    #[inline]
+    pub fn port(&self, id: u16) -> &PortCounters {
+        &self.ports[usize::from(id) % MAX_PORTS]
+    }
+}
+
+/// A plain copy of a port's counters, summed over workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received from the guest.
+    pub rx_packets: u64,
+    /// Bytes received from the guest.
+    pub rx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub tx_packets: u64,
+    /// Bytes delivered to the guest.
+    pub tx_bytes: u64,
+    /// Drops by reason.
+    pub drops: [u64; N_REASONS],
+}
+
+impl PortStats {
+    /// Adds a worker's counters.
+    pub fn add(&mut self, c: &PortCounters) {
+        self.rx_packets += c.rx_packets.load(Ordering::Relaxed);
+        self.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
+        self.tx_packets += c.tx_packets.load(Ordering::Relaxed);
+        self.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
+        for (d, s) in self.drops.iter_mut().zip(&c.drops) {
+            *d += s.load(Ordering::Relaxed);
+        }
+    }
+
+    /// `self - base`, for counters since a port was (re)added under a reused id.
+    pub fn since(&self, base: &PortStats) -> PortStats {
+        let mut out = PortStats {
+            rx_packets: self.rx_packets.wrapping_sub(base.rx_packets),
+            rx_bytes: self.rx_bytes.wrapping_sub(base.rx_bytes),
+            tx_packets: self.tx_packets.wrapping_sub(base.tx_packets),
+            tx_bytes: self.tx_bytes.wrapping_sub(base.tx_bytes),
+            drops: [0; N_REASONS],
+        };
+        for i in 0..N_REASONS {
+            out.drops[i] = self.drops[i].wrapping_sub(base.drops[i]);
+        }
+        out
+    }
+
+    /// Total drops over all reasons.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}

@@ -1,0 +1,17 @@
+//! The per-core data path: burst polling, Ethernet parsing, L2 switching, counters.
+//!
+//! See `switch` for the threading model. Unsafe code is confined to `sys` (CPU pinning); guest
+//! memory is only touched through the `vhost` crate's ring and chain types.
+#![deny(unsafe_code)]
+
+pub mod counters;
+pub mod mac_table;
+pub mod switch;
+mod sys;
+pub mod wire;
+
+pub use counters::{DropReason, PortStats, MAX_PORTS, N_REASONS};
+pub use mac_table::MacEntry;
+pub use switch::{PortSpec, Switch, SwitchConfig, WorkerStats, BURST};
+pub use sys::online_cpus;
+pub use wire::Mac;

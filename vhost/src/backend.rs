@@ -1,0 +1,520 @@
+//! The vhost-user protocol for one virtio-net device, on the slow path.
+//!
+//! `NetBackend` answers the frontend's messages (through rust-vmm's `BackendReqHandler`) and
+//! collects what each virtqueue needs. When a queue is complete (memory table, size, addresses,
+//! kick fd, and enabled), it builds a `SplitRing` and installs it into the shared `NetDevice`,
+//! where the worker cores find it. Stopping a queue (GET_VRING_BASE, disable, a new memory
+//! table, disconnect) takes the ring back out under the same lock, so a worker never sees memory
+//! being unmapped under it: a worker uses a ring only while it holds that queue's lock.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::GpuBackend;
+use vhost::vhost_user::{
+    Backend, Error as VuError, Result as VuResult, VhostUserBackendReqHandlerMut,
+};
+use vhost::VhostUserMemoryRegionBase;
+
+use crate::guest_mem::{GuestMemory, RegionDesc};
+use crate::ring::{RingConfig, SplitRing};
+use crate::sync::SpinLock;
+
+/// virtio-net: the device can merge receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// The used_event / avail_event notification scheme.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// vhost-user: protocol features are negotiated.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// virtio 1.0 (little-endian, 12-byte net header).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// The virtio features this device offers.
+pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_NET_F_MRG_RXBUF
+    | VIRTIO_RING_F_EVENT_IDX
+    | VHOST_USER_F_PROTOCOL_FEATURES;
+
+/// Virtqueue 0: the device writes frames into guest buffers (guest receive).
+pub const RX_QUEUE: usize = 0;
+/// Virtqueue 1: the guest hands frames to the device (guest transmit).
+pub const TX_QUEUE: usize = 1;
+
+/// A running virtqueue, as the workers see it.
+#[derive(Debug)]
+pub struct Queue {
+    /// The ring.
+    pub ring: SplitRing,
+    /// virtio-net header length: 12 with VERSION_1 or MRG_RXBUF, else 10.
+    pub hdr_len: u32,
+    /// MRG_RXBUF negotiated.
+    pub mrg: bool,
+    /// The worker has counted this ring's breakage (counted once per ring).
+    pub broken_reported: bool,
+}
+
+/// Connection state of a port, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    /// Not started, or stopped.
+    Stopped = 0,
+    /// Client mode: dialing the frontend's socket (retrying with backoff).
+    Connecting = 1,
+    /// Server mode: waiting for the frontend to connect.
+    Listening = 2,
+    /// Connected; queues not all running yet.
+    Negotiating = 3,
+    /// Connected with both queues running.
+    Running = 4,
+}
+
+impl LinkState {
+    /// The name shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Stopped => "stopped",
+            LinkState::Connecting => "connecting",
+            LinkState::Listening => "listening",
+            LinkState::Negotiating => "negotiating",
+            LinkState::Running => "running",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => LinkState::Connecting,
+            2 => LinkState::Listening,
+            3 => LinkState::Negotiating,
+            4 => LinkState::Running,
+            _ => LinkState::Stopped,
+        }
+    }
+}
+
+/// The part of a virtio-net device shared between the control thread and the worker cores.
+#[derive(Debug)]
+pub struct NetDevice {
+    /// Virtqueue 0, guest receive: frames switched to this port are written here.
+    pub rxq: SpinLock<Option<Queue>>,
+    /// Virtqueue 1, guest transmit: frames this port's guest sends are read from here.
+    pub txq: SpinLock<Option<Queue>>,
+    state: AtomicU8,
+    features: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Default for NetDevice {
+    fn default() -> Self {
+        NetDevice {
+            rxq: SpinLock::new(None),
+            txq: SpinLock::new(None),
+            state: AtomicU8::new(LinkState::Stopped as u8),
+            features: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }
+    }
+}
+
+impl NetDevice {
+    /// Current link state.
+    pub fn state(&self) -> LinkState {
+        LinkState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Sets the link state (connection manager and protocol handler).
+    pub fn set_state(&self, s: LinkState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Virtio features acked by the frontend on the current connection.
+    pub fn features(&self) -> u64 {
+        self.features.load(Ordering::Relaxed)
+    }
+
+    /// Number of frontend connections accepted or made so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn slot(&self, index: usize) -> &SpinLock<Option<Queue>> {
+        if index == RX_QUEUE {
+            &self.rxq
+        } else {
+            &self.txq
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct VringSetup {
+    cfg: RingConfig,
+    num_set: bool,
+    addr_set: bool,
+    kick: Option<File>,
+    enabled: bool,
+    running: bool,
+}
+
+/// The protocol handler for one connection.
+#[derive(Debug)]
+pub struct NetBackend {
+    dev: Arc<NetDevice>,
+    name: String,
+    features: u64,
+    protocol_features: u64,
+    mem: Option<Arc<GuestMemory>>,
+    vrings: [VringSetup; 2],
+}
+
+fn invalid(what: &'static str) -> VuError {
+    VuError::InvalidOperation(what)
+}
+
+impl NetBackend {
+    /// A handler for a fresh connection of the device `dev` (named `name` in logs).
+    pub fn new(dev: Arc<NetDevice>, name: &str) -> Self {
+        dev.features.store(0, Ordering::Relaxed);
+        NetBackend {
+            dev,
+            name: name.to_string(),
+            features: 0,
+            protocol_features: 0,
+            mem: None,
+            vrings: Default::default(),
+        }
+    }
+
+    fn queue(&mut self, index: u32) -> VuResult<(usize, &mut VringSetup)> {
+        let i = index as usize;
+        self.vrings
+            .get_mut(i)
+            .map(|v| (i, v))
+            .ok_or(VuError::InvalidParam)
+    }
+
+    fn hdr_len(&self) -> u32 {
+        if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+            12
+        } else {
+            10
+        }
+    }
+
+    /// Starts queue `i` if everything it needs has arrived.
+    fn try_start(&mut self, i: usize) {
+        let proto = self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        let hdr_len = self.hdr_len();
+        let mrg = self.features & VIRTIO_NET_F_MRG_RXBUF != 0;
+        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let Some(mem) = self.mem.clone() else { return };
+        let v = &mut self.vrings[i];
+        // Without PROTOCOL_FEATURES a ring starts enabled (vhost-user spec, "Ring states").
+        if v.running || !v.num_set || !v.addr_set || v.kick.is_none() || (proto && !v.enabled) {
+            return;
+        }
+        v.cfg.event_idx = event_idx;
+        match SplitRing::new(mem, &v.cfg) {
+            Ok(ring) => {
+                *self.dev.slot(i).lock() = Some(Queue {
+                    ring,
+                    hdr_len,
+                    mrg,
+                    broken_reported: false,
+                });
+                v.running = true;
+                log::info!(
+                    "{}: queue {i} running (size {}, base {})",
+                    self.name,
+                    v.cfg.size,
+                    v.cfg.base
+                );
+            }
+            Err(e) => log::warn!("{}: queue {i} cannot start: {e}", self.name),
+        }
+        self.update_state();
+    }
+
+    /// Stops queue `i`, remembering where it was.
+    fn stop(&mut self, i: usize) {
+        let v = &mut self.vrings[i];
+        if !v.running {
+            return;
+        }
+        if let Some(q) = self.dev.slot(i).lock().take() {
+            v.cfg.base = q.ring.last_avail();
+        }
+        v.running = false;
+        self.update_state();
+    }
+
+    fn update_state(&self) {
+        let all = self.vrings.iter().all(|v| v.running);
+        self.dev.set_state(if all {
+            LinkState::Running
+        } else {
+            LinkState::Negotiating
+        });
+    }
+}
+
+impl Drop for NetBackend {
+    fn drop(&mut self) {
+        self.stop(RX_QUEUE);
+        self.stop(TX_QUEUE);
+        self.dev.features.store(0, Ordering::Relaxed);
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for NetBackend {
+    fn set_owner(&mut self) -> VuResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VuResult<()> {
+        self.stop(RX_QUEUE);
+        self.stop(TX_QUEUE);
+        self.vrings = Default::default();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VuResult<()> {
+        self.reset_owner()
+    }
+
+    fn get_features(&mut self) -> VuResult<u64> {
+        Ok(OFFERED_FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> VuResult<()> {
+        if features & !OFFERED_FEATURES != 0 {
+            log::warn!(
+                "{}: frontend acked features {features:#x} we did not offer",
+                self.name
+            );
+            return Err(VuError::InvalidParam);
+        }
+        let changed = features != self.features;
+        self.features = features;
+        self.dev.features.store(features, Ordering::Relaxed);
+        if changed {
+            // Header length and notification scheme may change: restart running queues.
+            for i in 0..2 {
+                if self.vrings[i].running {
+                    self.stop(i);
+                    self.try_start(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        let descs: Vec<RegionDesc> = ctx
+            .iter()
+            .map(|r| RegionDesc {
+                gpa: r.guest_phys_addr,
+                size: r.memory_size,
+                uva: r.user_addr,
+                offset: r.mmap_offset,
+            })
+            .collect();
+        let mem = GuestMemory::map(&descs, &files).map_err(|e| {
+            log::warn!("{}: memory table refused: {e}", self.name);
+            VuError::InvalidParam
+        })?;
+        log::info!(
+            "{}: memory table with {} region(s) mapped",
+            self.name,
+            descs.len()
+        );
+        let running: Vec<usize> = (0..2).filter(|&i| self.vrings[i].running).collect();
+        for &i in &running {
+            self.stop(i);
+        }
+        self.mem = Some(Arc::new(mem));
+        for i in running {
+            self.try_start(i);
+        }
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
+        let (i, _) = self.queue(index)?;
+        self.stop(i);
+        let v = &mut self.vrings[i];
+        v.cfg.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
+        v.num_set = true;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VuResult<()> {
+        let (i, _) = self.queue(index)?;
+        self.stop(i);
+        let v = &mut self.vrings[i];
+        v.cfg.desc_uva = descriptor;
+        v.cfg.used_uva = used;
+        v.cfg.avail_uva = available;
+        v.addr_set = true;
+        self.try_start(i);
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        let (i, _) = self.queue(index)?;
+        self.stop(i);
+        self.vrings[i].cfg.base = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        // A reply is owed even for a bad index, or the frontend would wait for ever.
+        let Ok((i, _)) = self.queue(index) else {
+            return Ok(VhostUserVringState::new(index, 0));
+        };
+        self.stop(i);
+        // The ring is now stopped until the next SET_VRING_KICK (vhost-user spec).
+        let v = &mut self.vrings[i];
+        v.kick = None;
+        Ok(VhostUserVringState::new(index, u32::from(v.cfg.base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let (i, _) = self.queue(u32::from(index))?;
+        // We poll and never read the kick fd, but its arrival is what starts a ring. A missing fd
+        // (the "polling" flag) starts it too.
+        let fd = match fd {
+            Some(f) => f,
+            None => File::open("/dev/null").map_err(|_| invalid("no kick fd"))?,
+        };
+        self.vrings[i].kick = Some(fd);
+        self.try_start(i);
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let (i, _) = self.queue(u32::from(index))?;
+        let call = fd.map(Arc::new);
+        self.vrings[i].cfg.call = call.clone();
+        if let Some(q) = self.dev.slot(i).lock().as_mut() {
+            q.ring.set_call(call);
+        }
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        self.queue(u32::from(index)).map(|_| ())
+    }
+
+    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
+        // REPLY_ACK is added by the vhost crate, which implements it.
+        Ok(VhostUserProtocolFeatures::empty())
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        self.protocol_features = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VuResult<u64> {
+        Ok(1)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        let (i, _) = self.queue(index)?;
+        self.vrings[i].enabled = enable;
+        if enable {
+            self.try_start(i);
+        } else {
+            self.stop(i);
+        }
+        Ok(())
+    }
+
+    fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
+        Err(invalid("CONFIG not offered"))
+    }
+
+    fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> VuResult<()> {
+        Err(invalid("CONFIG not offered"))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
+        Err(invalid("not a GPU"))
+    }
+
+    fn get_shared_object(&mut self, _: VhostUserSharedMsg) -> VuResult<File> {
+        Err(invalid("SHARED_OBJECT not offered"))
+    }
+
+    fn get_inflight_fd(&mut self, _: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
+        Err(invalid("INFLIGHT_SHMFD not offered"))
+    }
+
+    fn set_inflight_fd(&mut self, _: &VhostUserInflight, _: File) -> VuResult<()> {
+        Err(invalid("INFLIGHT_SHMFD not offered"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
+        Err(invalid("CONFIGURE_MEM_SLOTS not offered"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _: &VhostUserSingleMemoryRegion,
+        _: File,
+        _: Option<bool>,
+    ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
+        Err(invalid("CONFIGURE_MEM_SLOTS not offered"))
+    }
+
+    fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> VuResult<()> {
+        Err(invalid("CONFIGURE_MEM_SLOTS not offered"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _: VhostTransferStateDirection,
+        _: VhostTransferStatePhase,
+        _: File,
+    ) -> VuResult<Option<File>> {
+        Err(invalid("DEVICE_STATE not offered"))
+    }
+
+    fn check_device_state(&mut self) -> VuResult<()> {
+        Err(invalid("DEVICE_STATE not offered"))
+    }
+
+    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
+        Err(invalid("SHMEM not offered"))
+    }
+
+    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> VuResult<()> {
+        Err(invalid("LOG_SHMFD not offered"))
+    }
+}

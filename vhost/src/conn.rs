@@ -1,0 +1,226 @@
+//! Socket handling for one port: the switch as client of a frontend's socket (the default,
+//! reconnecting with backoff) or as server.
+//!
+//! Each port gets one slow-path thread that blocks in `poll(2)` on the vhost-user socket and a
+//! stop eventfd. Every connection is a new device (a fresh `NetBackend`): nothing of a previous
+//! connection's ring state is kept, positions come from SET_VRING_BASE and the guest's used
+//! index (see `SplitRing::new`). When the connection ends, the rings are taken back from the
+//! workers and the memory is unmapped before the next connection is tried.
+
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::{BackendReqHandler, Error as VuError};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::backend::{LinkState, NetBackend, NetDevice};
+
+/// Who opens the vhost-user socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketMode {
+    /// The frontend (QEMU, `-chardev socket,server=on`) listens; we dial and re-dial.
+    Client,
+    /// We listen; the frontend dials (QEMU needs `reconnect=` to survive our restarts).
+    Server,
+}
+
+/// First and largest delay between two dial attempts in client mode.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+/// A running socket thread for one port.
+#[derive(Debug)]
+pub struct PortConn {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PortConn {
+    /// Starts the socket thread. In server mode the socket is bound before this returns, so a
+    /// bad path is reported to the caller.
+    pub fn start(
+        name: &str,
+        path: &Path,
+        mode: SocketMode,
+        dev: Arc<NetDevice>,
+    ) -> io::Result<Self> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let listener = match mode {
+            SocketMode::Server => Some(bind(path)?),
+            SocketMode::Client => None,
+        };
+        let (name, path, stop2) = (name.to_string(), path.to_path_buf(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-{name}"))
+            .spawn(move || {
+                match listener {
+                    Some(l) => serve_listener(&name, &l, &stop2, &dev),
+                    None => dial_loop(&name, &path, &stop2, &dev),
+                }
+                dev.set_state(LinkState::Stopped);
+            })?;
+        Ok(PortConn {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread, closing any connection; the port's rings are stopped when this returns.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PortConn {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    // A stale socket from a previous run would make bind fail; only a socket is removed.
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if md.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    UnixListener::bind(path)
+}
+
+/// Waits until `fd` is readable or the stop eventfd fires (true), or `timeout` passes.
+fn wait(fd: Option<RawFd>, stop: &EventFd, timeout: Option<Duration>) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: fd.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    let n = if fd.is_some() { 2 } else { 1 };
+    poll(&mut fds[..n], ms);
+    fds[0].revents != 0
+}
+
+#[allow(unsafe_code)]
+fn poll(fds: &mut [libc::pollfd], ms: i32) {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
+fn dial_loop(name: &str, path: &Path, stop: &EventFd, dev: &Arc<NetDevice>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut logged = false;
+    loop {
+        dev.set_state(LinkState::Connecting);
+        match UnixStream::connect(path) {
+            Ok(s) => {
+                log::info!("{name}: connected to {}", path.display());
+                backoff = BACKOFF_MIN;
+                logged = false;
+                if serve(name, s, stop, dev) {
+                    return;
+                }
+                log::info!("{name}: disconnected; re-dialing {}", path.display());
+            }
+            Err(e) => {
+                if !logged {
+                    log::info!(
+                        "{name}: cannot dial {} ({e}); retrying with backoff",
+                        path.display()
+                    );
+                    logged = true;
+                }
+                if wait(None, stop, Some(backoff)) {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn serve_listener(name: &str, l: &UnixListener, stop: &EventFd, dev: &Arc<NetDevice>) {
+    loop {
+        dev.set_state(LinkState::Listening);
+        if wait(Some(l.as_raw_fd()), stop, None) {
+            return;
+        }
+        match l.accept() {
+            Ok((s, _)) => {
+                log::info!("{name}: frontend connected");
+                if serve(name, s, stop, dev) {
+                    return;
+                }
+                log::info!("{name}: frontend disconnected; listening again");
+            }
+            Err(e) => {
+                log::warn!("{name}: accept failed: {e}");
+                if wait(None, stop, Some(BACKOFF_MIN)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends (false) or we are told to stop (true).
+fn serve(name: &str, s: UnixStream, stop: &EventFd, dev: &Arc<NetDevice>) -> bool {
+    dev.count_connection();
+    dev.set_state(LinkState::Negotiating);
+    let fd = s.as_raw_fd();
+    let backend = Arc::new(Mutex::new(NetBackend::new(dev.clone(), name)));
+    let mut handler = BackendReqHandler::from_stream(s, backend);
+    let stopped = loop {
+        if wait(Some(fd), stop, None) {
+            break true;
+        }
+        match handler.handle_request() {
+            Ok(()) => {}
+            // The frontend asked for something we refuse: it was told (REPLY_ACK) and the
+            // connection goes on.
+            Err(
+                e @ (VuError::InvalidParam
+                | VuError::InvalidOperation(_)
+                | VuError::InactiveFeature(_)
+                | VuError::InactiveOperation(_)
+                | VuError::ReqHandlerError(_)),
+            ) => log::warn!("{name}: request refused: {e}"),
+            Err(VuError::Disconnected | VuError::PartialMessage) => break false,
+            Err(e) => {
+                log::warn!("{name}: closing connection: {e}");
+                break false;
+            }
+        }
+    };
+    // Dropping the handler drops the NetBackend, which takes the rings back from the workers.
+    drop(handler);
+    stopped
+}
+
+/// The path a port's socket lives at, for messages.
+pub fn describe(mode: SocketMode, path: &Path) -> String {
+    let p: PathBuf = path.to_path_buf();
+    match mode {
+        SocketMode::Client => format!("client of {}", p.display()),
+        SocketMode::Server => format!("server on {}", p.display()),
+    }
+}
