@@ -1,0 +1,258 @@
+//! Test harness: runs the real `bulwarkd` binary with a generated config, talks to its API,
+//! and always stops it (by PID, in `Drop`, so also when a test fails).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pktgen::{Connect, DeviceConfig, VirtioNet};
+use serde_json::Value;
+
+/// bulwarkd instances in one test binary run one at a time: each pins a busy worker.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct Bulwarkd {
+    child: Child,
+    pub dir: PathBuf,
+    pub run: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+pub fn worker_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+impl Bulwarkd {
+    /// Starts bulwarkd with server-mode ports `(name, segment)` at `<dir>/<name>.sock`.
+    pub fn start(ports: &[(&str, u16)]) -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bulwark-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = format!(
+            "[switch]\nworkers = [{}]\nmac_aging_secs = 300\n",
+            worker_cpu()
+        );
+        for (name, seg) in ports {
+            cfg += &format!(
+                "\n[[ports]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"server\"\nsegment = {seg}\n",
+                dir.join(format!("{name}.sock")).display()
+            );
+        }
+        std::fs::write(dir.join("bulwark.toml"), cfg).unwrap();
+        let run = dir.join("run");
+        let log = std::fs::File::create(dir.join("bulwarkd.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--config")
+            .arg(dir.join("bulwark.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bulwarkd");
+        let d = Bulwarkd {
+            child,
+            dir,
+            run,
+            _serial: serial,
+        };
+        d.wait_for(
+            || d.try_api("GET", "/v1/health", None).is_some(),
+            "API to come up",
+        );
+        d
+    }
+
+    pub fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    pub fn try_api(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, Value)> {
+        let (status, text) =
+            control::http::call(&self.run.join("api.sock"), method, path, body).ok()?;
+        Some((status, serde_json::from_str(&text).ok()?))
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.try_api(method, path, body)
+            .unwrap_or_else(|| panic!("API call {method} {path} failed; log:\n{}", self.log()))
+    }
+
+    pub fn port(&self, name: &str) -> Value {
+        let (status, v) = self.api("GET", &format!("/v1/ports/{name}"), None);
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    pub fn drops(&self, name: &str, reason: &str) -> u64 {
+        self.port(name)["drops"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no drop reason {reason}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bulwarkd.log")).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Polls `cond` for up to 10 s.
+    pub fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; bulwarkd log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Connects a pktgen device to port `name` and waits until the switch runs both queues.
+    pub fn attach(&self, name: &str, mac: [u8; 6]) -> VirtioNet {
+        let dev = VirtioNet::connect(
+            Connect::Dial(self.sock(name)),
+            DeviceConfig {
+                mac,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("attach {name}: {e}"));
+        self.wait_for(
+            || self.port(name)["state"] == "running",
+            &format!("port {name} running"),
+        );
+        dev
+    }
+}
+
+impl Drop for Bulwarkd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("bulwarkd log kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn mac(last: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, last]
+}
+
+/// A test frame: Ethernet header (EtherType 0x88b5, local experimental), an 8-byte sequence
+/// number, then a pattern derived from it; length 60..=1514 varies with `seq`.
+pub fn frame(dst: [u8; 6], src: [u8; 6], seq: u64) -> Vec<u8> {
+    let len = 60 + (seq.wrapping_mul(7919) % 1455) as usize;
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend_from_slice(&seq.to_le_bytes());
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while f.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.push(x as u8);
+    }
+    f
+}
+
+/// Receives on `dev` until `n` frames arrived or `timeout` passed; returns them.
+pub fn recv_n(dev: &mut VirtioNet, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while got.len() < n && Instant::now() < deadline {
+        if dev
+            .recv(|f| got.push(f.to_vec()))
+            .expect("device-side ring violation")
+            == 0
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    got
+}
+
+/// Sends all frames, retrying while the ring is full.
+pub fn send_all(dev: &mut VirtioNet, frames: &[Vec<u8>]) {
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let mut off = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while off < refs.len() {
+        off += dev.send(&refs[off..]);
+        assert!(
+            Instant::now() < deadline,
+            "send stalled at {off}/{}",
+            refs.len()
+        );
+        if off < refs.len() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Sends `frames` from `tx` and receives them on `rx`, keeping at most `window` in flight;
+/// returns what `rx` got.
+pub fn transfer(
+    tx: &mut VirtioNet,
+    rx: &mut VirtioNet,
+    frames: &[Vec<u8>],
+    window: usize,
+) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let mut last = Instant::now();
+    while got.len() < frames.len() && last.elapsed() < Duration::from_secs(5) {
+        let room = window
+            .saturating_sub(sent - got.len())
+            .min(frames.len() - sent);
+        if room > 0 {
+            let refs: Vec<&[u8]> = frames[sent..sent + room]
+                .iter()
+                .map(Vec::as_slice)
+                .collect();
+            sent += tx.send(&refs);
+        }
+        if rx
+            .recv(|f| got.push(f.to_vec()))
+            .expect("device-side ring violation")
+            > 0
+        {
+            last = Instant::now();
+        }
+    }
+    got
+}
+
+/// Asserts two frame lists are equal, reporting the first difference briefly.
+pub fn assert_frames(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
+    if got.len() != want.len() {
+        panic!("{what}: got {} frames, want {}", got.len(), want.len());
+    }
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what}: frame {i} differs (len {} vs {})",
+            got[i].len(),
+            want[i].len()
+        );
+    }
+}
