@@ -71,7 +71,7 @@ fn million_frames_byte_exact() {
     assert_eq!(received, N);
 
     let (pa, pb) = (sw.port("a"), sw.port("b"));
-    assert_eq!(pa["rx_packets"], N + 0, "A's rx counter: {pa}");
+    assert_eq!(pa["rx_packets"], N, "A's rx counter: {pa}");
     assert_eq!(pb["tx_packets"], N, "B's tx counter: {pb}");
     let drops: u64 = pb["drops"]
         .as_object()
@@ -100,12 +100,12 @@ fn segments_flooding_and_learning() {
     send_all(&mut a, std::slice::from_ref(&bc));
     assert_frames(
         &recv_n(&mut b, 1, Duration::from_secs(5)),
-        &[bc.clone()],
+        std::slice::from_ref(&bc),
         "bc at b",
     );
     assert_frames(
         &recv_n(&mut c, 1, Duration::from_secs(5)),
-        &[bc.clone()],
+        std::slice::from_ref(&bc),
         "bc at c",
     );
     assert!(
@@ -122,26 +122,26 @@ fn segments_flooding_and_learning() {
     send_all(&mut a, std::slice::from_ref(&uu));
     assert_frames(
         &recv_n(&mut b, 1, Duration::from_secs(5)),
-        &[uu.clone()],
+        std::slice::from_ref(&uu),
         "uu at b",
     );
     assert_frames(
         &recv_n(&mut c, 1, Duration::from_secs(5)),
-        &[uu.clone()],
+        std::slice::from_ref(&uu),
         "uu at c",
     );
     let hello = frame(ma, mb, 3);
     send_all(&mut b, std::slice::from_ref(&hello));
     assert_frames(
         &recv_n(&mut a, 1, Duration::from_secs(5)),
-        &[hello.clone()],
+        std::slice::from_ref(&hello),
         "hello at a",
     );
     let uni = frame(mb, ma, 4);
     send_all(&mut a, std::slice::from_ref(&uni));
     assert_frames(
         &recv_n(&mut b, 1, Duration::from_secs(5)),
-        &[uni.clone()],
+        std::slice::from_ref(&uni),
         "uni at b",
     );
     assert!(

@@ -62,7 +62,8 @@ impl MacTable {
     /// A table of at least `size` slots (rounded up to a power of two, at least `PROBE`).
     pub fn new(size: usize, aging_secs: u32) -> Self {
         let size = size.max(PROBE).next_power_of_two();
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x6275_6c77_6172_6bu64);
+        let seed =
+            std::collections::hash_map::RandomState::new().hash_one(0x0062_756c_7761_726b_u64);
         MacTable {
             slots: (0..size + PROBE).map(|_| Slot::default()).collect(),
             mask: size - 1,

@@ -11,16 +11,16 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use vhost::vhost_user::message::{
+use rvhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
     VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
-use vhost::vhost_user::GpuBackend;
-use vhost::vhost_user::{
+use rvhost::vhost_user::GpuBackend;
+use rvhost::vhost_user::{
     Backend, Error as VuError, Result as VuResult, VhostUserBackendReqHandlerMut,
 };
-use vhost::VhostUserMemoryRegionBase;
+use rvhost::VhostUserMemoryRegionBase;
 
 use crate::guest_mem::{GuestMemory, RegionDesc};
 use crate::ring::{RingConfig, SplitRing};
