@@ -156,14 +156,33 @@ impl NetDevice {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct VringSetup {
     cfg: RingConfig,
     num_set: bool,
     addr_set: bool,
     kick: Option<File>,
+    /// Rings start enabled, although the vhost-user spec says a ring starts disabled once
+    /// PROTOCOL_FEATURES is negotiated. QEMU 7.2 sends its SET_VRING_ENABLE(1) messages while
+    /// the guest negotiates features, *before* SET_FEATURES, and rust-vmm's `vhost` crate
+    /// refuses them ("inactive feature") before they reach us: honouring the spec would leave
+    /// every ring disabled for ever. DPDK accepts those early enables, so its behaviour with
+    /// QEMU is the same as ours. A SET_VRING_ENABLE(0) that reaches us is honoured.
     enabled: bool,
     running: bool,
+}
+
+impl Default for VringSetup {
+    fn default() -> Self {
+        VringSetup {
+            cfg: RingConfig::default(),
+            num_set: false,
+            addr_set: false,
+            kick: None,
+            enabled: true,
+            running: false,
+        }
+    }
 }
 
 /// The protocol handler for one connection.
@@ -213,14 +232,12 @@ impl NetBackend {
 
     /// Starts queue `i` if everything it needs has arrived.
     fn try_start(&mut self, i: usize) {
-        let proto = self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         let hdr_len = self.hdr_len();
         let mrg = self.features & VIRTIO_NET_F_MRG_RXBUF != 0;
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
         let Some(mem) = self.mem.clone() else { return };
         let v = &mut self.vrings[i];
-        // Without PROTOCOL_FEATURES a ring starts enabled (vhost-user spec, "Ring states").
-        if v.running || !v.num_set || !v.addr_set || v.kick.is_none() || (proto && !v.enabled) {
+        if v.running || !v.num_set || !v.addr_set || v.kick.is_none() || !v.enabled {
             return;
         }
         v.cfg.event_idx = event_idx;

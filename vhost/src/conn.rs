@@ -197,10 +197,12 @@ fn serve(name: &str, s: UnixStream, stop: &EventFd, dev: &Arc<NetDevice>) -> boo
             Ok(()) => {}
             // The frontend asked for something we refuse: it was told (REPLY_ACK) and the
             // connection goes on.
+            // QEMU sends SET_VRING_ENABLE before SET_FEATURES; the vhost crate refuses those
+            // (see `VringSetup::enabled` for why that is harmless).
+            Err(e @ VuError::InactiveFeature(_)) => log::debug!("{name}: request refused: {e}"),
             Err(
                 e @ (VuError::InvalidParam
                 | VuError::InvalidOperation(_)
-                | VuError::InactiveFeature(_)
                 | VuError::InactiveOperation(_)
                 | VuError::ReqHandlerError(_)),
             ) => log::warn!("{name}: request refused: {e}"),
