@@ -1,23 +1,27 @@
 //! The MAC learning table: (segment, MAC) -> port, shared by all workers without locks.
 //!
-//! Layout: a fixed array of slots (size from config, a power of two), each a pair of atomics:
-//! `key = segment << 48 | mac` (segment ids start at 1, so 0 means "empty") and
-//! `val = last_seen_secs << 32 | port`. A key hashes (seeded, so a guest cannot aim its MACs
-//! at one bucket) to a window of `PROBE` consecutive slots; lookups scan the whole window.
+//! Layout: a fixed array of slots (size from config, a power of two). A slot holds
+//! `key = segment << 48 | mac` (segment ids start at 1, so 0 means "empty"),
+//! `val = last_seen_secs << 32 | port`, and a sequence number `seq`. A key hashes (seeded, so a
+//! guest cannot aim its MACs at one bucket) to a window of `PROBE` consecutive slots; lookups
+//! scan the window.
 //!
-//! Writers are the workers that receive frames (learning) and the control thread (flushing a
-//! removed port). A new entry is written as: `val = 0` (reads as "miss"), CAS the key in, then
-//! store the real `val`. A reader loads key, then val, then the key again, and trusts `val` only
-//! if the key did not change, so it never pairs a key with another key's port. Two workers
-//! learning the same new MAC at the same instant may both insert it; lookups take the first, and
-//! the spare copy ages out. Aging is lazy: an entry older than the aging time reads as a miss and
-//! its slot may be reused; nothing scans the table on the fast path.
+//! Each slot is a seqlock. A writer (a worker learning, or the control thread flushing a
+//! removed port) takes the slot by moving `seq` from even to odd with a CAS, writes key and val,
+//! and releases it by storing the next even value; if the slot is already taken, the writer
+//! skips this update (learning happens again on the next frame), so no one ever waits. A reader
+//! loads `seq`, key and val, then `seq` again, and trusts the pair only if `seq` was even and
+//! unchanged: it can never pair a key with another key's port. An inconsistent read is a miss,
+//! and a miss floods within the segment, which is always safe.
 //!
-//! Learning writes only when the port changes or the entry is more than a second old, so a busy
-//! flow does not bounce the slot's cache line between cores.
+//! Two workers learning the same new MAC at the same instant may both insert it; lookups and
+//! learning scan in the same order and use the first copy, and the spare copy ages out. Aging is
+//! lazy: an entry older than the aging time reads as a miss and its slot may be reused; nothing
+//! scans the table on the fast path. Learning writes only when the port changes or the entry is
+//! more than a second old, so a busy flow does not bounce the slot's cache line between cores.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::wire::Mac;
 
@@ -25,10 +29,52 @@ use crate::wire::Mac;
 const PROBE: usize = 8;
 
 #[derive(Debug, Default)]
-#[repr(C, align(16))]
 struct Slot {
+    seq: AtomicU32,
     key: AtomicU64,
     val: AtomicU64,
+}
+
+impl Slot {
+    /// A consistent (key, val) snapshot, or None while a writer holds the slot.
+    #[inline]
+    fn read(&self) -> Option<(u64, u64)> {
+        // Acquire: pairs with the writer's Release store of the even seq that ended its write,
+        // so the key and val read below are at least that new.
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let k = self.key.load(Ordering::Relaxed);
+        let v = self.val.load(Ordering::Relaxed);
+        // Acquire fence: the key/val loads above complete before the seq re-check below; if a
+        // writer's stores were seen, its odd seq (made visible before them by its Release
+        // fence) is seen too, and the snapshot is rejected.
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == s1).then_some((k, v))
+    }
+
+    /// Takes the slot for writing if no one holds it; returns the seq to pass to `unlock`.
+    #[inline]
+    fn try_lock(&self) -> Option<u32> {
+        let s = self.seq.load(Ordering::Relaxed);
+        if s & 1 != 0 {
+            return None;
+        }
+        // Acquire: we see the previous writer's key/val. The Release fence then orders our odd
+        // seq before the key/val stores that follow (the seqlock writer protocol).
+        self.seq
+            .compare_exchange(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        fence(Ordering::Release);
+        Some(s)
+    }
+
+    #[inline]
+    fn unlock(&self, s: u32) {
+        // Release: the key/val stores happen-before a reader's Acquire load of this seq.
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
 }
 
 /// One learned address, as the API shows it.
@@ -91,18 +137,13 @@ impl MacTable {
     pub fn lookup(&self, segment: u16, mac: Mac, now: u32) -> Option<u16> {
         let key = key_of(segment, mac);
         for s in self.window(key) {
-            // Acquire on both: a val stored after a key CAS is only seen with that key (see the
-            // module docs for the key/val/key protocol).
-            if s.key.load(Ordering::Acquire) != key {
+            if s.key.load(Ordering::Relaxed) != key {
                 continue;
             }
-            let val = s.val.load(Ordering::Acquire);
-            if s.key.load(Ordering::Acquire) != key {
-                continue;
-            }
-            if self.fresh(val, now) {
-                return Some(val as u16);
-            }
+            return match s.read() {
+                Some((k, v)) if k == key && self.fresh(v, now) => Some(v as u16),
+                _ => None,
+            };
         }
         None
     }
@@ -114,46 +155,48 @@ impl MacTable {
         let val = (u64::from(now) << 32) | u64::from(port);
         let window = self.window(key);
         for s in window {
-            if s.key.load(Ordering::Acquire) == key {
-                let old = s.val.load(Ordering::Relaxed);
-                // val == 0: the slot is mid-change by another writer; leave it alone.
-                if old != 0 && (old as u16 != port || now.wrapping_sub((old >> 32) as u32) >= 1) {
-                    // CAS, not store: if another writer evicted this key meanwhile (val went to
-                    // 0 and on to the new key's value), our update must not land on its key.
-                    // Release: pairs with the readers' Acquire load of val.
-                    let _ = s
-                        .val
-                        .compare_exchange(old, val, Ordering::Release, Ordering::Relaxed);
-                }
+            if s.key.load(Ordering::Relaxed) != key {
+                continue;
+            }
+            let Some((k, old)) = s.read() else { return };
+            if k != key {
+                break; // replaced under us: insert below
+            }
+            if old as u16 == port && now.wrapping_sub((old >> 32) as u32) < 1 {
                 return;
             }
+            if let Some(q) = s.try_lock() {
+                // Re-check under the lock: the slot may have changed hands since the read.
+                if s.key.load(Ordering::Relaxed) == key {
+                    s.val.store(val, Ordering::Relaxed);
+                }
+                s.unlock(q);
+            }
+            return;
         }
         // New entry: take an empty or aged slot, else evict the stalest.
-        let mut victim = None;
+        let mut victim: Option<(&Slot, u64, u64)> = None;
         let mut oldest = u32::MAX;
         for s in window {
-            let k = s.key.load(Ordering::Acquire);
-            let v = s.val.load(Ordering::Relaxed);
+            let Some((k, v)) = s.read() else { continue };
             if k == 0 || !self.fresh(v, now) {
-                victim = Some((s, k));
+                victim = Some((s, k, v));
                 break;
             }
             let seen = (v >> 32) as u32;
             if seen < oldest {
                 oldest = seen;
-                victim = Some((s, k));
+                victim = Some((s, k, v));
             }
         }
-        let Some((s, k)) = victim else { return };
-        // val = 0 first, so a reader racing with the key change sees a miss, not a stale port.
-        s.val.store(0, Ordering::Release);
-        // AcqRel: the new key is published after val = 0; losing the race means another
-        // writer took the slot, and this frame's learning is simply skipped.
-        if s.key
-            .compare_exchange(k, key, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            s.val.store(val, Ordering::Release);
+        let Some((s, k, v)) = victim else { return };
+        if let Some(q) = s.try_lock() {
+            // Only if the slot still holds what we chose to evict.
+            if s.key.load(Ordering::Relaxed) == k && s.val.load(Ordering::Relaxed) == v {
+                s.key.store(key, Ordering::Relaxed);
+                s.val.store(val, Ordering::Relaxed);
+            }
+            s.unlock(q);
         }
     }
 
@@ -161,17 +204,24 @@ impl MacTable {
     pub fn flush_port(&self, port: u16) -> usize {
         let mut n = 0;
         for s in self.slots.iter() {
-            let k = s.key.load(Ordering::Acquire);
-            let v = s.val.load(Ordering::Acquire);
-            if k != 0 && v != 0 && v as u16 == port {
-                s.val.store(0, Ordering::Release);
-                if s.key
-                    .compare_exchange(k, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    n += 1;
-                }
+            match s.read() {
+                Some((k, v)) if k != 0 && v as u16 == port => {}
+                _ => continue,
             }
+            // The port is gone from the workers, so nothing re-learns it; a busy slot belongs
+            // to a worker learning another key, so waiting for it is short.
+            let q = loop {
+                if let Some(q) = s.try_lock() {
+                    break q;
+                }
+                std::hint::spin_loop();
+            };
+            if s.key.load(Ordering::Relaxed) != 0 && s.val.load(Ordering::Relaxed) as u16 == port {
+                s.key.store(0, Ordering::Relaxed);
+                s.val.store(0, Ordering::Relaxed);
+                n += 1;
+            }
+            s.unlock(q);
         }
         n
     }
@@ -180,9 +230,8 @@ impl MacTable {
     pub fn entries(&self, now: u32) -> Vec<MacEntry> {
         let mut out = Vec::new();
         for s in self.slots.iter() {
-            let k = s.key.load(Ordering::Acquire);
-            let v = s.val.load(Ordering::Acquire);
-            if k == 0 || !self.fresh(v, now) || s.key.load(Ordering::Acquire) != k {
+            let Some((k, v)) = s.read() else { continue };
+            if k == 0 || !self.fresh(v, now) {
                 continue;
             }
             out.push(MacEntry {
@@ -249,12 +298,17 @@ mod tests {
             .map(|p| {
                 let t = t.clone();
                 std::thread::spawn(move || {
-                    for round in 1..200u32 {
+                    let other = (p + 1) % 4;
+                    for round in 1..2000u32 {
                         for i in 0..200 {
                             let m = mac(p * 1000 + i);
                             t.learn(7, m, p as u16, round);
                             if let Some(got) = t.lookup(7, m, round) {
                                 assert_eq!(got, p as u16);
+                            }
+                            // Another thread's MAC: its owner's port, or a miss.
+                            if let Some(got) = t.lookup(7, mac(other * 1000 + i), round) {
+                                assert_eq!(got, other as u16);
                             }
                         }
                     }

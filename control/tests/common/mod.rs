@@ -27,6 +27,12 @@ pub fn worker_cpu() -> usize {
 impl Bulwarkd {
     /// Starts bulwarkd with server-mode ports `(name, segment)` at `<dir>/<name>.sock`.
     pub fn start(ports: &[(&str, u16)]) -> Self {
+        let ports: Vec<(&str, u16, &str)> = ports.iter().map(|&(n, s)| (n, s, "server")).collect();
+        Self::start_with(&ports, &[worker_cpu()])
+    }
+
+    /// Starts bulwarkd with ports `(name, segment, mode)` and workers on `cpus`.
+    pub fn start_with(ports: &[(&str, u16, &str)], cpus: &[usize]) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -36,13 +42,14 @@ impl Bulwarkd {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
         let mut cfg = format!(
             "[switch]\nworkers = [{}]\nmac_aging_secs = 300\n",
-            worker_cpu()
+            cpus.join(", ")
         );
-        for (name, seg) in ports {
+        for (name, seg, mode) in ports {
             cfg += &format!(
-                "\n[[ports]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"server\"\nsegment = {seg}\n",
+                "\n[[ports]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"{mode}\"\nsegment = {seg}\n",
                 dir.join(format!("{name}.sock")).display()
             );
         }
@@ -121,8 +128,17 @@ impl Bulwarkd {
 
     /// Connects a pktgen device to port `name` and waits until the switch runs both queues.
     pub fn attach(&self, name: &str, mac: [u8; 6]) -> VirtioNet {
+        self.attach_via(name, mac, Connect::Dial(self.sock(name)))
+    }
+
+    /// Like `attach`, for a client-mode port: pktgen listens, bulwarkd dials.
+    pub fn attach_listening(&self, name: &str, mac: [u8; 6]) -> VirtioNet {
+        self.attach_via(name, mac, Connect::Listen(self.sock(name)))
+    }
+
+    fn attach_via(&self, name: &str, mac: [u8; 6], how: Connect) -> VirtioNet {
         let dev = VirtioNet::connect(
-            Connect::Dial(self.sock(name)),
+            how,
             DeviceConfig {
                 mac,
                 ..Default::default()
