@@ -49,7 +49,9 @@ fn mac_table(c: &mut Criterion) {
 }
 
 fn wire(c: &mut Criterion) {
-    let frame: [u8; 14] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let frame: [u8; 14] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x00,
+    ];
     c.bench_function("wire/ethernet_parse", |b| {
         b.iter(|| {
             let e = EthernetFrame::new_checked(black_box(&frame[..])).unwrap();

@@ -321,6 +321,7 @@ fn client_mode_redials() {
 /// Two workers, each polling one port and delivering into the other's guest at the same time:
 /// both directions stay byte-exact and lossless.
 #[test]
+#[allow(clippy::needless_range_loop)] // `dir` picks the devices as well as the counters
 fn two_workers_cross_delivery() {
     const N: u64 = 100_000;
     const WINDOW: u64 = 96;
