@@ -251,3 +251,29 @@ fn garbage_on_the_control_socket() {
     send_all(&mut g, &[frame([0xff; 6], mac(3), 1)]);
     assert_eq!(recv_n(&mut x, 1, Duration::from_secs(5)).len(), 1);
 }
+
+/// A frontend that stops in the middle of a message only stalls its own port: other ports
+/// forward, and removing the stalled port through the API completes at once.
+#[test]
+fn stalled_frontend_does_not_block_port_removal() {
+    use std::io::Write;
+    let sw = Bulwarkd::start(&[("s", 1), ("x", 1), ("y", 1)]);
+    let mut x = sw.attach("x", mac(1));
+    let mut y = sw.attach("y", mac(2));
+    let mut s = std::os::unix::net::UnixStream::connect(sw.sock("s")).unwrap();
+    // First 4 bytes of a 12-byte header (GET_FEATURES), then nothing.
+    s.write_all(&[1, 0, 0, 0]).unwrap();
+    sw.wait_for(|| sw.port("s")["state"] == "negotiating", "s negotiating");
+    std::thread::sleep(Duration::from_millis(200));
+    still_forwards(&mut x, &mut y, 0);
+    let t = std::time::Instant::now();
+    let (status, v) = sw.api("DELETE", "/v1/ports/s", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "port removal took {:?}",
+        t.elapsed()
+    );
+    still_forwards(&mut x, &mut y, 1);
+    drop(s);
+}

@@ -33,12 +33,20 @@ pub enum SocketMode {
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
+/// Longest wait for the rest of a vhost-user message once its first bytes arrived.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running socket thread for one port.
 #[derive(Debug)]
 pub struct PortConn {
     stop: Arc<EventFd>,
+    /// A clone of the live connection: shutting it down unblocks a `handle_request` that waits
+    /// for the rest of a message from a frontend that stalled mid-message.
+    current: Live,
     thread: Option<JoinHandle<()>>,
 }
+
+type Live = Arc<Mutex<Option<UnixStream>>>;
 
 impl PortConn {
     /// Starts the socket thread. In server mode the socket is bound before this returns, so a
@@ -55,17 +63,26 @@ impl PortConn {
             SocketMode::Client => None,
         };
         let (name, path, stop2) = (name.to_string(), path.to_path_buf(), stop.clone());
+        let current: Live = Arc::default();
+        let live = current.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
             .spawn(move || {
+                let ctx = Ctx {
+                    name: &name,
+                    stop: &stop2,
+                    dev: &dev,
+                    live: &live,
+                };
                 match listener {
-                    Some(l) => serve_listener(&name, &l, &stop2, &dev),
-                    None => dial_loop(&name, &path, &stop2, &dev),
+                    Some(l) => serve_listener(&ctx, &l),
+                    None => dial_loop(&ctx, &path),
                 }
                 dev.set_state(LinkState::Stopped);
             })?;
         Ok(PortConn {
             stop,
+            current,
             thread: Some(thread),
         })
     }
@@ -77,6 +94,16 @@ impl PortConn {
 
     fn shutdown(&mut self) {
         let _ = self.stop.write(1);
+        // The thread stores a connection before it polls for the stop event, so either it sees
+        // the event or we see (and shut down) the connection it is blocked on.
+        if let Some(s) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -126,7 +153,15 @@ fn poll(fds: &mut [libc::pollfd], ms: i32) {
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
 }
 
-fn dial_loop(name: &str, path: &Path, stop: &EventFd, dev: &Arc<NetDevice>) {
+struct Ctx<'a> {
+    name: &'a str,
+    stop: &'a EventFd,
+    dev: &'a Arc<NetDevice>,
+    live: &'a Live,
+}
+
+fn dial_loop(ctx: &Ctx<'_>, path: &Path) {
+    let (name, stop, dev) = (ctx.name, ctx.stop, ctx.dev);
     let mut backoff = BACKOFF_MIN;
     let mut logged = false;
     loop {
@@ -136,7 +171,7 @@ fn dial_loop(name: &str, path: &Path, stop: &EventFd, dev: &Arc<NetDevice>) {
                 log::info!("{name}: connected to {}", path.display());
                 backoff = BACKOFF_MIN;
                 logged = false;
-                if serve(name, s, stop, dev) {
+                if serve(ctx, s) {
                     return;
                 }
                 log::info!("{name}: disconnected; re-dialing {}", path.display());
@@ -158,7 +193,8 @@ fn dial_loop(name: &str, path: &Path, stop: &EventFd, dev: &Arc<NetDevice>) {
     }
 }
 
-fn serve_listener(name: &str, l: &UnixListener, stop: &EventFd, dev: &Arc<NetDevice>) {
+fn serve_listener(ctx: &Ctx<'_>, l: &UnixListener) {
+    let (name, stop, dev) = (ctx.name, ctx.stop, ctx.dev);
     loop {
         dev.set_state(LinkState::Listening);
         if wait(Some(l.as_raw_fd()), stop, None) {
@@ -167,7 +203,7 @@ fn serve_listener(name: &str, l: &UnixListener, stop: &EventFd, dev: &Arc<NetDev
         match l.accept() {
             Ok((s, _)) => {
                 log::info!("{name}: frontend connected");
-                if serve(name, s, stop, dev) {
+                if serve(ctx, s) {
                     return;
                 }
                 log::info!("{name}: frontend disconnected; listening again");
@@ -183,9 +219,17 @@ fn serve_listener(name: &str, l: &UnixListener, stop: &EventFd, dev: &Arc<NetDev
 }
 
 /// Serves one connection until it ends (false) or we are told to stop (true).
-fn serve(name: &str, s: UnixStream, stop: &EventFd, dev: &Arc<NetDevice>) -> bool {
+fn serve(ctx: &Ctx<'_>, s: UnixStream) -> bool {
+    let (name, stop, dev) = (ctx.name, ctx.stop, ctx.dev);
+    *ctx.live.lock().unwrap_or_else(|e| e.into_inner()) = s.try_clone().ok();
     dev.count_connection();
     dev.set_state(LinkState::Negotiating);
+    // We read only after poll says data is there, so a frontend sending whole messages never
+    // waits on this; one that stalls mid-message is disconnected instead of holding this
+    // thread (and a `port del` waiting for it) for ever.
+    if let Err(e) = s.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
+        log::warn!("{name}: cannot set a read timeout: {e}");
+    }
     let fd = s.as_raw_fd();
     let backend = Arc::new(Mutex::new(NetBackend::new(dev.clone(), name)));
     let mut handler = BackendReqHandler::from_stream(s, backend);
@@ -215,6 +259,7 @@ fn serve(name: &str, s: UnixStream, stop: &EventFd, dev: &Arc<NetDevice>) -> boo
     };
     // Dropping the handler drops the NetBackend, which takes the rings back from the workers.
     drop(handler);
+    *ctx.live.lock().unwrap_or_else(|e| e.into_inner()) = None;
     stopped
 }
 
