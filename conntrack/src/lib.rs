@@ -1,6 +1,9 @@
 //! Connection tracking for the per-vNIC firewall.
 //!
-//! Empty for now: the TCP/UDP/ICMP state machines, the lockless table and per-vNIC limits
-//! arrive with the firewall issue (see ARCHITECTURE.md). The crate exists so the workspace
-//! layout and dependency direction are fixed from the start.
+//! - `tcp`: pf-style TCP state machine with sequence-window checks, a pure function over a
+//!   24-byte state (tested table-style).
+//!
+//! See `DESIGN.md` in this crate for the table layout, concurrency and aging.
 #![deny(unsafe_code)]
+
+pub mod tcp;
