@@ -2,8 +2,16 @@
 //!
 //! - `tcp`: pf-style TCP state machine with sequence-window checks, a pure function over a
 //!   24-byte state (tested table-style).
+//! - `table`: the shared, fixed-size connection table: 64-byte in-place entries, lock-free
+//!   lookups from any worker, per-vNIC limits, lazy aging with QSBR-deferred reuse.
+//! - `qsbr`: the workers' quiescence counters used for reclamation.
 //!
-//! See `DESIGN.md` in this crate for the table layout, concurrency and aging.
+//! See `DESIGN.md` in this crate for the table layout, concurrency, memory ordering and aging.
 #![deny(unsafe_code)]
 
+pub mod qsbr;
+pub mod table;
 pub mod tcp;
+
+pub use table::{Config, ConnInfo, Found, InsertError, Key, SweepStats, Table, Timeouts};
+pub use tcp::{Segment, TcpConn, TimeoutClass};

@@ -1,0 +1,907 @@
+//! The connection table: fixed size, shared by all workers, lock-free lookups.
+//!
+//! See `DESIGN.md` for the reasoning. In short:
+//! - Slots are 64-byte cache lines, stored in place (no pointer chasing). An IPv4 connection
+//!   takes one slot; an IPv6 connection takes two adjacent slots (the second holds the
+//!   addresses).
+//! - One key per connection, hashed symmetrically, so both directions find the same slot; the
+//!   stored orientation tells which direction a packet goes.
+//! - Buckets of 8 slots; a key may live in either of two buckets chosen by its hash ("two
+//!   choices": inserts go to the emptier one, which keeps buckets from overflowing below
+//!   capacity). A one-byte tag per slot (hash bits) lets a lookup skip non-matching slots
+//!   without touching them: a miss reads two tag words, not 16 cache lines. Entries never
+//!   move once inserted.
+//! - Lookups take no lock. Inserts of keys with the same first bucket are serialized by that
+//!   bucket's insert flag (so two cores never create the same connection twice: the second
+//!   finds the first's entry). Claiming a free slot is a CAS on its status.
+//! - Per-connection mutable state: last-seen time and packet count are atomics; the TCP window
+//!   state (three words) is updated under a per-slot spin bit, as pf, OVS and Linux serialize
+//!   one connection's updates. Lookups never take it.
+//! - Slots are freed in two phases by the sweeper (one thread): expired -> tombstone; after a
+//!   QSBR grace period -> empty. A worker can therefore use a slot for the whole processing of
+//!   a packet without re-validating it.
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use crate::qsbr::{Qsbr, Snapshot};
+use crate::tcp::{TcpConn, TimeoutClass};
+
+const BUCKET: usize = 8;
+
+// Word indexes in a slot.
+const W_META: usize = 0;
+const W_ADDR4: usize = 1;
+const W_PORTS: usize = 2;
+const W_TCP: usize = 3; // three words
+const W_TIME: usize = 6;
+const W_PKTS: usize = 7;
+
+// W_META bits.
+const STATUS_MASK: u64 = 0b11;
+const EMPTY: u64 = 0;
+const BUSY: u64 = 1;
+const LIVE: u64 = 2;
+const TOMB: u64 = 3;
+const LOCK: u64 = 1 << 2;
+/// Flag: this slot holds the IPv6 addresses of the slot before it.
+const F_CONT: u64 = 1 << 3;
+/// Flag: IPv6 entry (its addresses are in the next slot).
+const F_WIDE: u64 = 1 << 4;
+/// Flag: the reply direction has been seen.
+pub const F_REPLIED: u64 = 1 << 5;
+/// Flag: picked up mid-stream (TCP).
+pub const F_PICKUP: u64 = 1 << 6;
+const CLASS_SHIFT: u32 = 8;
+const EPOCH_SHIFT: u32 = 16;
+const OWNER_SHIFT: u32 = 32;
+const PEER_SHIFT: u32 = 48;
+
+const TAG_NONE: u8 = 0;
+const TAG_CONT: u8 = 1;
+
+/// The identity of a connection, in the direction of its first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// Isolation domain (the segment): equal addresses in two zones are two connections.
+    pub zone: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source address (same family as `dst`).
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (ICMP echo: the identifier).
+    pub sport: u16,
+    /// Destination port (ICMP echo: the identifier again, so the key is symmetric).
+    pub dport: u16,
+}
+
+impl Key {
+    /// The same connection seen from the other end.
+    pub fn reversed(&self) -> Key {
+        Key {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..*self
+        }
+    }
+
+    fn is_v6(&self) -> bool {
+        matches!(self.src, IpAddr::V6(_))
+    }
+
+    fn ports_word(&self) -> u64 {
+        u64::from(self.sport)
+            | u64::from(self.dport) << 16
+            | u64::from(self.zone) << 32
+            | u64::from(self.proto) << 48
+            | u64::from(if self.is_v6() { 6u8 } else { 4u8 }) << 56
+    }
+
+    fn addr4_word(&self) -> u64 {
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                u64::from(u32::from(s)) | u64::from(u32::from(d)) << 32
+            }
+            _ => 0,
+        }
+    }
+
+    fn addr6_words(&self) -> [u64; 4] {
+        let w = |a: IpAddr| match a {
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                [v as u64, (v >> 64) as u64]
+            }
+            IpAddr::V4(_) => [0, 0],
+        };
+        let (s, d) = (w(self.src), w(self.dst));
+        [s[0], s[1], d[0], d[1]]
+    }
+}
+
+/// Why a connection could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// the table holds its configured maximum of connections, or the key's buckets are full
+    TableFull,
+    /// the vNIC holds its configured maximum of connections
+    VnicLimit,
+    /// the vNIC opened connections faster than its configured rate
+    VnicRate,
+    /// the two addresses are of different families
+    MixedFamilies,
+}
+
+/// Per-class idle timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP, indexed by `TimeoutClass`.
+    pub tcp: [u32; 6],
+    /// UDP before a reply was seen.
+    pub udp_first: u32,
+    /// UDP after a reply.
+    pub udp_replied: u32,
+    /// ICMP echo.
+    pub icmp: u32,
+    /// Other protocols.
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            // first packet, opening, established, closing, fin-wait, closed (TIME_WAIT)
+            tcp: [30, 30, 86_400, 900, 45, 30],
+            udp_first: 30,
+            udp_replied: 120,
+            icmp: 30,
+            other: 60,
+        }
+    }
+}
+
+/// Table configuration (fixed at start).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most live connections, in IPv4 units: an IPv6 connection counts as two.
+    pub capacity: usize,
+    /// vNIC ids are `0..vnics`.
+    pub vnics: usize,
+    /// Worker threads that will call `quiescent`.
+    pub workers: usize,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Limits of one vNIC.
+#[derive(Debug, Default)]
+struct Vnic {
+    count: AtomicU32,
+    max: AtomicU32,
+    /// New connections per second (0: unlimited).
+    rate: AtomicU32,
+    /// Token bucket: tokens (low 32 bits, in 1/1000 connection) and last refill ms (high 32).
+    bucket: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
+struct Slot {
+    w: [AtomicU64; 8],
+}
+
+/// A found connection: its slot and which way this packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Slot index (valid until the caller's next quiescent state).
+    pub slot: usize,
+    /// 0: same direction as the first packet; 1: reply direction.
+    pub dir: usize,
+}
+
+/// A connection as the operator view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Key in the opening direction.
+    pub key: Key,
+    /// vNIC that opened it.
+    pub owner: u16,
+    /// vNIC on the other end (same as owner when it leaves the host).
+    pub peer: u16,
+    /// Timeout class.
+    pub class: TimeoutClass,
+    /// Seconds since the last packet.
+    pub idle_secs: u32,
+    /// Packets both ways.
+    pub packets: u64,
+    /// Rule that admitted it on the owner's egress side.
+    pub rule_egress: u16,
+    /// Rule that admitted it on the peer's ingress side.
+    pub rule_ingress: u16,
+    /// Policy epoch it was last validated under.
+    pub epoch: u16,
+    /// The reply direction has been seen.
+    pub replied: bool,
+    /// TCP window state, for TCP.
+    pub tcp: Option<TcpConn>,
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Connections found expired and removed.
+    pub expired: usize,
+    /// Slots returned to the free pool after their grace period.
+    pub reclaimed: usize,
+}
+
+/// Tombstoned slots on their way back to the free pool.
+#[derive(Debug, Default)]
+struct Reclaim {
+    /// Tombstoned since the last snapshot.
+    waiting: Vec<usize>,
+    /// Tombstoned before `snapshot`; free once every worker passed a quiescent state since.
+    grace: Vec<usize>,
+    snapshot: Option<Snapshot>,
+}
+
+/// The shared connection table.
+#[derive(Debug)]
+pub struct Table {
+    slots: Box<[Slot]>,
+    tags: Box<[AtomicU8]>,
+    inserting: Box<[AtomicBool]>,
+    nbuckets: usize,
+    seed: u64,
+    live: AtomicU32,
+    /// Slot units in use (IPv4: 1, IPv6: 2), against `capacity`.
+    used: AtomicU32,
+    capacity: u32,
+    vnics: Box<[Vnic]>,
+    timeouts: Timeouts,
+    qsbr: Qsbr,
+    /// Reclamation state (control thread only; the mutex is never taken on a worker).
+    reclaim: std::sync::Mutex<Reclaim>,
+}
+
+impl Table {
+    /// A table for `cfg.capacity` connections (at most 75 % of its slots are used).
+    pub fn new(cfg: &Config) -> Self {
+        let slots_needed = (cfg.capacity.max(1) * 4).div_ceil(3).max(BUCKET * 2);
+        let nbuckets = slots_needed.div_ceil(BUCKET).next_power_of_two();
+        let n = nbuckets * BUCKET;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x6374_u64) | 1;
+        Table {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            tags: (0..n).map(|_| AtomicU8::new(TAG_NONE)).collect(),
+            inserting: (0..nbuckets).map(|_| AtomicBool::new(false)).collect(),
+            nbuckets,
+            seed,
+            live: AtomicU32::new(0),
+            used: AtomicU32::new(0),
+            capacity: u32::try_from(cfg.capacity).unwrap_or(u32::MAX),
+            vnics: (0..cfg.vnics)
+                .map(|_| Vnic {
+                    max: AtomicU32::new(u32::MAX),
+                    ..Default::default()
+                })
+                .collect(),
+            timeouts: cfg.timeouts,
+            qsbr: Qsbr::new(cfg.workers),
+            reclaim: Default::default(),
+        }
+    }
+
+    /// Bytes of table memory per connection at full capacity (slots, tags and insert flags,
+    /// divided by the capacity).
+    pub fn bytes_per_connection(&self) -> f64 {
+        let bytes = self.slots.len() * (std::mem::size_of::<Slot>() + 1) + self.nbuckets;
+        bytes as f64 / f64::from(self.capacity.max(1))
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed) as usize
+    }
+
+    /// Whether the table holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The workers' quiescence counters.
+    pub fn qsbr(&self) -> &Qsbr {
+        &self.qsbr
+    }
+
+    /// Sets a vNIC's limits: most connections it may own, and new connections per second
+    /// (0: unlimited).
+    pub fn set_vnic_limits(&self, vnic: u16, max: u32, rate: u32) {
+        if let Some(v) = self.vnics.get(usize::from(vnic)) {
+            v.max.store(max, Ordering::Relaxed);
+            v.rate.store(rate, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections a vNIC owns now.
+    pub fn vnic_count(&self, vnic: u16) -> u32 {
+        self.vnics
+            .get(usize::from(vnic))
+            .map_or(0, |v| v.count.load(Ordering::Relaxed))
+    }
+
+    /// The symmetric hash: both orientations of a key hash alike.
+    #[inline]
+    pub fn hash(&self, k: &Key) -> u64 {
+        let ep = |a: IpAddr, p: u16| -> u64 {
+            let v: u128 = match a {
+                IpAddr::V4(a) => u128::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a),
+            };
+            mix(mix(self.seed ^ v as u64, (v >> 64) as u64), u64::from(p))
+        };
+        let (a, b) = (ep(k.src, k.sport), ep(k.dst, k.dport));
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        mix(mix(lo, hi), u64::from(k.zone) << 8 | u64::from(k.proto))
+    }
+
+    /// The key's two candidate buckets (distinct).
+    #[inline]
+    fn buckets(&self, hash: u64) -> [usize; 2] {
+        let m = self.nbuckets - 1;
+        let b1 = (hash as usize) & m;
+        let mut b2 = ((hash >> 24) as usize ^ (hash >> 44) as usize) & m;
+        if b2 == b1 {
+            b2 = b1 ^ 1;
+        }
+        [b1, b2]
+    }
+
+    #[inline]
+    fn tag(hash: u64) -> u8 {
+        ((hash >> 56) as u8).max(2)
+    }
+
+    /// The key stored in `slot` (opening direction), if it holds a live connection.
+    pub fn key_at(&self, slot: usize) -> Option<Key> {
+        self.connections_in(slot..slot + 1, None, 0)
+            .pop()
+            .map(|c| c.key)
+    }
+
+    /// Compares slot `s` (LIVE, not a continuation) with `k`; returns the direction.
+    #[inline]
+    fn matches(&self, s: usize, k: &Key, meta: u64) -> Option<usize> {
+        let w = &self.slots[s].w;
+        let ports = w[W_PORTS].load(Ordering::Relaxed);
+        let fwd = k.ports_word();
+        let rev = k.reversed().ports_word();
+        let dir = if ports == fwd {
+            0
+        } else if ports == rev {
+            1
+        } else {
+            return None;
+        };
+        let key = if dir == 0 { *k } else { k.reversed() };
+        let same_addrs = if meta & F_WIDE != 0 {
+            let c = &self.slots.get(s + 1)?.w;
+            key.addr6_words()
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| c[1 + i].load(Ordering::Relaxed) == v)
+        } else {
+            w[W_ADDR4].load(Ordering::Relaxed) == key.addr4_word()
+        };
+        // A key equal to its own reverse (same endpoints) is direction 0.
+        same_addrs.then_some(dir)
+    }
+
+    /// Finds the connection `k` belongs to, in either direction. Takes no lock.
+    #[inline]
+    pub fn lookup(&self, k: &Key, hash: u64) -> Option<Found> {
+        let tag = Self::tag(hash);
+        for b in self.buckets(hash) {
+            let base = b * BUCKET;
+            for s in base..base + BUCKET {
+                // Acquire on the tag pairs with its Release store after the slot went LIVE.
+                if self.tags[s].load(Ordering::Acquire) != tag {
+                    continue;
+                }
+                let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
+                if meta & STATUS_MASK != LIVE || meta & F_CONT != 0 {
+                    continue;
+                }
+                if let Some(dir) = self.matches(s, k, meta) {
+                    return Some(Found { slot: s, dir });
+                }
+            }
+        }
+        None
+    }
+
+    fn admit(&self, vnic: u16, now_ms: u32) -> Result<(), InsertError> {
+        let Some(v) = self.vnics.get(usize::from(vnic)) else {
+            return Ok(());
+        };
+        // Reserve, then check (as Linux does): the reservation itself cannot race.
+        if v.count.fetch_add(1, Ordering::Relaxed) >= v.max.load(Ordering::Relaxed) {
+            v.count.fetch_sub(1, Ordering::Relaxed);
+            return Err(InsertError::VnicLimit);
+        }
+        let rate = v.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return Ok(());
+        }
+        // Token bucket in milli-connections, burst = one second's worth.
+        let cap = u64::from(rate) * 1000;
+        let res = v
+            .bucket
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                let (tokens, last) = (b & 0xffff_ffff, (b >> 32) as u32);
+                let elapsed = u64::from(now_ms.wrapping_sub(last).min(1000));
+                let tokens = if last == 0 {
+                    cap
+                } else {
+                    (tokens + elapsed * u64::from(rate)).min(cap)
+                };
+                (tokens >= 1000).then(|| (tokens - 1000) | u64::from(now_ms.max(1)) << 32)
+            });
+        if res.is_err() {
+            v.count.fetch_sub(1, Ordering::Relaxed);
+            return Err(InsertError::VnicRate);
+        }
+        Ok(())
+    }
+
+    fn release(&self, vnic: u16) {
+        if let Some(v) = self.vnics.get(usize::from(vnic)) {
+            v.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Creates the connection `k` (or finds it, if another core created it meanwhile:
+    /// `Ok((found, false))`). `owner` is charged against its limits; `tcp` is the initial TCP
+    /// state. `now` is in seconds, `now_ms` in milliseconds (for rate limits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &self,
+        k: &Key,
+        hash: u64,
+        owner: u16,
+        peer: u16,
+        tcp: Option<&TcpConn>,
+        epoch: u16,
+        rules: (u16, u16),
+        now: u32,
+        now_ms: u32,
+    ) -> Result<(Found, bool), InsertError> {
+        if k.src.is_ipv6() != k.dst.is_ipv6() {
+            return Err(InsertError::MixedFamilies);
+        }
+        let flag = &self.inserting[self.buckets(hash)[0]];
+        // Serialize creators of keys with this first bucket (both orientations of a key hash
+        // alike, so they share it). Held for a few hundred ns; a
+        // creator never waits for anything else while holding it.
+        while flag
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let r = self.insert_locked(k, hash, owner, peer, tcp, epoch, rules, now, now_ms);
+        // Release: pairs with the next creator's Acquire, which then sees our slot.
+        flag.store(false, Ordering::Release);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_locked(
+        &self,
+        k: &Key,
+        hash: u64,
+        owner: u16,
+        peer: u16,
+        tcp: Option<&TcpConn>,
+        epoch: u16,
+        rules: (u16, u16),
+        now: u32,
+        now_ms: u32,
+    ) -> Result<(Found, bool), InsertError> {
+        if let Some(f) = self.lookup(k, hash) {
+            return Ok((f, false));
+        }
+        let wide = k.is_v6();
+        // Capacity is in slot units: an IPv6 connection takes two.
+        let units = 1 + u32::from(wide);
+        if self.used.fetch_add(units, Ordering::Relaxed) + units > self.capacity {
+            self.used.fetch_sub(units, Ordering::Relaxed);
+            return Err(InsertError::TableFull);
+        }
+        if let Err(e) = self.admit(owner, now_ms) {
+            self.used.fetch_sub(units, Ordering::Relaxed);
+            return Err(e);
+        }
+        let Some(s) = self.claim(hash, wide) else {
+            self.used.fetch_sub(units, Ordering::Relaxed);
+            self.release(owner);
+            return Err(InsertError::TableFull);
+        };
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let w = &self.slots[s].w;
+        w[W_ADDR4].store(k.addr4_word(), Ordering::Relaxed);
+        w[W_PORTS].store(k.ports_word(), Ordering::Relaxed);
+        let t = tcp.map_or([0; 3], TcpConn::to_words);
+        for (i, v) in t.iter().enumerate() {
+            w[W_TCP + i].store(*v, Ordering::Relaxed);
+        }
+        w[W_TIME].store(
+            u64::from(now) | u64::from(rules.0) << 32 | u64::from(rules.1) << 48,
+            Ordering::Relaxed,
+        );
+        w[W_PKTS].store(0, Ordering::Relaxed);
+        let class = tcp.map_or(TimeoutClass::FirstPacket, TcpConn::timeout_class) as u64;
+        let mut meta = LIVE
+            | class << CLASS_SHIFT
+            | u64::from(epoch) << EPOCH_SHIFT
+            | u64::from(owner) << OWNER_SHIFT
+            | u64::from(peer) << PEER_SHIFT;
+        if wide {
+            meta |= F_WIDE;
+            let c = &self.slots[s + 1].w;
+            for (i, v) in k.addr6_words().iter().enumerate() {
+                c[1 + i].store(*v, Ordering::Relaxed);
+            }
+            // Release: the continuation's words are visible to whoever sees it LIVE.
+            c[W_META].store(LIVE | F_CONT, Ordering::Release);
+            self.tags[s + 1].store(TAG_CONT, Ordering::Release);
+        }
+        // Release: all the words above happen-before a reader's Acquire load of LIVE.
+        w[W_META].store(meta, Ordering::Release);
+        self.tags[s].store(Self::tag(hash), Ordering::Release);
+        Ok((Found { slot: s, dir: 0 }, true))
+    }
+
+    /// Claims one free slot (two adjacent ones in a bucket for `wide`) in the emptier of the
+    /// key's buckets, falling back to the other.
+    fn claim(&self, hash: u64, wide: bool) -> Option<usize> {
+        let free = |b: usize| {
+            (b * BUCKET..(b + 1) * BUCKET)
+                .filter(|&s| self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK == EMPTY)
+                .count()
+        };
+        let [b1, b2] = self.buckets(hash);
+        let order = if free(b2) > free(b1) {
+            [b2, b1]
+        } else {
+            [b1, b2]
+        };
+        let busy = |s: usize| {
+            self.slots[s].w[W_META]
+                .compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        };
+        for b in order {
+            let base = b * BUCKET;
+            let last = if wide {
+                base + BUCKET - 1
+            } else {
+                base + BUCKET
+            };
+            for s in base..last {
+                if self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK != EMPTY
+                    || !busy(s)
+                {
+                    continue;
+                }
+                if !wide {
+                    return Some(s);
+                }
+                if busy(s + 1) {
+                    return Some(s);
+                }
+                // The neighbour was taken: give ours back.
+                self.slots[s].w[W_META].store(EMPTY, Ordering::Release);
+            }
+        }
+        None
+    }
+
+    /// Updates a connection's TCP state under its spin bit. `f` sees a copy and returns what
+    /// to store (None: leave it) and a result for the caller.
+    pub fn with_tcp<R>(&self, slot: usize, f: impl FnOnce(&mut TcpConn) -> (bool, R)) -> R {
+        let w = &self.slots[slot].w;
+        // Acquire: pairs with the previous holder's Release in fetch_and below.
+        while w[W_META].fetch_or(LOCK, Ordering::Acquire) & LOCK != 0 {
+            std::hint::spin_loop();
+        }
+        let mut c = TcpConn::from_words([
+            w[W_TCP].load(Ordering::Relaxed),
+            w[W_TCP + 1].load(Ordering::Relaxed),
+            w[W_TCP + 2].load(Ordering::Relaxed),
+        ]);
+        let (store, r) = f(&mut c);
+        if store {
+            for (i, v) in c.to_words().iter().enumerate() {
+                w[W_TCP + i].store(*v, Ordering::Relaxed);
+            }
+            let class = c.timeout_class() as u64;
+            let _ = w[W_META].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(m & !(0xff << CLASS_SHIFT) | class << CLASS_SHIFT)
+            });
+        }
+        // Release: our TCP words happen-before the next holder's Acquire.
+        w[W_META].fetch_and(!LOCK, Ordering::Release);
+        r
+    }
+
+    /// Records a packet: last-seen time (written at most once a second) and the packet count;
+    /// `dir` 1 marks the connection as replied.
+    #[inline]
+    pub fn touch(&self, slot: usize, dir: usize, now: u32) {
+        let w = &self.slots[slot].w;
+        w[W_PKTS].fetch_add(1, Ordering::Relaxed);
+        let t = w[W_TIME].load(Ordering::Relaxed);
+        if t as u32 != now {
+            let _ = w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t & !0xffff_ffff | u64::from(now))
+            });
+        }
+        if dir == 1 {
+            let m = w[W_META].load(Ordering::Relaxed);
+            if m & F_REPLIED == 0 {
+                w[W_META].fetch_or(F_REPLIED, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The policy epoch a connection was last validated under.
+    #[inline]
+    pub fn epoch(&self, slot: usize) -> u16 {
+        (self.slots[slot].w[W_META].load(Ordering::Relaxed) >> EPOCH_SHIFT) as u16
+    }
+
+    /// Records a re-validation under `epoch` with the rules that now admit the connection.
+    pub fn revalidated(&self, slot: usize, epoch: u16, rules: (u16, u16)) {
+        let w = &self.slots[slot].w;
+        let _ = w[W_META].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+            Some(m & !(0xffff << EPOCH_SHIFT) | u64::from(epoch) << EPOCH_SHIFT)
+        });
+        let _ = w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            Some(t & 0xffff_ffff | u64::from(rules.0) << 32 | u64::from(rules.1) << 48)
+        });
+    }
+
+    /// Whether the reply direction was seen.
+    #[inline]
+    pub fn replied(&self, slot: usize) -> bool {
+        self.slots[slot].w[W_META].load(Ordering::Relaxed) & F_REPLIED != 0
+    }
+
+    fn timeout(&self, meta: u64, proto: u8) -> u32 {
+        let t = &self.timeouts;
+        match proto {
+            6 => t.tcp[((meta >> CLASS_SHIFT) & 0xff).min(5) as usize],
+            17 if meta & F_REPLIED != 0 => t.udp_replied,
+            17 => t.udp_first,
+            1 | 58 => t.icmp,
+            _ => t.other,
+        }
+    }
+
+    /// Whether the connection in `slot` has been idle longer than its timeout.
+    pub fn expired(&self, slot: usize, now: u32) -> bool {
+        let w = &self.slots[slot].w;
+        let meta = w[W_META].load(Ordering::Relaxed);
+        let proto = (w[W_PORTS].load(Ordering::Relaxed) >> 48) as u8;
+        let seen = w[W_TIME].load(Ordering::Relaxed) as u32;
+        now.wrapping_sub(seen) > self.timeout(meta, proto)
+    }
+
+    /// Makes the connection in `slot` expire now: lookups still find it until the next sweep
+    /// removes it, and callers treat it as gone (`expired`). For workers (a policy cut it, a
+    /// RST closed it): it takes no lock.
+    pub fn expire_now(&self, slot: usize) {
+        let _ =
+            self.slots[slot].w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t & !0xffff_ffff)
+            });
+    }
+
+    /// Removes the connection in `slot` now. Returns false if it was already gone. Control
+    /// thread only (it queues the slot for reclamation).
+    pub fn remove(&self, slot: usize) -> bool {
+        let w = &self.slots[slot].w;
+        let mut meta = w[W_META].load(Ordering::Relaxed);
+        loop {
+            if meta & STATUS_MASK != LIVE || meta & F_CONT != 0 {
+                return false;
+            }
+            if meta & LOCK != 0 {
+                std::hint::spin_loop();
+                meta = w[W_META].load(Ordering::Relaxed);
+                continue;
+            }
+            match w[W_META].compare_exchange_weak(
+                meta,
+                meta & !STATUS_MASK | TOMB,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(m) => meta = m,
+            }
+        }
+        self.tags[slot].store(TAG_NONE, Ordering::Release);
+        if meta & F_WIDE != 0 {
+            self.slots[slot + 1].w[W_META].store(TOMB | F_CONT, Ordering::Release);
+            self.tags[slot + 1].store(TAG_NONE, Ordering::Release);
+        }
+        self.release((meta >> OWNER_SHIFT) as u16);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.used
+            .fetch_sub(1 + u32::from(meta & F_WIDE != 0), Ordering::Relaxed);
+        self.lock_reclaim().waiting.push(slot);
+        true
+    }
+
+    fn lock_reclaim(&self) -> std::sync::MutexGuard<'_, Reclaim> {
+        self.reclaim.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ages the table: removes expired connections and returns slots whose grace period has
+    /// passed to the free pool. Call from one thread (the control thread), periodically.
+    pub fn sweep(&self, now: u32) -> SweepStats {
+        let mut st = SweepStats::default();
+        // Slots tombstoned before the last snapshot can be reused once every worker passed a
+        // quiescent state since it was taken.
+        {
+            let mut r = self.lock_reclaim();
+            if r.snapshot.as_ref().is_some_and(|s| self.qsbr.passed(s)) {
+                for slot in std::mem::take(&mut r.grace) {
+                    self.free(slot);
+                    st.reclaimed += 1;
+                }
+                r.snapshot = None;
+            }
+        }
+        for s in 0..self.slots.len() {
+            let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
+            if meta & STATUS_MASK == LIVE
+                && meta & F_CONT == 0
+                && self.expired(s, now)
+                && self.remove(s)
+            {
+                st.expired += 1;
+            }
+        }
+        // Start the grace period of everything tombstoned so far (the snapshot is taken after
+        // the tombstones were written, so a worker that still saw one LIVE has not yet passed
+        // a quiescent state).
+        let mut r = self.lock_reclaim();
+        if r.snapshot.is_none() && !r.waiting.is_empty() {
+            r.grace = std::mem::take(&mut r.waiting);
+            r.snapshot = Some(self.qsbr.snapshot());
+        }
+        st
+    }
+
+    fn free(&self, slot: usize) {
+        let w = &self.slots[slot].w;
+        let wide = w[W_META].load(Ordering::Relaxed) & F_WIDE != 0;
+        if wide {
+            self.slots[slot + 1].w[W_META].store(EMPTY, Ordering::Release);
+        }
+        w[W_META].store(EMPTY, Ordering::Release);
+    }
+
+    /// Removes every connection `vnic` owns or is the peer of; returns how many.
+    pub fn flush_vnic(&self, vnic: u16) -> usize {
+        let mut n = 0;
+        for s in 0..self.slots.len() {
+            let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
+            let (owner, peer) = ((meta >> OWNER_SHIFT) as u16, (meta >> PEER_SHIFT) as u16);
+            if meta & STATUS_MASK == LIVE
+                && meta & F_CONT == 0
+                && (owner == vnic || peer == vnic)
+                && self.remove(s)
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The live connections of `vnic` (owner or peer), or all with `None` (slow path).
+    pub fn connections(&self, vnic: Option<u16>, now: u32) -> Vec<ConnInfo> {
+        self.connections_in(0..self.slots.len(), vnic, now)
+    }
+
+    fn connections_in(
+        &self,
+        range: std::ops::Range<usize>,
+        vnic: Option<u16>,
+        now: u32,
+    ) -> Vec<ConnInfo> {
+        let mut out = Vec::new();
+        for s in range {
+            let w = &self.slots[s].w;
+            let meta = w[W_META].load(Ordering::Acquire);
+            if meta & STATUS_MASK != LIVE || meta & F_CONT != 0 {
+                continue;
+            }
+            let (owner, peer) = ((meta >> OWNER_SHIFT) as u16, (meta >> PEER_SHIFT) as u16);
+            if vnic.is_some_and(|v| v != owner && v != peer) {
+                continue;
+            }
+            let ports = w[W_PORTS].load(Ordering::Relaxed);
+            let proto = (ports >> 48) as u8;
+            let (src, dst) = if meta & F_WIDE != 0 {
+                let c = &self.slots[s + 1].w;
+                let a = |i: usize| {
+                    let lo = u128::from(c[1 + i].load(Ordering::Relaxed));
+                    let hi = u128::from(c[2 + i].load(Ordering::Relaxed));
+                    IpAddr::V6((lo | hi << 64).into())
+                };
+                (a(0), a(2))
+            } else {
+                let a = w[W_ADDR4].load(Ordering::Relaxed);
+                (
+                    IpAddr::V4((a as u32).into()),
+                    IpAddr::V4(((a >> 32) as u32).into()),
+                )
+            };
+            let time = w[W_TIME].load(Ordering::Relaxed);
+            let class = match (meta >> CLASS_SHIFT) & 0xff {
+                0 => TimeoutClass::FirstPacket,
+                1 => TimeoutClass::Opening,
+                2 => TimeoutClass::Established,
+                3 => TimeoutClass::Closing,
+                4 => TimeoutClass::FinWait,
+                _ => TimeoutClass::Closed,
+            };
+            out.push(ConnInfo {
+                key: Key {
+                    zone: (ports >> 32) as u16,
+                    proto,
+                    src,
+                    dst,
+                    sport: ports as u16,
+                    dport: (ports >> 16) as u16,
+                },
+                owner,
+                peer,
+                class,
+                idle_secs: now.wrapping_sub(time as u32),
+                packets: w[W_PKTS].load(Ordering::Relaxed),
+                rule_egress: (time >> 32) as u16,
+                rule_ingress: (time >> 48) as u16,
+                epoch: (meta >> EPOCH_SHIFT) as u16,
+                replied: meta & F_REPLIED != 0,
+                tcp: (proto == 6).then(|| {
+                    TcpConn::from_words([
+                        w[W_TCP].load(Ordering::Relaxed),
+                        w[W_TCP + 1].load(Ordering::Relaxed),
+                        w[W_TCP + 2].load(Ordering::Relaxed),
+                    ])
+                }),
+            });
+        }
+        out
+    }
+}
+
+#[inline]
+fn mix(a: u64, b: u64) -> u64 {
+    // A 64-bit multiply-xorshift mixer (as in wyhash/foldhash): not cryptographic, but seeded
+    // per process, so a guest cannot aim its flows at one bucket without knowing the seed.
+    let m = u128::from(a ^ 0x2d35_8dcc_aa6c_78a5) * u128::from(b ^ 0x8bb8_4b93_962e_acc9);
+    (m as u64) ^ (m >> 64) as u64
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
