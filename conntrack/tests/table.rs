@@ -8,7 +8,7 @@ use conntrack::tcp::{flags, Update};
 use conntrack::{Config, InsertError, Key, Segment, Table, TcpConn, TimeoutClass, Timeouts};
 
 fn v4(i: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000_u32.wrapping_add(i)))
 }
 
 fn v6(i: u32) -> IpAddr {
