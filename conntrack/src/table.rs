@@ -2,8 +2,8 @@
 //!
 //! See `DESIGN.md` for the reasoning. In short:
 //! - Slots are 64-byte cache lines, stored in place (no pointer chasing). An IPv4 connection
-//!   takes one slot; an IPv6 connection takes two adjacent slots (the second holds the
-//!   addresses).
+//!   takes one slot; an IPv6 connection takes two slots of one bucket (the second holds the
+//!   addresses; the first records where it is).
 //! - One key per connection, hashed symmetrically, so both directions find the same slot; the
 //!   stored orientation tells which direction a packet goes.
 //! - Buckets of 8 slots; a key may live in either of two buckets chosen by its hash ("two
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::qsbr::{Qsbr, Snapshot};
 use crate::tcp::{TcpConn, TimeoutClass};
 
-const BUCKET: usize = 8;
+const BUCKET: usize = 16;
 
 // Word indexes in a slot.
 const W_META: usize = 0;
@@ -273,7 +273,7 @@ impl Table {
     /// A table for `cfg.capacity` connections (at most 75 % of its slots are used).
     pub fn new(cfg: &Config) -> Self {
         let slots_needed = (cfg.capacity.max(1) * 4).div_ceil(3).max(BUCKET * 2);
-        let nbuckets = slots_needed.div_ceil(BUCKET).next_power_of_two();
+        let nbuckets = slots_needed.div_ceil(BUCKET);
         let n = nbuckets * BUCKET;
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x6374_u64) | 1;
         Table {
@@ -350,14 +350,16 @@ impl Table {
         mix(mix(lo, hi), u64::from(k.zone) << 8 | u64::from(k.proto))
     }
 
-    /// The key's two candidate buckets (distinct).
+    /// The key's two candidate buckets (distinct). Multiply-shift range reduction, so the
+    /// bucket count need not be a power of two and the table is sized to its capacity.
     #[inline]
     fn buckets(&self, hash: u64) -> [usize; 2] {
-        let m = self.nbuckets - 1;
-        let b1 = (hash as usize) & m;
-        let mut b2 = ((hash >> 24) as usize ^ (hash >> 44) as usize) & m;
+        let n = self.nbuckets as u64;
+        let reduce = |h: u64| ((u128::from(h) * u128::from(n)) >> 64) as usize;
+        let b1 = reduce(hash);
+        let mut b2 = reduce(hash.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15);
         if b2 == b1 {
-            b2 = b1 ^ 1;
+            b2 = (b1 + 1) % self.nbuckets;
         }
         [b1, b2]
     }
@@ -365,6 +367,12 @@ impl Table {
     #[inline]
     fn tag(hash: u64) -> u8 {
         ((hash >> 56) as u8).max(2)
+    }
+
+    /// The continuation slot of the IPv6 entry in `slot` (recorded in its address word).
+    #[inline]
+    fn cont(&self, slot: usize) -> usize {
+        self.slots[slot].w[W_ADDR4].load(Ordering::Relaxed) as usize
     }
 
     /// The key stored in `slot` (opening direction), if it holds a live connection.
@@ -390,7 +398,7 @@ impl Table {
         };
         let key = if dir == 0 { *k } else { k.reversed() };
         let same_addrs = if meta & F_WIDE != 0 {
-            let c = &self.slots.get(s + 1)?.w;
+            let c = &self.slots.get(self.cont(s))?.w;
             key.addr6_words()
                 .iter()
                 .enumerate()
@@ -527,14 +535,17 @@ impl Table {
             self.used.fetch_sub(units, Ordering::Relaxed);
             return Err(e);
         }
-        let Some(s) = self.claim(hash, wide) else {
+        let Some((s, cont)) = self.claim(hash, wide) else {
             self.used.fetch_sub(units, Ordering::Relaxed);
             self.release(owner);
             return Err(InsertError::TableFull);
         };
         self.live.fetch_add(1, Ordering::Relaxed);
         let w = &self.slots[s].w;
-        w[W_ADDR4].store(k.addr4_word(), Ordering::Relaxed);
+        w[W_ADDR4].store(
+            if wide { cont as u64 } else { k.addr4_word() },
+            Ordering::Relaxed,
+        );
         w[W_PORTS].store(k.ports_word(), Ordering::Relaxed);
         let t = tcp.map_or([0; 3], TcpConn::to_words);
         for (i, v) in t.iter().enumerate() {
@@ -553,13 +564,13 @@ impl Table {
             | u64::from(peer) << PEER_SHIFT;
         if wide {
             meta |= F_WIDE;
-            let c = &self.slots[s + 1].w;
+            let c = &self.slots[cont].w;
             for (i, v) in k.addr6_words().iter().enumerate() {
                 c[1 + i].store(*v, Ordering::Relaxed);
             }
             // Release: the continuation's words are visible to whoever sees it LIVE.
             c[W_META].store(LIVE | F_CONT, Ordering::Release);
-            self.tags[s + 1].store(TAG_CONT, Ordering::Release);
+            self.tags[cont].store(TAG_CONT, Ordering::Release);
         }
         // Release: all the words above happen-before a reader's Acquire load of LIVE.
         w[W_META].store(meta, Ordering::Release);
@@ -567,9 +578,9 @@ impl Table {
         Ok((Found { slot: s, dir: 0 }, true))
     }
 
-    /// Claims one free slot (two adjacent ones in a bucket for `wide`) in the emptier of the
-    /// key's buckets, falling back to the other.
-    fn claim(&self, hash: u64, wide: bool) -> Option<usize> {
+    /// Claims one free slot (two in one bucket for `wide`: the entry and its continuation),
+    /// in the emptier of the key's buckets, falling back to the other. Returns (slot, cont).
+    fn claim(&self, hash: u64, wide: bool) -> Option<(usize, usize)> {
         let free = |b: usize| {
             (b * BUCKET..(b + 1) * BUCKET)
                 .filter(|&s| self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK == EMPTY)
@@ -581,32 +592,27 @@ impl Table {
         } else {
             [b1, b2]
         };
-        let busy = |s: usize| {
-            self.slots[s].w[W_META]
-                .compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+        let take = |s: usize| {
+            self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK == EMPTY
+                && self.slots[s].w[W_META]
+                    .compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
         };
         for b in order {
-            let base = b * BUCKET;
-            let last = if wide {
-                base + BUCKET - 1
-            } else {
-                base + BUCKET
-            };
-            for s in base..last {
-                if self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK != EMPTY
-                    || !busy(s)
-                {
+            let mut got: Option<usize> = None;
+            for s in b * BUCKET..(b + 1) * BUCKET {
+                if !take(s) {
                     continue;
                 }
-                if !wide {
-                    return Some(s);
+                match got {
+                    None if wide => got = Some(s),
+                    None => return Some((s, s)),
+                    Some(first) => return Some((first, s)),
                 }
-                if busy(s + 1) {
-                    return Some(s);
-                }
-                // The neighbour was taken: give ours back.
-                self.slots[s].w[W_META].store(EMPTY, Ordering::Release);
+            }
+            // Only one free slot here for a wide entry: give it back.
+            if let Some(first) = got {
+                self.slots[first].w[W_META].store(EMPTY, Ordering::Release);
             }
         }
         None
@@ -739,8 +745,9 @@ impl Table {
         }
         self.tags[slot].store(TAG_NONE, Ordering::Release);
         if meta & F_WIDE != 0 {
-            self.slots[slot + 1].w[W_META].store(TOMB | F_CONT, Ordering::Release);
-            self.tags[slot + 1].store(TAG_NONE, Ordering::Release);
+            let c = self.cont(slot);
+            self.slots[c].w[W_META].store(TOMB | F_CONT, Ordering::Release);
+            self.tags[c].store(TAG_NONE, Ordering::Release);
         }
         self.release((meta >> OWNER_SHIFT) as u16);
         self.live.fetch_sub(1, Ordering::Relaxed);
@@ -795,7 +802,7 @@ impl Table {
         let w = &self.slots[slot].w;
         let wide = w[W_META].load(Ordering::Relaxed) & F_WIDE != 0;
         if wide {
-            self.slots[slot + 1].w[W_META].store(EMPTY, Ordering::Release);
+            self.slots[self.cont(slot)].w[W_META].store(EMPTY, Ordering::Release);
         }
         w[W_META].store(EMPTY, Ordering::Release);
     }
@@ -842,7 +849,7 @@ impl Table {
             let ports = w[W_PORTS].load(Ordering::Relaxed);
             let proto = (ports >> 48) as u8;
             let (src, dst) = if meta & F_WIDE != 0 {
-                let c = &self.slots[s + 1].w;
+                let c = &self.slots[self.cont(s)].w;
                 let a = |i: usize| {
                     let lo = u128::from(c[1 + i].load(Ordering::Relaxed));
                     let hi = u128::from(c[2 + i].load(Ordering::Relaxed));
