@@ -6,11 +6,11 @@
 //!   addresses; the first records where it is).
 //! - One key per connection, hashed symmetrically, so both directions find the same slot; the
 //!   stored orientation tells which direction a packet goes.
-//! - Buckets of 8 slots; a key may live in either of two buckets chosen by its hash ("two
-//!   choices": inserts go to the emptier one, which keeps buckets from overflowing below
-//!   capacity). A one-byte tag per slot (hash bits) lets a lookup skip non-matching slots
-//!   without touching them: a miss reads two tag words, not 16 cache lines. Entries never
-//!   move once inserted.
+//! - Buckets of 16 slots; a key may live in either of two buckets chosen by its hash ("two
+//!   choices": inserts go to the emptier one), or, when both are full, in the bucket after
+//!   either. A one-byte tag per slot (hash bits) lets a lookup skip non-matching slots without
+//!   touching them: a miss reads the tags of four buckets (two pairs of adjacent 16-byte
+//!   groups), not 64 cache lines. Entries never move once inserted.
 //! - Lookups take no lock. Inserts of keys with the same first bucket are serialized by that
 //!   bucket's insert flag (so two cores never create the same connection twice: the second
 //!   finds the first's entry). Claiming a free slot is a CAS on its status.
@@ -350,18 +350,16 @@ impl Table {
         mix(mix(lo, hi), u64::from(k.zone) << 8 | u64::from(k.proto))
     }
 
-    /// The key's two candidate buckets (distinct). Multiply-shift range reduction, so the
-    /// bucket count need not be a power of two and the table is sized to its capacity.
+    /// The key's candidate buckets: two choices, then the neighbour of each (whose tags share
+    /// a cache line with the first two's). Multiply-shift range reduction, so the bucket count
+    /// need not be a power of two and the table is sized to its capacity.
     #[inline]
-    fn buckets(&self, hash: u64) -> [usize; 2] {
+    fn buckets(&self, hash: u64) -> [usize; 4] {
         let n = self.nbuckets as u64;
         let reduce = |h: u64| ((u128::from(h) * u128::from(n)) >> 64) as usize;
         let b1 = reduce(hash);
-        let mut b2 = reduce(hash.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15);
-        if b2 == b1 {
-            b2 = (b1 + 1) % self.nbuckets;
-        }
-        [b1, b2]
+        let b2 = reduce(hash.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15);
+        [b1, b2, (b1 + 1) % self.nbuckets, (b2 + 1) % self.nbuckets]
     }
 
     #[inline]
@@ -586,11 +584,11 @@ impl Table {
                 .filter(|&s| self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK == EMPTY)
                 .count()
         };
-        let [b1, b2] = self.buckets(hash);
+        let [b1, b2, n1, n2] = self.buckets(hash);
         let order = if free(b2) > free(b1) {
-            [b2, b1]
+            [b2, b1, n2, n1]
         } else {
-            [b1, b2]
+            [b1, b2, n1, n2]
         };
         let take = |s: usize| {
             self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK == EMPTY
