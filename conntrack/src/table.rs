@@ -53,6 +53,8 @@ const F_WIDE: u64 = 1 << 4;
 pub const F_REPLIED: u64 = 1 << 5;
 /// Flag: picked up mid-stream (TCP).
 pub const F_PICKUP: u64 = 1 << 6;
+/// Flag: expired by a worker (`expire_now`); the next sweep removes it.
+const F_DOOMED: u64 = 1 << 7;
 const CLASS_SHIFT: u32 = 8;
 const EPOCH_SHIFT: u32 = 16;
 const OWNER_SHIFT: u32 = 32;
@@ -704,17 +706,14 @@ impl Table {
         let meta = w[W_META].load(Ordering::Relaxed);
         let proto = (w[W_PORTS].load(Ordering::Relaxed) >> 48) as u8;
         let seen = w[W_TIME].load(Ordering::Relaxed) as u32;
-        now.wrapping_sub(seen) > self.timeout(meta, proto)
+        meta & F_DOOMED != 0 || now.wrapping_sub(seen) > self.timeout(meta, proto)
     }
 
     /// Makes the connection in `slot` expire now: lookups still find it until the next sweep
     /// removes it, and callers treat it as gone (`expired`). For workers (a policy cut it, a
     /// RST closed it): it takes no lock.
     pub fn expire_now(&self, slot: usize) {
-        let _ =
-            self.slots[slot].w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some(t & !0xffff_ffff)
-            });
+        self.slots[slot].w[W_META].fetch_or(F_DOOMED, Ordering::Relaxed);
     }
 
     /// Removes the connection in `slot` now. Returns false if it was already gone. Control
