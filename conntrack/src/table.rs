@@ -382,32 +382,33 @@ impl Table {
             .map(|c| c.key)
     }
 
-    /// Compares slot `s` (LIVE, not a continuation) with `k`; returns the direction.
+    /// Compares slot `s` (LIVE, not a continuation) with `k` in both orientations; returns
+    /// the direction. Both are checked in full: with equal ports (ICMP echo keys, or any flow
+    /// with sport == dport) the ports alone cannot tell the orientation.
     #[inline]
     fn matches(&self, s: usize, k: &Key, meta: u64) -> Option<usize> {
         let w = &self.slots[s].w;
         let ports = w[W_PORTS].load(Ordering::Relaxed);
-        let fwd = k.ports_word();
-        let rev = k.reversed().ports_word();
-        let dir = if ports == fwd {
-            0
-        } else if ports == rev {
-            1
-        } else {
-            return None;
-        };
-        let key = if dir == 0 { *k } else { k.reversed() };
-        let same_addrs = if meta & F_WIDE != 0 {
-            let c = &self.slots.get(self.cont(s))?.w;
-            key.addr6_words()
-                .iter()
-                .enumerate()
-                .all(|(i, &v)| c[1 + i].load(Ordering::Relaxed) == v)
-        } else {
-            w[W_ADDR4].load(Ordering::Relaxed) == key.addr4_word()
+        let same = |key: &Key| {
+            ports == key.ports_word()
+                && if meta & F_WIDE != 0 {
+                    let c = &self.slots[self.cont(s)].w;
+                    key.addr6_words()
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &v)| c[1 + i].load(Ordering::Relaxed) == v)
+                } else {
+                    w[W_ADDR4].load(Ordering::Relaxed) == key.addr4_word()
+                }
         };
         // A key equal to its own reverse (same endpoints) is direction 0.
-        same_addrs.then_some(dir)
+        if same(k) {
+            Some(0)
+        } else if same(&k.reversed()) {
+            Some(1)
+        } else {
+            None
+        }
     }
 
     /// Finds the connection `k` belongs to, in either direction. Takes no lock.
@@ -422,7 +423,8 @@ impl Table {
                     continue;
                 }
                 let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
-                if meta & STATUS_MASK != LIVE || meta & F_CONT != 0 {
+                // Doomed connections are gone for lookups (a new one may take their key).
+                if meta & STATUS_MASK != LIVE || meta & (F_CONT | F_DOOMED) != 0 {
                     continue;
                 }
                 if let Some(dir) = self.matches(s, k, meta) {

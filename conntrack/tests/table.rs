@@ -84,6 +84,18 @@ fn both_directions_find_one_entry_v4_and_v6() {
         }
     }
     assert_eq!(t.len(), 2);
+    // Symmetric ports (ICMP echo keys use the identifier twice): the addresses decide.
+    for (src, dst) in [(v4(5), v4(6)), (v6(5), v6(6))] {
+        let k = key(src, dst, 77, 77, 1);
+        let (f, _) = insert(&t, &k, 0, 10).unwrap();
+        let r = k.reversed();
+        assert_eq!(
+            t.lookup(&r, t.hash(&r)).map(|f| (f.slot, f.dir)),
+            Some((f.slot, 1)),
+            "{r:?}"
+        );
+        assert_eq!(t.lookup(&k, t.hash(&k)).map(|f| f.dir), Some(0));
+    }
     assert_eq!(
         insert(&t, &key(v4(1), v6(2), 1, 2, 6), 0, 10).unwrap_err(),
         InsertError::MixedFamilies
