@@ -13,5 +13,5 @@ pub mod qsbr;
 pub mod table;
 pub mod tcp;
 
-pub use table::{Config, ConnInfo, Found, InsertError, Key, SweepStats, Table, Timeouts};
+pub use table::{Config, ConnInfo, Found, InsertError, Key, NewConn, SweepStats, Table, Timeouts};
 pub use tcp::{Segment, TcpConn, TimeoutClass};

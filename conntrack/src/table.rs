@@ -197,6 +197,21 @@ struct Slot {
     w: [AtomicU64; 8],
 }
 
+/// What a new connection starts with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewConn {
+    /// vNIC whose guest opened it (charged against its limits).
+    pub owner: u16,
+    /// vNIC on the other end (the owner again when it leaves the host).
+    pub peer: u16,
+    /// Initial TCP state, for TCP.
+    pub tcp: Option<TcpConn>,
+    /// Policy epoch it was validated under.
+    pub epoch: u16,
+    /// Rules that admitted it: (owner's egress, peer's ingress).
+    pub rules: (u16, u16),
+}
+
 /// A found connection: its slot and which way this packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
@@ -476,18 +491,13 @@ impl Table {
     }
 
     /// Creates the connection `k` (or finds it, if another core created it meanwhile:
-    /// `Ok((found, false))`). `owner` is charged against its limits; `tcp` is the initial TCP
-    /// state. `now` is in seconds, `now_ms` in milliseconds (for rate limits).
-    #[allow(clippy::too_many_arguments)]
+    /// `Ok((found, false))`). `n.owner` is charged against its limits. `now` is in seconds,
+    /// `now_ms` in milliseconds (for rate limits).
     pub fn insert(
         &self,
         k: &Key,
         hash: u64,
-        owner: u16,
-        peer: u16,
-        tcp: Option<&TcpConn>,
-        epoch: u16,
-        rules: (u16, u16),
+        n: &NewConn,
         now: u32,
         now_ms: u32,
     ) -> Result<(Found, bool), InsertError> {
@@ -496,33 +506,29 @@ impl Table {
         }
         let flag = &self.inserting[self.buckets(hash)[0]];
         // Serialize creators of keys with this first bucket (both orientations of a key hash
-        // alike, so they share it). Held for a few hundred ns; a
-        // creator never waits for anything else while holding it.
+        // alike, so they share it). Held for a few hundred ns; a creator never waits for
+        // anything else while holding it.
         while flag
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             std::hint::spin_loop();
         }
-        let r = self.insert_locked(k, hash, owner, peer, tcp, epoch, rules, now, now_ms);
+        let r = self.insert_locked(k, hash, n, now, now_ms);
         // Release: pairs with the next creator's Acquire, which then sees our slot.
         flag.store(false, Ordering::Release);
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn insert_locked(
         &self,
         k: &Key,
         hash: u64,
-        owner: u16,
-        peer: u16,
-        tcp: Option<&TcpConn>,
-        epoch: u16,
-        rules: (u16, u16),
+        n: &NewConn,
         now: u32,
         now_ms: u32,
     ) -> Result<(Found, bool), InsertError> {
+        let (owner, peer, tcp, epoch, rules) = (n.owner, n.peer, n.tcp.as_ref(), n.epoch, n.rules);
         if let Some(f) = self.lookup(k, hash) {
             return Ok((f, false));
         }

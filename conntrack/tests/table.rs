@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use conntrack::tcp::{flags, Update};
-use conntrack::{Config, InsertError, Key, Segment, Table, TcpConn, TimeoutClass, Timeouts};
+use conntrack::{
+    Config, InsertError, Key, NewConn, Segment, Table, TcpConn, TimeoutClass, Timeouts,
+};
 
 fn v4(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a00_0000_u32.wrapping_add(i)))
@@ -50,7 +52,18 @@ fn insert(
     owner: u16,
     now: u32,
 ) -> Result<(conntrack::Found, bool), InsertError> {
-    t.insert(k, t.hash(k), owner, owner, None, 1, (0, 0), now, now * 1000)
+    t.insert(
+        k,
+        t.hash(k),
+        &NewConn {
+            owner,
+            peer: owner,
+            epoch: 1,
+            ..Default::default()
+        },
+        now,
+        now * 1000,
+    )
 }
 
 #[test]
@@ -151,8 +164,19 @@ fn limits_capacity_per_vnic_and_rate() {
     let later = (0..80)
         .filter(|&i| {
             let k = key(v4(3000 + i), v4(1), 1, 2, 17);
-            t.insert(&k, t.hash(&k), 5, 5, None, 1, (0, 0), 2, 2500)
-                .is_ok()
+            t.insert(
+                &k,
+                t.hash(&k),
+                &NewConn {
+                    owner: 5,
+                    peer: 5,
+                    epoch: 1,
+                    ..Default::default()
+                },
+                2,
+                2500,
+            )
+            .is_ok()
         })
         .count();
     assert_eq!(later, 50);
@@ -205,7 +229,19 @@ fn tcp_state_through_the_table_and_flush() {
     };
     let c = TcpConn::new(&syn, false).unwrap();
     let (f, _) = t
-        .insert(&k, t.hash(&k), 2, 3, Some(&c), 1, (4, 5), 10, 10_000)
+        .insert(
+            &k,
+            t.hash(&k),
+            &NewConn {
+                owner: 2,
+                peer: 3,
+                tcp: Some(c),
+                epoch: 1,
+                rules: (4, 5),
+            },
+            10,
+            10_000,
+        )
         .unwrap();
     let synack = Segment {
         seq: 900,
@@ -292,9 +328,20 @@ fn concurrent_directions_creators_and_sweeper() {
                             false,
                         )
                         .unwrap();
-                        t.insert(&pk, h, w as u16, 0, Some(&c), 1, (0, 0), secs, secs * 1000)
-                            .ok()
-                            .map(|r| r.0)
+                        t.insert(
+                            &pk,
+                            h,
+                            &NewConn {
+                                owner: w as u16,
+                                tcp: Some(c),
+                                epoch: 1,
+                                ..Default::default()
+                            },
+                            secs,
+                            secs * 1000,
+                        )
+                        .ok()
+                        .map(|r| r.0)
                     }
                     None => None,
                 };
@@ -388,7 +435,16 @@ fn racing_creators_make_one_entry() {
                         let k = key(v4(i), v4(i + 1_000_000), 5353, 53, 17);
                         let k = if w % 2 == 0 { k } else { k.reversed() };
                         let (f, _) = t
-                            .insert(&k, t.hash(&k), 0, 0, None, 1, (0, 0), 1, 1000)
+                            .insert(
+                                &k,
+                                t.hash(&k),
+                                &NewConn {
+                                    epoch: 1,
+                                    ..Default::default()
+                                },
+                                1,
+                                1000,
+                            )
                             .unwrap();
                         slots.push(f.slot);
                     }

@@ -51,6 +51,21 @@ drop_reasons! {
     RxBufferTooSmall = "rx_buffer_too_small": "destination guest's receive buffer too small",
     RxBadDesc = "rx_bad_desc": "destination guest's receive descriptor is invalid",
     RxRingBroken = "rx_ring_broken": "destination guest's receive ring is broken",
+    BadHeader = "bad_header": "malformed IP or transport header",
+    NonIpDenied = "non_ip_denied": "non-IP frame refused by the vNIC's non-IP rule",
+    NdDenied = "nd_denied": "ICMPv6 neighbour discovery refused by the vNIC's ND rule",
+    IpFragment = "ip_fragment": "non-first IP fragment (fragments after the first are not tracked)",
+    PolicyDrop = "policy_drop": "a rule (or the default) drops it",
+    PolicyReject = "policy_reject": "a rule rejects it (the sender is answered)",
+    PolicyRevoked = "policy_revoked": "its connection is no longer allowed by the current policy",
+    TcpBadFlags = "tcp_bad_flags": "impossible TCP flag combination",
+    TcpOutOfWindow = "tcp_out_of_window": "TCP segment outside the connection's window",
+    TcpNoConnection = "tcp_no_connection": "TCP segment that cannot open a connection (not a SYN)",
+    IcmpUnrelated = "icmp_unrelated": "ICMP error that quotes no tracked connection",
+    IcmpNoConnection = "icmp_no_connection": "ICMP echo reply without a request",
+    CtTableFull = "ct_table_full": "connection table full",
+    CtVnicLimit = "ct_vnic_limit": "vNIC at its maximum number of connections",
+    CtVnicRate = "ct_vnic_rate": "vNIC opening connections faster than its limit",
 }
 
 /// Number of drop reasons.

@@ -5,7 +5,10 @@
 #![deny(unsafe_code)]
 
 pub mod counters;
+pub mod filter;
 pub mod mac_table;
+pub mod parse;
+pub mod ruleset;
 pub mod switch;
 mod sys;
 pub mod wire;

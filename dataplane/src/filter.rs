@@ -1,0 +1,460 @@
+//! The per-vNIC filter stage: connection tracking first, the rulesets on a miss.
+//!
+//! A frame from vNIC A to vNIC B passes A's egress policy and B's ingress policy. One tracked
+//! connection serves both: it is created when both rulesets allow its first packet, records
+//! the two rules that admitted it, and from then on every packet of it (either direction) is
+//! judged by the connection alone, so the per-packet work does not double for a VM-to-VM
+//! connection on one host.
+//!
+//! - Non-IP frames (ARP and the like): each side's `non_ip` action. ICMPv6 neighbour
+//!   discovery (RS, RA, NS, NA, redirect): each side's `nd` action. Neither is tracked.
+//! - IP fragments: the first fragment is tracked like any packet (it carries the ports); later
+//!   fragments carry no ports and are dropped (`ip_fragment`). Guests that do path-MTU
+//!   discovery (TCP, and UDP by default on Linux) do not fragment.
+//! - TCP, UDP, SCTP, UDP-Lite and other protocols: a connection keyed by the 5-tuple (ports 0
+//!   for protocols without ports). TCP is tracked with window checks (`conntrack::tcp`); a
+//!   mid-stream segment opens a connection only where the policy allows pickup.
+//! - ICMP / ICMPv6 echo: a pseudo-connection keyed by the echo identifier. Other informational
+//!   ICMP messages are judged by the rulesets each time, untracked.
+//! - ICMP errors (unreachable, packet too big, time exceeded, parameter problem) pass only as
+//!   *related* to the connection they quote, and only towards that connection's endpoint.
+//! - A connection validated under an older policy epoch is re-checked on its next packet: still
+//!   allowed, it continues (the rules it now matches are recorded); denied, it is cut
+//!   (`policy_revoked`) and removed.
+//!
+//! The stage is pure: it reads the packet, the policies and the table, and returns a
+//! decision; the caller counts it and forwards, drops, or answers a reject.
+
+use std::sync::Arc;
+
+use conntrack::tcp::{Invalid, Segment, TcpConn, Update};
+use conntrack::{InsertError, Key, NewConn, Table};
+
+use crate::counters::DropReason;
+use crate::parse::{ip_proto, Frag, Packet, L3};
+use crate::ruleset::{Action, Ruleset, Tuple, Verdict};
+
+/// One vNIC's compiled policy. Immutable once published.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Rules for what this vNIC's guest sends.
+    pub egress: Arc<Ruleset>,
+    /// Rules for what is delivered to this vNIC's guest.
+    pub ingress: Arc<Ruleset>,
+    /// Non-IP frames (ARP, LLDP, ...).
+    pub non_ip: Action,
+    /// ICMPv6 neighbour discovery and router messages.
+    pub nd: Action,
+    /// Accept a mid-stream TCP segment as a new connection (after a flush or a restart).
+    pub tcp_pickup: bool,
+}
+
+impl Policy {
+    /// A policy that allows everything (and tracks it).
+    pub fn allow_all() -> Policy {
+        let any =
+            Arc::new(Ruleset::compile(&[], Action::Allow).expect("an empty ruleset compiles"));
+        Policy {
+            egress: any.clone(),
+            ingress: any,
+            non_ip: Action::Allow,
+            nd: Action::Allow,
+            tcp_pickup: true,
+        }
+    }
+}
+
+/// One end of the frame's path through the switch.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    /// vNIC (port) id.
+    pub vnic: u16,
+    /// Its policy.
+    pub policy: &'a Policy,
+}
+
+/// Which rule decided, for per-rule counters: (ruleset side, index into its rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleRef {
+    /// The sender's egress ruleset.
+    Egress(u32),
+    /// The receiver's ingress ruleset.
+    Ingress(u32),
+}
+
+/// What to do with the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward it.
+    Pass {
+        /// The packet belongs to (or created) this connection slot, if tracked.
+        conn: Option<usize>,
+        /// It created the connection (the rules below admitted it).
+        created: bool,
+        /// Rules that admitted it (only when `created`, or re-validated).
+        rules: [Option<RuleRef>; 2],
+    },
+    /// Drop it, for this reason.
+    Drop(DropReason, Option<RuleRef>),
+    /// Drop it and answer the sender (TCP RST, or ICMP unreachable).
+    Reject(Option<RuleRef>),
+}
+
+impl Decision {
+    /// The connection slot the packet belongs to, if it passed as part of one.
+    pub fn conn(&self) -> Option<usize> {
+        match self {
+            Decision::Pass { conn, .. } => *conn,
+            _ => None,
+        }
+    }
+}
+
+/// The filter stage, for one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter<'a> {
+    /// The shared connection table.
+    pub table: &'a Table,
+    /// The current policy epoch (bumped on every policy publish).
+    pub epoch: u16,
+}
+
+fn tuple(p: &Packet) -> Tuple {
+    let (icmp_type, icmp_code) = p.icmp.map_or((0, 0), |i| (i.ty, i.code));
+    Tuple {
+        src: p.src,
+        dst: p.dst,
+        proto: p.proto,
+        sport: p.sport,
+        dport: p.dport,
+        icmp_type,
+        icmp_code,
+    }
+}
+
+fn reversed(t: &Tuple) -> Tuple {
+    Tuple {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+        ..*t
+    }
+}
+
+fn is_echo(proto: u8, ty: u8) -> bool {
+    matches!(
+        (proto, ty),
+        (ip_proto::ICMP, 0 | 8) | (ip_proto::ICMPV6, 128 | 129)
+    )
+}
+
+fn is_echo_request(proto: u8, ty: u8) -> bool {
+    matches!((proto, ty), (ip_proto::ICMP, 8) | (ip_proto::ICMPV6, 128))
+}
+
+fn from_insert(e: InsertError) -> DropReason {
+    match e {
+        InsertError::TableFull | InsertError::MixedFamilies => DropReason::CtTableFull,
+        InsertError::VnicLimit => DropReason::CtVnicLimit,
+        InsertError::VnicRate => DropReason::CtVnicRate,
+    }
+}
+
+fn from_tcp(e: Invalid) -> DropReason {
+    match e {
+        Invalid::BadFlags => DropReason::TcpBadFlags,
+        Invalid::OutOfWindow => DropReason::TcpOutOfWindow,
+        Invalid::NotSyn => DropReason::TcpNoConnection,
+    }
+}
+
+/// Both sides' verdicts on a tuple: the first that does not allow decides.
+fn judge(
+    t: &Tuple,
+    sender: Side<'_>,
+    receiver: Option<Side<'_>>,
+) -> Result<[Option<RuleRef>; 2], Decision> {
+    let e = sender.policy.egress.lookup(t);
+    let er = e.rule.map(RuleRef::Egress);
+    refuse(e, er)?;
+    let ir = match receiver {
+        Some(r) => {
+            let i = r.policy.ingress.lookup(t);
+            let ir = i.rule.map(RuleRef::Ingress);
+            refuse(i, ir)?;
+            ir
+        }
+        None => None,
+    };
+    Ok([er, ir])
+}
+
+fn refuse(v: Verdict, rule: Option<RuleRef>) -> Result<(), Decision> {
+    match v.action {
+        Action::Allow => Ok(()),
+        Action::Drop => Err(Decision::Drop(DropReason::PolicyDrop, rule)),
+        Action::Reject => Err(Decision::Reject(rule)),
+    }
+}
+
+fn rule_id(r: Option<RuleRef>) -> u16 {
+    match r {
+        Some(RuleRef::Egress(i) | RuleRef::Ingress(i)) => u16::try_from(i).unwrap_or(u16::MAX),
+        None => u16::MAX,
+    }
+}
+
+impl Filter<'_> {
+    /// Judges one frame from `src` to `dst` (`None`: it leaves through no vNIC of this host,
+    /// so only the sender's egress policy applies). `zone` is the segment.
+    pub fn decide(
+        &self,
+        p: &Packet,
+        zone: u16,
+        src: Side<'_>,
+        dst: Option<Side<'_>>,
+        now: u32,
+        now_ms: u32,
+    ) -> Decision {
+        let pass = Decision::Pass {
+            conn: None,
+            created: false,
+            rules: [None, None],
+        };
+        if p.l3 == L3::NonIp {
+            let ok = src.policy.non_ip == Action::Allow
+                && dst.is_none_or(|d| d.policy.non_ip == Action::Allow);
+            return if ok {
+                pass
+            } else {
+                Decision::Drop(DropReason::NonIpDenied, None)
+            };
+        }
+        if p.frag == Frag::Later {
+            return Decision::Drop(DropReason::IpFragment, None);
+        }
+        if let Some(icmp) = p.icmp {
+            if icmp.is_nd {
+                let ok = src.policy.nd == Action::Allow
+                    && dst.is_none_or(|d| d.policy.nd == Action::Allow);
+                return if ok {
+                    pass
+                } else {
+                    Decision::Drop(DropReason::NdDenied, None)
+                };
+            }
+            if icmp.is_error {
+                return self.related(p, zone, now);
+            }
+            if !is_echo(p.proto, icmp.ty) {
+                // Informational ICMP other than echo: judged each time, not tracked.
+                return match judge(&tuple(p), src, dst) {
+                    Ok(rules) => Decision::Pass {
+                        conn: None,
+                        created: false,
+                        rules,
+                    },
+                    Err(d) => d,
+                };
+            }
+        }
+        let key = self.key(p, zone);
+        let hash = self.table.hash(&key);
+        if let Some(f) = self.table.lookup(&key, hash) {
+            if !self.table.expired(f.slot, now) {
+                return self.established(p, f, src, dst, now);
+            }
+            // Idle past its timeout: gone; this packet may start a new one.
+            self.table.expire_now(f.slot);
+        }
+        self.create(p, &key, hash, src, dst, now, now_ms)
+    }
+
+    fn key(&self, p: &Packet, zone: u16) -> Key {
+        let (sport, dport) = match p.icmp {
+            Some(i) if is_echo(p.proto, i.ty) => (i.id, i.id),
+            _ => (p.sport, p.dport),
+        };
+        Key {
+            zone,
+            proto: p.proto,
+            src: p.src,
+            dst: p.dst,
+            sport,
+            dport,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        p: &Packet,
+        key: &Key,
+        hash: u64,
+        src: Side<'_>,
+        dst: Option<Side<'_>>,
+        now: u32,
+        now_ms: u32,
+    ) -> Decision {
+        // An echo reply or a TCP segment other than a SYN never opens a connection by itself
+        // (TCP mid-stream only with pickup).
+        if let Some(i) = p.icmp {
+            if !is_echo_request(p.proto, i.ty) {
+                return Decision::Drop(DropReason::IcmpNoConnection, None);
+            }
+        }
+        let tcp = match p
+            .tcp
+            .map(|_| TcpConn::new(&segment(p), src.policy.tcp_pickup))
+        {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => return Decision::Drop(from_tcp(e), None),
+            None => None,
+        };
+        let rules = match judge(&tuple(p), src, dst) {
+            Ok(r) => r,
+            Err(d) => return d,
+        };
+        let peer = dst.map_or(src.vnic, |d| d.vnic);
+        let ids = (rule_id(rules[0]), rule_id(rules[1]));
+        let n = NewConn {
+            owner: src.vnic,
+            peer,
+            tcp,
+            epoch: self.epoch,
+            rules: ids,
+        };
+        match self.table.insert(key, hash, &n, now, now_ms) {
+            Ok((f, true)) => {
+                self.table.touch(f.slot, 0, now);
+                Decision::Pass {
+                    conn: Some(f.slot),
+                    created: true,
+                    rules,
+                }
+            }
+            // Another core created it between our lookup and our insert: it is established.
+            Ok((f, false)) => self.established(p, f, src, dst, now),
+            Err(e) => Decision::Drop(from_insert(e), None),
+        }
+    }
+
+    fn established(
+        &self,
+        p: &Packet,
+        f: conntrack::Found,
+        src: Side<'_>,
+        dst: Option<Side<'_>>,
+        now: u32,
+    ) -> Decision {
+        let mut rules = [None, None];
+        if self.table.epoch(f.slot) != self.epoch {
+            // Re-validate in the connection's opening direction: the opener's egress and the
+            // other end's ingress. For a reply, the opener is this packet's receiver.
+            let t = if f.dir == 0 {
+                tuple(p)
+            } else {
+                reversed(&tuple(p))
+            };
+            let (opener, other) = match (f.dir, dst) {
+                (0, _) => (Some(src), dst),
+                (_, Some(d)) => (Some(d), Some(src)),
+                // A reply that leaves the host: the opener's policy is not ours to judge.
+                (_, None) => (None, Some(src)),
+            };
+            let verdict = match opener {
+                Some(o) => judge(&t, o, other),
+                None => match other {
+                    Some(o) => {
+                        let i = o.policy.ingress.lookup(&t);
+                        let r = i.rule.map(RuleRef::Ingress);
+                        refuse(i, r).map(|()| [None, r])
+                    }
+                    None => Ok([None, None]),
+                },
+            };
+            match verdict {
+                Ok(r) => {
+                    self.table
+                        .revalidated(f.slot, self.epoch, (rule_id(r[0]), rule_id(r[1])));
+                    rules = r;
+                }
+                Err(Decision::Drop(_, r) | Decision::Reject(r)) => {
+                    self.table.expire_now(f.slot);
+                    return Decision::Drop(DropReason::PolicyRevoked, r);
+                }
+                Err(d) => return d,
+            }
+        }
+        if p.tcp.is_some() {
+            let seg = segment(p);
+            match self.table.with_tcp(f.slot, |c| {
+                let u = c.update(&seg, f.dir);
+                (u == Update::Valid, u)
+            }) {
+                Update::Valid => {}
+                Update::Invalid(e) => return Decision::Drop(from_tcp(e), None),
+                Update::Restart => {
+                    // A new SYN on a closed connection: this packet opens a new one next time
+                    // round; drop it now (the sender retransmits its SYN).
+                    self.table.expire_now(f.slot);
+                    return Decision::Drop(DropReason::TcpNoConnection, None);
+                }
+            }
+        }
+        self.table.touch(f.slot, f.dir, now);
+        Decision::Pass {
+            conn: Some(f.slot),
+            created: false,
+            rules,
+        }
+    }
+
+    /// An ICMP error passes only if the packet it quotes belongs to a tracked connection and
+    /// the error goes back to that packet's sender.
+    fn related(&self, p: &Packet, zone: u16, now: u32) -> Decision {
+        let Some(inner) = p.icmp.and_then(|i| i.inner) else {
+            return Decision::Drop(DropReason::IcmpUnrelated, None);
+        };
+        if inner.src != p.dst {
+            return Decision::Drop(DropReason::IcmpUnrelated, None);
+        }
+        // A quoted echo is keyed by its identifier, like the echo connection itself.
+        let (sport, dport) = if matches!(inner.proto, ip_proto::ICMP | ip_proto::ICMPV6) {
+            (inner.icmp_id, inner.icmp_id)
+        } else {
+            (inner.sport, inner.dport)
+        };
+        let key = Key {
+            zone,
+            proto: inner.proto,
+            src: inner.src,
+            dst: inner.dst,
+            sport,
+            dport,
+        };
+        match self.table.lookup(&key, self.table.hash(&key)) {
+            Some(f) if !self.table.expired(f.slot, now) => Decision::Pass {
+                conn: Some(f.slot),
+                created: false,
+                rules: [None, None],
+            },
+            _ => Decision::Drop(DropReason::IcmpUnrelated, None),
+        }
+    }
+}
+
+fn segment(p: &Packet) -> Segment {
+    match p.tcp {
+        Some(t) => Segment {
+            seq: t.seq,
+            ack: t.ack,
+            flags: t.flags,
+            win: t.window,
+            len: t.data_len,
+            wscale: t.wscale,
+        },
+        None => Segment::default(),
+    }
+}

@@ -1,0 +1,604 @@
+//! Fixture tests of the filter stage: frame sequences, rulesets, verdicts.
+//!
+//! Frames are built with etherparse, parsed by `dataplane::parse`, judged by
+//! `dataplane::filter` against real compiled rulesets and a real connection table.
+
+use std::sync::Arc;
+
+use conntrack::{Config, Table, Timeouts};
+use dataplane::counters::DropReason;
+use dataplane::filter::{Decision, Filter, Policy, RuleRef, Side};
+use dataplane::parse::{parse, Packet, HEADROOM};
+use dataplane::ruleset::{Action, Cidr, Rule, Ruleset};
+use etherparse::PacketBuilder;
+
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [10, 0, 0, 2];
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const ZONE: u16 = 10;
+
+fn pkt(frame: &[u8]) -> Packet {
+    parse(&frame[..frame.len().min(HEADROOM)], frame.len()).expect("fixture frames parse")
+}
+
+#[allow(clippy::too_many_arguments)] // a fixture builder: one argument per header field
+fn tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sp: u16,
+    dp: u16,
+    seq: u32,
+    ack: u32,
+    flags: &str,
+    len: usize,
+) -> Packet {
+    let (sm, dm) = if src == A {
+        (MAC_A, MAC_B)
+    } else {
+        (MAC_B, MAC_A)
+    };
+    let mut b = PacketBuilder::ethernet2(sm, dm)
+        .ipv4(src, dst, 64)
+        .tcp(sp, dp, seq, 1000);
+    for c in flags.chars() {
+        b = match c {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => panic!("flag {c}"),
+        };
+    }
+    let payload = vec![0x5a; len];
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).unwrap();
+    pkt(&out)
+}
+
+fn udp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16) -> Packet {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .udp(sp, dp)
+        .write(&mut out, b"hello")
+        .unwrap();
+    pkt(&out)
+}
+
+fn echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool) -> Packet {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64);
+    let b = if request {
+        b.icmpv4_echo_request(id, 1)
+    } else {
+        b.icmpv4_echo_reply(id, 1)
+    };
+    b.write(&mut out, b"ping").unwrap();
+    pkt(&out)
+}
+
+/// An ICMP port unreachable from `from` to `to`, quoting a UDP packet `to` -> `from`.
+fn unreachable(from: [u8; 4], to: [u8; 4], quoted_sp: u16, quoted_dp: u16) -> Packet {
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(to, from, 64)
+        .udp(quoted_sp, quoted_dp)
+        .write(&mut quoted, b"hello")
+        .unwrap();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(from, to, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut out, &quoted)
+        .unwrap();
+    pkt(&out)
+}
+
+fn arp() -> Packet {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&[0x08, 0x06]);
+    f.extend_from_slice(&[0u8; 28]);
+    pkt(&f)
+}
+
+fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+fn rule(
+    id: u32,
+    proto: Option<u8>,
+    dst: &str,
+    dports: Vec<std::ops::RangeInclusive<u16>>,
+    action: Action,
+) -> Rule {
+    Rule {
+        id,
+        src: vec![],
+        dst: if dst.is_empty() {
+            vec![]
+        } else {
+            vec![cidr(dst)]
+        },
+        proto,
+        src_ports: vec![],
+        dst_ports: dports,
+        icmp_type: None,
+        icmp_code: None,
+        action,
+    }
+}
+
+fn policy(egress: &[Rule], ingress: &[Rule], default: Action) -> Policy {
+    Policy {
+        egress: Arc::new(Ruleset::compile(egress, default).unwrap()),
+        ingress: Arc::new(Ruleset::compile(ingress, default).unwrap()),
+        non_ip: Action::Allow,
+        nd: Action::Allow,
+        tcp_pickup: false,
+    }
+}
+
+fn table() -> Table {
+    Table::new(&Config {
+        capacity: 1000,
+        vnics: 8,
+        workers: 1,
+        timeouts: Timeouts::default(),
+    })
+}
+
+fn passes(d: Decision) -> bool {
+    matches!(d, Decision::Pass { .. })
+}
+
+/// A (vNIC 1) may open TCP 80 to B (vNIC 2); B's replies flow; B may not open to A; A may
+/// not open port 81.
+#[test]
+fn tcp_allowed_one_way() {
+    let t = table();
+    // A: egress allows tcp/80 to B, default drop. B: egress default drop, ingress allows tcp/80.
+    let pa = policy(
+        &[rule(
+            1,
+            Some(6),
+            "10.0.0.2/32",
+            vec![80..=80],
+            Action::Allow,
+        )],
+        &[],
+        Action::Drop,
+    );
+    let pb = policy(
+        &[],
+        &[rule(7, Some(6), "", vec![80..=80], Action::Allow)],
+        Action::Drop,
+    );
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &pa,
+        },
+        Side {
+            vnic: 2,
+            policy: &pb,
+        },
+    );
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    let go = |p: &Packet, from_a: bool| {
+        if from_a {
+            f.decide(p, ZONE, a, Some(b), 1, 1000)
+        } else {
+            f.decide(p, ZONE, b, Some(a), 1, 1000)
+        }
+    };
+
+    let d = go(&tcp(A, B, 40000, 80, 100, 0, "S", 0), true);
+    assert_eq!(
+        d,
+        Decision::Pass {
+            conn: d.conn(),
+            created: true,
+            rules: [Some(RuleRef::Egress(0)), Some(RuleRef::Ingress(0))]
+        }
+    );
+    assert!(
+        passes(go(&tcp(B, A, 80, 40000, 900, 101, "SA", 0), false)),
+        "SYN-ACK reply"
+    );
+    assert!(passes(go(&tcp(A, B, 40000, 80, 101, 901, "A", 0), true)));
+    assert!(passes(go(&tcp(A, B, 40000, 80, 101, 901, "PA", 100), true)));
+    assert!(
+        passes(go(&tcp(B, A, 80, 40000, 901, 201, "PA", 50), false)),
+        "reply data"
+    );
+    assert_eq!(
+        t.len(),
+        1,
+        "one connection for both directions and both vNICs"
+    );
+
+    // B opening a connection to A is refused by B's egress default.
+    assert_eq!(
+        go(&tcp(B, A, 5555, 22, 1, 0, "S", 0), false),
+        Decision::Drop(DropReason::PolicyDrop, None)
+    );
+    // A to port 81: no rule, default drop.
+    assert_eq!(
+        go(&tcp(A, B, 40001, 81, 1, 0, "S", 0), true),
+        Decision::Drop(DropReason::PolicyDrop, None)
+    );
+    // Out of window, bad flags, and a stray ACK with no connection.
+    assert_eq!(
+        go(&tcp(A, B, 40000, 80, 1_000_000, 901, "PA", 10), true),
+        Decision::Drop(DropReason::TcpOutOfWindow, None)
+    );
+    assert_eq!(
+        go(&tcp(A, B, 40000, 80, 201, 951, "SR", 0), true),
+        Decision::Drop(DropReason::TcpBadFlags, None)
+    );
+    assert_eq!(
+        go(&tcp(A, B, 40002, 80, 5, 5, "A", 0), true),
+        Decision::Drop(DropReason::TcpNoConnection, None)
+    );
+}
+
+/// The receiver's ingress policy counts too, and reject is reported as such.
+#[test]
+fn ingress_side_and_reject() {
+    let t = table();
+    let pa = policy(&[], &[], Action::Allow);
+    let pb = policy(
+        &[],
+        &[rule(3, Some(17), "", vec![53..=53], Action::Reject)],
+        Action::Allow,
+    );
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &pa,
+        },
+        Side {
+            vnic: 2,
+            policy: &pb,
+        },
+    );
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    assert_eq!(
+        f.decide(&udp(A, B, 1000, 53), ZONE, a, Some(b), 1, 1000),
+        Decision::Reject(Some(RuleRef::Ingress(0)))
+    );
+    assert!(passes(f.decide(
+        &udp(A, B, 1000, 54),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    assert_eq!(t.len(), 1);
+}
+
+/// UDP replies and ICMP echo replies flow back; an unsolicited reply does not; ICMP errors
+/// pass only when they quote a tracked connection and go back to its sender.
+#[test]
+fn udp_icmp_and_related_errors() {
+    let t = table();
+    let pa = policy(&[], &[], Action::Allow);
+    let pb = policy(&[], &[], Action::Drop); // B may not originate anything
+    let pb = Policy {
+        ingress: pa.ingress.clone(),
+        ..pb
+    };
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &pa,
+        },
+        Side {
+            vnic: 2,
+            policy: &pb,
+        },
+    );
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    assert!(passes(f.decide(
+        &udp(A, B, 1000, 53),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    assert!(
+        passes(f.decide(&udp(B, A, 53, 1000), ZONE, b, Some(a), 1, 1000)),
+        "UDP reply"
+    );
+    assert_eq!(
+        f.decide(&udp(B, A, 53, 1001), ZONE, b, Some(a), 1, 1000),
+        Decision::Drop(DropReason::PolicyDrop, None)
+    );
+    assert!(passes(f.decide(
+        &echo(A, B, 77, true),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    let r = f.decide(&echo(B, A, 77, false), ZONE, b, Some(a), 1, 1000);
+    assert!(
+        passes(r),
+        "echo reply: {r:?} {:?}",
+        echo(B, A, 77, false).icmp
+    );
+    assert_eq!(
+        f.decide(&echo(B, A, 78, false), ZONE, b, Some(a), 1, 1000),
+        Decision::Drop(DropReason::IcmpNoConnection, None)
+    );
+    // B answers A's UDP packet 1000->53 with port unreachable: related.
+    assert!(
+        passes(f.decide(&unreachable(B, A, 1000, 53), ZONE, b, Some(a), 1, 1000)),
+        "related error"
+    );
+    // An error quoting a flow that does not exist is not.
+    assert_eq!(
+        f.decide(&unreachable(B, A, 999, 53), ZONE, b, Some(a), 1, 1000),
+        Decision::Drop(DropReason::IcmpUnrelated, None)
+    );
+    // The error must go back to the quoted packet's sender.
+    let c = [10, 0, 0, 3];
+    assert_eq!(
+        f.decide(&unreachable(B, c, 1000, 53), ZONE, b, Some(a), 1, 1000),
+        Decision::Drop(DropReason::IcmpUnrelated, None)
+    );
+    // Zones are separate: the same flow in another segment is unknown.
+    assert_eq!(
+        f.decide(&udp(B, A, 53, 1000), ZONE + 1, b, Some(a), 1, 1000),
+        Decision::Drop(DropReason::PolicyDrop, None)
+    );
+}
+
+/// A policy change re-validates connections on their next packet: an unrelated change keeps
+/// them, removing their rule cuts them (and the cut connection is gone for later packets).
+#[test]
+fn policy_epochs() {
+    let t = table();
+    let allow80 = rule(1, Some(6), "", vec![80..=80], Action::Allow);
+    let allow22 = rule(2, Some(6), "", vec![22..=22], Action::Allow);
+    let pa = policy(&[allow80.clone(), allow22.clone()], &[], Action::Drop);
+    let pb = policy(&[], &[], Action::Allow);
+    let f1 = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &pa,
+        },
+        Side {
+            vnic: 2,
+            policy: &pb,
+        },
+    );
+    for (sp, dp) in [(40000, 80), (40001, 22)] {
+        assert!(passes(f1.decide(
+            &tcp(A, B, sp, dp, 100, 0, "S", 0),
+            ZONE,
+            a,
+            Some(b),
+            1,
+            1000
+        )));
+        assert!(passes(f1.decide(
+            &tcp(B, A, dp, sp, 900, 101, "SA", 0),
+            ZONE,
+            b,
+            Some(a),
+            1,
+            1000
+        )));
+        assert!(passes(f1.decide(
+            &tcp(A, B, sp, dp, 101, 901, "A", 0),
+            ZONE,
+            a,
+            Some(b),
+            1,
+            1000
+        )));
+    }
+    // Epoch 2: an unrelated rule is added; both connections continue.
+    let pa2 = policy(
+        &[
+            allow80.clone(),
+            allow22.clone(),
+            rule(3, Some(17), "", vec![], Action::Allow),
+        ],
+        &[],
+        Action::Drop,
+    );
+    let f2 = Filter {
+        table: &t,
+        epoch: 2,
+    };
+    let a2 = Side {
+        vnic: 1,
+        policy: &pa2,
+    };
+    assert!(passes(f2.decide(
+        &tcp(A, B, 40000, 80, 101, 901, "PA", 10),
+        ZONE,
+        a2,
+        Some(b),
+        2,
+        2000
+    )));
+    assert!(
+        passes(f2.decide(
+            &tcp(B, A, 22, 40001, 901, 101, "PA", 10),
+            ZONE,
+            b,
+            Some(a2),
+            2,
+            2000
+        )),
+        "reply re-validated against the opener's egress"
+    );
+    // Epoch 3: the port-22 rule is removed. Its connection is cut on its next packet, in
+    // either direction; port 80 continues.
+    let pa3 = policy(&[allow80], &[], Action::Drop);
+    let f3 = Filter {
+        table: &t,
+        epoch: 3,
+    };
+    let a3 = Side {
+        vnic: 1,
+        policy: &pa3,
+    };
+    assert_eq!(
+        f3.decide(
+            &tcp(B, A, 22, 40001, 911, 101, "PA", 10),
+            ZONE,
+            b,
+            Some(a3),
+            3,
+            3000
+        ),
+        Decision::Drop(DropReason::PolicyRevoked, None)
+    );
+    assert_eq!(
+        f3.decide(
+            &tcp(A, B, 40001, 22, 101, 921, "A", 0),
+            ZONE,
+            a3,
+            Some(b),
+            3,
+            3000
+        ),
+        Decision::Drop(DropReason::TcpNoConnection, None),
+        "the cut connection is gone"
+    );
+    assert!(passes(f3.decide(
+        &tcp(A, B, 40000, 80, 111, 901, "PA", 10),
+        ZONE,
+        a3,
+        Some(b),
+        3,
+        3000
+    )));
+}
+
+/// Non-IP frames follow each side's non-IP rule; limits are enforced per vNIC.
+#[test]
+fn non_ip_and_limits() {
+    let t = table();
+    let open = policy(&[], &[], Action::Allow);
+    let closed = Policy {
+        non_ip: Action::Drop,
+        ..open.clone()
+    };
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &open,
+        },
+        Side {
+            vnic: 2,
+            policy: &open,
+        },
+    );
+    assert!(passes(f.decide(&arp(), ZONE, a, Some(b), 1, 1000)));
+    let bc = Side {
+        vnic: 2,
+        policy: &closed,
+    };
+    assert_eq!(
+        f.decide(&arp(), ZONE, a, Some(bc), 1, 1000),
+        Decision::Drop(DropReason::NonIpDenied, None)
+    );
+    assert_eq!(t.len(), 0, "non-IP is not tracked");
+
+    t.set_vnic_limits(1, 2, 0);
+    assert!(passes(f.decide(
+        &udp(A, B, 1, 9),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    assert!(passes(f.decide(
+        &udp(A, B, 2, 9),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    assert_eq!(
+        f.decide(&udp(A, B, 3, 9), ZONE, a, Some(b), 1, 1000),
+        Decision::Drop(DropReason::CtVnicLimit, None)
+    );
+    // vNIC 2 is not affected.
+    assert!(passes(f.decide(
+        &udp(B, A, 3, 9),
+        ZONE,
+        b,
+        Some(a),
+        1,
+        1000
+    )));
+}
+
+/// Later fragments are dropped; first fragments are tracked by their ports.
+#[test]
+fn fragments() {
+    let t = table();
+    let open = policy(&[], &[], Action::Allow);
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &open,
+        },
+        Side {
+            vnic: 2,
+            policy: &open,
+        },
+    );
+    // A later fragment: IPv4 header with offset 8 (64 bytes) and proto UDP.
+    let mut later = Vec::new();
+    later.extend_from_slice(&MAC_B);
+    later.extend_from_slice(&MAC_A);
+    later.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = etherparse::Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, A, B).unwrap();
+    ip.fragment_offset = etherparse::IpFragOffset::try_new(8).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    ip.write(&mut later).unwrap();
+    later.extend_from_slice(&[0u8; 8]);
+    let p = pkt(&later);
+    assert_eq!(
+        f.decide(&p, ZONE, a, Some(b), 1, 1000),
+        Decision::Drop(DropReason::IpFragment, None)
+    );
+}
