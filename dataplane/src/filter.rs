@@ -110,6 +110,13 @@ impl Decision {
     }
 }
 
+/// The outcome of a packet on an existing connection.
+enum Hit {
+    Done(Decision),
+    /// A SYN restarted a closed connection: the old entry is gone, create a new one.
+    Restart,
+}
+
 /// The filter stage, for one worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Filter<'a> {
@@ -262,11 +269,17 @@ impl Filter<'_> {
         let key = self.key(p, zone);
         let hash = self.table.hash(&key);
         if let Some(f) = self.table.lookup(&key, hash) {
-            if !self.table.expired(f.slot, now) {
-                return self.established(p, f, src, dst, now);
+            if self.table.expired(f.slot, now) {
+                // Idle past its timeout: gone; this packet may start a new one.
+                self.table.expire_now(f.slot);
+            } else {
+                match self.established(p, f, src, dst, now) {
+                    Hit::Done(d) => return d,
+                    // A SYN reusing the addresses of a closed connection: the old one is
+                    // removed and this SYN opens the new one, judged by the rules again.
+                    Hit::Restart => {}
+                }
             }
-            // Idle past its timeout: gone; this packet may start a new one.
-            self.table.expire_now(f.slot);
         }
         self.create(p, &key, hash, src, dst, now, now_ms)
     }
@@ -335,7 +348,11 @@ impl Filter<'_> {
                 }
             }
             // Another core created it between our lookup and our insert: it is established.
-            Ok((f, false)) => self.established(p, f, src, dst, now),
+            Ok((f, false)) => match self.established(p, f, src, dst, now) {
+                Hit::Done(d) => d,
+                // It closed again in between: let the sender retry.
+                Hit::Restart => Decision::Drop(DropReason::TcpNoConnection, None),
+            },
             Err(e) => Decision::Drop(from_insert(e), None),
         }
     }
@@ -347,16 +364,22 @@ impl Filter<'_> {
         src: Side<'_>,
         dst: Option<Side<'_>>,
         now: u32,
-    ) -> Decision {
+    ) -> Hit {
         let mut rules = [None, None];
         if self.table.epoch(f.slot) != self.epoch {
             // Re-validate in the connection's opening direction: the opener's egress and the
             // other end's ingress. For a reply, the opener is this packet's receiver.
-            let t = if f.dir == 0 {
+            let mut t = if f.dir == 0 {
                 tuple(p)
             } else {
                 reversed(&tuple(p))
             };
+            if let Some(i) = p.icmp {
+                // An echo connection is judged as its request, whichever way this packet goes.
+                if is_echo(p.proto, i.ty) {
+                    t.icmp_type = if p.proto == ip_proto::ICMP { 8 } else { 128 };
+                }
+            }
             let (opener, other) = match (f.dir, dst) {
                 (0, _) => (Some(src), dst),
                 (_, Some(d)) => (Some(d), Some(src)),
@@ -382,9 +405,9 @@ impl Filter<'_> {
                 }
                 Err(Decision::Drop(_, r) | Decision::Reject(r)) => {
                     self.table.expire_now(f.slot);
-                    return Decision::Drop(DropReason::PolicyRevoked, r);
+                    return Hit::Done(Decision::Drop(DropReason::PolicyRevoked, r));
                 }
-                Err(d) => return d,
+                Err(d) => return Hit::Done(d),
             }
         }
         if p.tcp.is_some() {
@@ -394,21 +417,19 @@ impl Filter<'_> {
                 (u == Update::Valid, u)
             }) {
                 Update::Valid => {}
-                Update::Invalid(e) => return Decision::Drop(from_tcp(e), None),
+                Update::Invalid(e) => return Hit::Done(Decision::Drop(from_tcp(e), None)),
                 Update::Restart => {
-                    // A new SYN on a closed connection: this packet opens a new one next time
-                    // round; drop it now (the sender retransmits its SYN).
                     self.table.expire_now(f.slot);
-                    return Decision::Drop(DropReason::TcpNoConnection, None);
+                    return Hit::Restart;
                 }
             }
         }
         self.table.touch(f.slot, f.dir, now);
-        Decision::Pass {
+        Hit::Done(Decision::Pass {
             conn: Some(f.slot),
             created: false,
             rules,
-        }
+        })
     }
 
     /// An ICMP error passes only if the packet it quotes belongs to a tracked connection and

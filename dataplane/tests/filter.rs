@@ -602,3 +602,75 @@ fn fragments() {
         Decision::Drop(DropReason::IpFragment, None)
     );
 }
+
+/// Echo connections are re-validated as their request, even from a reply; a SYN reusing the
+/// addresses of a closed TCP connection opens a new one at once.
+#[test]
+fn echo_revalidation_and_tcp_restart() {
+    let t = table();
+    let ping = Rule {
+        icmp_type: Some(8),
+        ..rule(1, Some(1), "", vec![], Action::Allow)
+    };
+    let pa = policy(
+        &[ping, rule(2, Some(6), "", vec![], Action::Allow)],
+        &[],
+        Action::Drop,
+    );
+    let pb = policy(&[], &[], Action::Allow);
+    let (a, b) = (
+        Side {
+            vnic: 1,
+            policy: &pa,
+        },
+        Side {
+            vnic: 2,
+            policy: &pb,
+        },
+    );
+    let f1 = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    assert!(passes(f1.decide(
+        &echo(A, B, 9, true),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    // New epoch, same rules: the reply re-validates against A's egress as a request.
+    let f2 = Filter {
+        table: &t,
+        epoch: 2,
+    };
+    let r = f2.decide(&echo(B, A, 9, false), ZONE, b, Some(a), 1, 1000);
+    assert!(passes(r), "{r:?}");
+
+    // A full TCP connection, closed with FINs both ways, then the same 4-tuple again.
+    let go = |p: &Packet, from_a: bool| {
+        if from_a {
+            f2.decide(p, ZONE, a, Some(b), 1, 1000)
+        } else {
+            f2.decide(p, ZONE, b, Some(a), 1, 1000)
+        }
+    };
+    for (p, from_a) in [
+        (tcp(A, B, 4000, 80, 10, 0, "S", 0), true),
+        (tcp(B, A, 80, 4000, 50, 11, "SA", 0), false),
+        (tcp(A, B, 4000, 80, 11, 51, "A", 0), true),
+        (tcp(A, B, 4000, 80, 11, 51, "FA", 0), true),
+        (tcp(B, A, 80, 4000, 51, 12, "FA", 0), false),
+        (tcp(A, B, 4000, 80, 12, 52, "A", 0), true),
+    ] {
+        let d = go(&p, from_a);
+        assert!(passes(d), "{d:?} for {:?}", p.tcp);
+    }
+    let d = go(&tcp(A, B, 4000, 80, 90_000, 0, "S", 0), true);
+    assert!(matches!(d, Decision::Pass { created: true, .. }), "{d:?}");
+    assert!(
+        passes(go(&tcp(B, A, 80, 4000, 70_000, 90_001, "SA", 0), false)),
+        "the new connection works"
+    );
+}
