@@ -8,4 +8,5 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod logger;
+pub mod policy;
 pub mod sys;
