@@ -8,6 +8,7 @@ pub mod counters;
 pub mod filter;
 pub mod mac_table;
 pub mod parse;
+pub mod reply;
 pub mod ruleset;
 pub mod switch;
 mod sys;
