@@ -153,21 +153,15 @@ fn v4(
         }
         None => {
             let q = quote(hdr, p, V4_ERROR_MAX - IPV4_LEN - ICMP_LEN)?;
-            let icmp = &mut out[V4_L4_OFF..V4_L4_OFF + ICMP_LEN + q.len()];
-            icmp[..ICMP_LEN].copy_from_slice(&[
+            // ICMPv4 has no pseudo-header.
+            let len = icmp_error(
+                &mut out[V4_L4_OFF..],
                 ICMP_DEST_UNREACH,
                 ICMP_ADMIN_PROHIBITED,
+                q,
                 0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            icmp[ICMP_LEN..].copy_from_slice(q);
-            let c = finish(sum(0, icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            (ip_proto::ICMP, ICMP_LEN + q.len())
+            );
+            (ip_proto::ICMP, len)
         }
     };
     let total = IPV4_LEN + l4_len;
@@ -209,21 +203,14 @@ fn v6(
         }
         None => {
             let q = quote(hdr, p, V6_ERROR_MAX - IPV6_LEN - ICMP_LEN)?;
-            let len = ICMP_LEN + q.len();
-            let icmp = &mut out[V6_L4_OFF..V6_L4_OFF + len];
-            icmp[..ICMP_LEN].copy_from_slice(&[
+            let pseudo = pseudo(ip_proto::ICMPV6, ICMP_LEN + q.len());
+            let len = icmp_error(
+                &mut out[V6_L4_OFF..],
                 ICMPV6_DEST_UNREACH,
                 ICMPV6_ADMIN_PROHIBITED,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            icmp[ICMP_LEN..].copy_from_slice(q);
-            let c = finish(sum(pseudo(ip_proto::ICMPV6, len), icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+                q,
+                pseudo,
+            );
             (ip_proto::ICMPV6, len)
         }
     };
@@ -234,6 +221,19 @@ fn v6(
     ip[8..24].copy_from_slice(&me);
     ip[24..40].copy_from_slice(&peer);
     Some(V6_L4_OFF + l4_len)
+}
+
+/// Writes an ICMP or ICMPv6 error (type, code, four unused bytes, then the quote `q`) at the
+/// start of `out` with its checksum over `pseudo` (the unfolded pseudo-header sum; 0 for
+/// ICMPv4) and the message. Returns its length.
+fn icmp_error(out: &mut [u8], ty: u8, code: u8, q: &[u8], pseudo: u32) -> usize {
+    let len = ICMP_LEN + q.len();
+    let icmp = &mut out[..len];
+    icmp[..ICMP_LEN].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+    icmp[ICMP_LEN..].copy_from_slice(q);
+    let c = finish(sum(pseudo, icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    len
 }
 
 /// Writes the RST answering the segment `t` of `p` into `out` (20 bytes); `pseudo` is the
