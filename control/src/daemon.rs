@@ -236,6 +236,20 @@ impl Daemon {
 
     /// Removes a port: the workers stop using it, then its socket closes and its memory unmaps.
     pub fn remove_port(&self, name: &str) -> Result<(), ApiError> {
+        self.detach(name, true)
+    }
+
+    /// Removes every port (shutdown). The state file is left as it is, so the ports added
+    /// through the API come back at the next start.
+    pub fn remove_all(&self) {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        for n in names {
+            let _ = self.detach(&n, false);
+        }
+    }
+
+    /// Takes a port out of the switch; `persist` records the removal in the state file.
+    fn detach(&self, name: &str, persist: bool) -> Result<(), ApiError> {
         let mut ports = self.lock();
         let Some(mut rec) = ports.remove(name) else {
             return Err(ApiError::not_found(format!("no port named {name:?}")));
@@ -247,28 +261,10 @@ impl Daemon {
         }
         let n = self.switch.flush_macs(rec.id);
         log::info!("port {name} removed ({n} MAC entries flushed)");
-        if rec.persisted {
+        if persist && rec.persisted {
             self.save(&ports);
         }
         Ok(())
-    }
-
-    /// Removes every port (shutdown).
-    pub fn remove_all(&self) {
-        let names: Vec<String> = self.lock().keys().cloned().collect();
-        for n in names {
-            let _ = self.remove_port_nosave(&n);
-        }
-    }
-
-    fn remove_port_nosave(&self, name: &str) -> Option<()> {
-        let mut ports = self.lock();
-        let mut rec = ports.remove(name)?;
-        self.publish(&ports);
-        if let Some(c) = rec.conn.take() {
-            c.stop();
-        }
-        Some(())
     }
 
     fn publish(&self, ports: &BTreeMap<String, PortRecord>) {
