@@ -246,6 +246,9 @@ pub struct ConnInfo {
     pub replied: bool,
     /// TCP window state, for TCP.
     pub tcp: Option<TcpConn>,
+    /// Idle past its timeout or cut (`expire_now`): the sweeper removes it soon, packets
+    /// treat it as gone.
+    pub expired: bool,
 }
 
 /// What a sweep did.
@@ -680,15 +683,37 @@ impl Table {
         (self.slots[slot].w[W_META].load(Ordering::Relaxed) >> EPOCH_SHIFT) as u16
     }
 
-    /// Records a re-validation under `epoch` with the rules that now admit the connection.
-    pub fn revalidated(&self, slot: usize, epoch: u16, rules: (u16, u16)) {
+    /// Records a re-validation under `epoch` with the rules that now admit the connection,
+    /// and the vNIC now on its far end (`peer`: `None` leaves it as it is). The owner never
+    /// changes: it is the vNIC charged for the connection.
+    pub fn revalidated(&self, slot: usize, epoch: u16, rules: (u16, u16), peer: Option<u16>) {
         let w = &self.slots[slot].w;
         let _ = w[W_META].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-            Some(m & !(0xffff << EPOCH_SHIFT) | u64::from(epoch) << EPOCH_SHIFT)
+            let m = m & !(0xffff << EPOCH_SHIFT) | u64::from(epoch) << EPOCH_SHIFT;
+            Some(match peer {
+                Some(p) => m & !(0xffff << PEER_SHIFT) | u64::from(p) << PEER_SHIFT,
+                None => m,
+            })
         });
         let _ = w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
             Some(t & 0xffff_ffff | u64::from(rules.0) << 32 | u64::from(rules.1) << 48)
         });
+    }
+
+    /// The connection's (owner, peer) vNICs: the opener, and the far end (the owner again
+    /// while the far end is unknown).
+    #[inline]
+    pub fn endpoints(&self, slot: usize) -> (u16, u16) {
+        let m = self.slots[slot].w[W_META].load(Ordering::Relaxed);
+        ((m >> OWNER_SHIFT) as u16, (m >> PEER_SHIFT) as u16)
+    }
+
+    /// The rules that admitted the connection: (owner's egress, peer's ingress) indexes,
+    /// `u16::MAX` for none.
+    #[inline]
+    pub fn rules(&self, slot: usize) -> (u16, u16) {
+        let t = self.slots[slot].w[W_TIME].load(Ordering::Relaxed);
+        ((t >> 32) as u16, (t >> 48) as u16)
     }
 
     /// Whether the reply direction was seen.
@@ -895,6 +920,7 @@ impl Table {
                 rule_ingress: (time >> 48) as u16,
                 epoch: (meta >> EPOCH_SHIFT) as u16,
                 replied: meta & F_REPLIED != 0,
+                expired: self.expired(s, now),
                 tcp: (proto == 6).then(|| {
                     TcpConn::from_words([
                         w[W_TCP].load(Ordering::Relaxed),

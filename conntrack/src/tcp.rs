@@ -151,6 +151,21 @@ pub enum TimeoutClass {
     Closed = 5,
 }
 
+impl TimeoutClass {
+    /// A short name for operators ("syn_sent", "opening", "established", "closing",
+    /// "fin_wait", "closed").
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutClass::FirstPacket => "syn_sent",
+            TimeoutClass::Opening => "opening",
+            TimeoutClass::Established => "established",
+            TimeoutClass::Closing => "closing",
+            TimeoutClass::FinWait => "fin_wait",
+            TimeoutClass::Closed => "closed",
+        }
+    }
+}
+
 #[inline]
 fn seq_gt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0

@@ -7,6 +7,12 @@
 //! | GET    | /v1/ports/NAME       | one port                                     |
 //! | POST   | /v1/ports            | add a port (body: a port object as in config)|
 //! | DELETE | /v1/ports/NAME       | remove a port                                |
+//! | GET    | /v1/ports/NAME/policy| its policy and per-rule counters             |
+//! | PUT    | /v1/ports/NAME/policy| replace its policy (body: a policy object)   |
+//! | GET    | /v1/ports/NAME/conns | its tracked connections                      |
+//! | DELETE | /v1/ports/NAME/conns | flush its tracked connections                |
+//! | GET    | /v1/conns            | all tracked connections                      |
+//! | GET    | /v1/conntrack        | connection table size and use                |
 //! | GET    | /v1/macs             | the MAC table                                |
 //! | GET    | /v1/stats            | workers and drop reasons                     |
 //!
@@ -21,6 +27,17 @@ use serde_json::json;
 use crate::config::PortConfig;
 use crate::daemon::{ApiError, Daemon};
 use crate::http;
+use crate::policy::PolicyConfig;
+
+/// Parses a JSON request body, naming the field serde complains about.
+fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        // serde names unknown and missing fields in its message; surface the name.
+        let field = msg.split('`').nth(1).unwrap_or("").to_string();
+        ApiError::bad(field, msg)
+    })
+}
 
 /// Serves the API on `listener` until the process exits.
 pub fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
@@ -60,13 +77,26 @@ pub fn route(
         ("GET", ["v1", "ports"]) => ok(json!(d.ports())),
         ("GET", ["v1", "ports", name]) => ok(json!(d.port(name)?)),
         ("POST", ["v1", "ports"]) => {
-            let cfg: PortConfig = serde_json::from_slice(body).map_err(|e| {
-                let msg = e.to_string();
-                // serde names unknown and missing fields in its message; surface the name.
-                let field = msg.split('`').nth(1).unwrap_or("").to_string();
-                ApiError::bad(field, msg)
-            })?;
+            let cfg: PortConfig = body_json(body)?;
             Ok((201, json!(d.add_port(cfg, true)?)))
+        }
+        ("GET", ["v1", "ports", name, "policy"]) => ok(json!(d.policy(name)?)),
+        ("PUT", ["v1", "ports", name, "policy"]) => {
+            let p: PolicyConfig = body_json(body)?;
+            ok(json!(d.set_policy(name, p)?))
+        }
+        ("GET", ["v1", "ports", name, "conns"]) => ok(json!(d.conns(Some(name))?)),
+        ("DELETE", ["v1", "ports", name, "conns"]) => ok(json!({ "flushed": d.flush(name)? })),
+        ("GET", ["v1", "conns"]) => ok(json!(d.conns(None)?)),
+        ("GET", ["v1", "conntrack"]) => {
+            let sw = d.switch();
+            let ct = sw.conntrack();
+            ok(json!({
+                "capacity": sw.config().ct_capacity,
+                "live": ct.len(),
+                "bytes_per_connection": ct.bytes_per_connection(),
+                "epoch": sw.policy_epoch(),
+            }))
         }
         ("DELETE", ["v1", "ports", name]) => {
             d.remove_port(name)?;
@@ -86,11 +116,13 @@ pub fn route(
                 .collect();
             ok(json!({ "workers": workers, "drop_reasons": reasons, "ports": d.ports() }))
         }
-        (_, ["v1", "health" | "ports" | "macs" | "stats", ..]) => Err(ApiError {
-            status: 405,
-            field: String::new(),
-            error: format!("{method} not allowed on {path}"),
-        }),
+        (_, ["v1", "health" | "ports" | "macs" | "stats" | "conns" | "conntrack", ..]) => {
+            Err(ApiError {
+                status: 405,
+                field: String::new(),
+                error: format!("{method} not allowed on {path}"),
+            })
+        }
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
 }

@@ -2,8 +2,13 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use conntrack::Timeouts;
+use dataplane::filter::Policy;
 use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyConfig;
 
 /// Where bulwarkd keeps its API socket and state when no `--run-dir` is given.
 pub const DEFAULT_RUN_DIR: &str = "/run/bulwark";
@@ -66,6 +71,9 @@ pub struct PortConfig {
     /// Access VLAN, 1-4094 (the same id space as `segment`: `vlan = 10` is segment 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u32>,
+    /// The vNIC's firewall policy (default: allow everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
 }
 
 impl PortConfig {
@@ -112,6 +120,14 @@ impl PortConfig {
         }
     }
 
+    /// Compiles the port's policy (allow-all without one); `at` prefixes field names.
+    pub fn compile_policy(&self, at: &str) -> Result<Arc<Policy>, ConfigError> {
+        match &self.policy {
+            Some(p) => p.compile(&format!("{at}policy")).map(Arc::new),
+            None => Ok(Arc::new(Policy::allow_all())),
+        }
+    }
+
     /// The segment id (after `validate` succeeded).
     pub fn segment_id(&self) -> u16 {
         self.segment
@@ -138,6 +154,79 @@ pub struct SwitchSection {
     pub max_frame: Option<u32>,
 }
 
+/// The `[conntrack]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackSection {
+    /// Most tracked connections (IPv4; an IPv6 one counts twice), fixed at start (default
+    /// 1048576, about 87 MiB).
+    pub capacity: Option<usize>,
+    /// Idle timeouts in seconds.
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+}
+
+/// `[conntrack.timeouts]`: idle timeouts per state, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// TCP after the first SYN (default 30).
+    pub tcp_syn_sent: Option<u32>,
+    /// TCP while the handshake completes (default 30).
+    pub tcp_opening: Option<u32>,
+    /// TCP established (default 86400).
+    pub tcp_established: Option<u32>,
+    /// TCP after a FIN from one side (default 900).
+    pub tcp_closing: Option<u32>,
+    /// TCP after FINs from both sides (default 45).
+    pub tcp_fin_wait: Option<u32>,
+    /// TCP closed, TIME_WAIT, or after a RST (default 30).
+    pub tcp_closed: Option<u32>,
+    /// UDP before a reply (default 30).
+    pub udp_first: Option<u32>,
+    /// UDP after a reply (default 120).
+    pub udp_replied: Option<u32>,
+    /// ICMP echo (default 30).
+    pub icmp: Option<u32>,
+    /// Other protocols (default 60).
+    pub other: Option<u32>,
+}
+
+impl TimeoutsSection {
+    fn fields(&self) -> [(&'static str, Option<u32>); 10] {
+        [
+            ("tcp_syn_sent", self.tcp_syn_sent),
+            ("tcp_opening", self.tcp_opening),
+            ("tcp_established", self.tcp_established),
+            ("tcp_closing", self.tcp_closing),
+            ("tcp_fin_wait", self.tcp_fin_wait),
+            ("tcp_closed", self.tcp_closed),
+            ("udp_first", self.udp_first),
+            ("udp_replied", self.udp_replied),
+            ("icmp", self.icmp),
+            ("other", self.other),
+        ]
+    }
+
+    /// The timeouts, defaults filled in.
+    pub fn timeouts(&self) -> Timeouts {
+        let d = Timeouts::default();
+        let mut tcp = d.tcp;
+        for (i, (_, v)) in self.fields()[..6].iter().enumerate() {
+            if let Some(v) = v {
+                tcp[i] = *v;
+            }
+        }
+        Timeouts {
+            tcp,
+            udp_first: self.udp_first.unwrap_or(d.udp_first),
+            udp_replied: self.udp_replied.unwrap_or(d.udp_replied),
+            icmp: self.icmp.unwrap_or(d.icmp),
+            other: self.other.unwrap_or(d.other),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +234,9 @@ pub struct Config {
     /// Switch-wide settings.
     #[serde(default)]
     pub switch: SwitchSection,
+    /// Connection tracking.
+    #[serde(default)]
+    pub conntrack: ConntrackSection,
     /// Ports to attach at start.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
@@ -218,6 +310,22 @@ impl Config {
                 ));
             }
         }
+        if let Some(c) = self.conntrack.capacity {
+            if !(1024..=1 << 28).contains(&c) {
+                return Err(ConfigError::new(
+                    "conntrack.capacity",
+                    "must be between 1024 and 268435456",
+                ));
+            }
+        }
+        for (name, v) in self.conntrack.timeouts.fields() {
+            if v == Some(0) {
+                return Err(ConfigError::new(
+                    format!("conntrack.timeouts.{name}"),
+                    "must be at least 1 second",
+                ));
+            }
+        }
         check_ports(&self.ports, "ports")
     }
 
@@ -231,6 +339,8 @@ impl Config {
             mac_aging_secs: self.switch.mac_aging_secs.unwrap_or(d.mac_aging_secs),
             mac_table_size: self.switch.mac_table_size.unwrap_or(d.mac_table_size),
             max_frame: self.switch.max_frame.unwrap_or(d.max_frame),
+            ct_capacity: self.conntrack.capacity.unwrap_or(d.ct_capacity),
+            ct_timeouts: self.conntrack.timeouts.timeouts(),
         }
     }
 }
@@ -242,6 +352,7 @@ pub fn check_ports(ports: &[PortConfig], list: &str) -> Result<(), ConfigError> 
     for (i, p) in ports.iter().enumerate() {
         let at = format!("{list}[{i}].");
         p.validate(&at)?;
+        p.compile_policy(&at)?;
         if !names.insert(&p.name) {
             return Err(ConfigError::new(
                 format!("{at}name"),

@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use dataplane::filter::Policy;
+use dataplane::switch::RuleStat;
 use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
 use serde::Serialize;
 use vhost::{NetDevice, PortConn, SocketMode};
 
 use crate::config::{check_ports, ConfigError, Mode, PortConfig};
+use crate::policy::{ActionName, PolicyConfig};
 
 /// An API-level error: an HTTP status and a message naming the field when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +84,8 @@ impl std::fmt::Display for ApiError {
 
 struct PortRecord {
     cfg: PortConfig,
+    /// `cfg.policy`, compiled.
+    policy: Arc<Policy>,
     id: u16,
     dev: Arc<NetDevice>,
     conn: Option<PortConn>,
@@ -175,6 +180,7 @@ impl Daemon {
     /// Adds a port and starts its socket; `persist` records it in the state file.
     pub fn add_port(&self, cfg: PortConfig, persist: bool) -> Result<PortInfo, ApiError> {
         let segment = cfg.validate("")?;
+        let policy = cfg.compile_policy("")?;
         let mut ports = self.lock();
         if ports.contains_key(&cfg.name) {
             return Err(ApiError::conflict(
@@ -217,9 +223,12 @@ impl Daemon {
             cfg.name,
             vhost::conn::describe(mode, &cfg.socket)
         );
+        // A new port starts with no connections: drop any a former holder of the id left.
+        self.switch.flush_connections(id);
         let rec = PortRecord {
             base: self.switch.port_stats(id),
             cfg,
+            policy,
             id,
             dev,
             conn: Some(conn),
@@ -260,7 +269,8 @@ impl Daemon {
             c.stop();
         }
         let n = self.switch.flush_macs(rec.id);
-        log::info!("port {name} removed ({n} MAC entries flushed)");
+        let c = self.switch.flush_connections(rec.id);
+        log::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
         if persist && rec.persisted {
             self.save(&ports);
         }
@@ -274,6 +284,7 @@ impl Daemon {
                 id: p.id,
                 segment: p.cfg.segment_id(),
                 dev: p.dev.clone(),
+                policy: p.policy.clone(),
             })
             .collect();
         if let Err(e) = self.switch.set_ports(&specs) {
@@ -359,6 +370,231 @@ impl Daemon {
             })
             .collect()
     }
+}
+
+impl Daemon {
+    /// Replaces a port's policy. Connections it no longer allows are cut on their next
+    /// packet; the others continue. Persisted for ports added through the API; a port from
+    /// the config file gets the file's policy back at the next start.
+    pub fn set_policy(&self, name: &str, policy: PolicyConfig) -> Result<PolicyInfo, ApiError> {
+        let compiled = Arc::new(policy.compile("policy")?);
+        let mut ports = self.lock();
+        let rec = ports
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
+        let (egress, ingress) = (compiled.egress.len(), compiled.ingress.len());
+        rec.cfg.policy = Some(policy);
+        rec.policy = compiled;
+        let persisted = rec.persisted;
+        self.publish(&ports);
+        if persisted {
+            self.save(&ports);
+        }
+        log::info!(
+            "port {name}: new policy ({egress} egress, {ingress} ingress rules), epoch {}",
+            self.switch.policy_epoch()
+        );
+        self.policy_of(&ports, name)
+    }
+
+    /// A port's policy with its per-rule counters.
+    pub fn policy(&self, name: &str) -> Result<PolicyInfo, ApiError> {
+        let ports = self.lock();
+        self.policy_of(&ports, name)
+    }
+
+    fn policy_of(
+        &self,
+        ports: &BTreeMap<String, PortRecord>,
+        name: &str,
+    ) -> Result<PolicyInfo, ApiError> {
+        let rec = ports
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
+        let stats = self.switch.rule_stats(rec.id).unwrap_or_default();
+        let rows = |rules: &[dataplane::ruleset::Rule], st: &[RuleStat]| {
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let s = st.get(i).copied().unwrap_or_default();
+                    RuleInfo {
+                        index: i,
+                        id: r.id,
+                        action: match r.action {
+                            dataplane::ruleset::Action::Allow => ActionName::Allow,
+                            dataplane::ruleset::Action::Drop => ActionName::Drop,
+                            dataplane::ruleset::Action::Reject => ActionName::Reject,
+                        },
+                        packets: s.packets,
+                        bytes: s.bytes,
+                        connections: s.connections,
+                    }
+                })
+                .collect()
+        };
+        Ok(PolicyInfo {
+            port: name.to_string(),
+            epoch: self.switch.policy_epoch(),
+            policy: rec.cfg.policy.clone(),
+            rules: RuleTables {
+                egress: rows(rec.policy.egress.rules(), &stats.egress),
+                ingress: rows(rec.policy.ingress.rules(), &stats.ingress),
+            },
+        })
+    }
+
+    /// Tracked connections of one port (either end), or of all ports.
+    pub fn conns(&self, name: Option<&str>) -> Result<Vec<ConnView>, ApiError> {
+        let ports = self.lock();
+        let id = match name {
+            Some(n) => Some(
+                ports
+                    .get(n)
+                    .ok_or_else(|| ApiError::not_found(format!("no port named {n:?}")))?
+                    .id,
+            ),
+            None => None,
+        };
+        let name_of = |id: u16| {
+            ports
+                .values()
+                .find(|p| p.id == id)
+                .map(|p| p.cfg.name.clone())
+        };
+        let ids = |r: u16, rules: Option<&dataplane::ruleset::Ruleset>| {
+            (r != u16::MAX)
+                .then(|| {
+                    rules
+                        .and_then(|rs| rs.rules().get(usize::from(r)))
+                        .map(|x| x.id)
+                })
+                .flatten()
+        };
+        let mut out: Vec<ConnView> = self
+            .switch
+            .connections(id)
+            .into_iter()
+            .map(|c| {
+                let owner = ports.values().find(|p| p.id == c.owner);
+                let peer = (c.peer != c.owner)
+                    .then(|| ports.values().find(|p| p.id == c.peer))
+                    .flatten();
+                ConnView {
+                    zone: c.key.zone,
+                    proto: c.key.proto,
+                    src: c.key.src.to_string(),
+                    sport: c.key.sport,
+                    dst: c.key.dst.to_string(),
+                    dport: c.key.dport,
+                    owner: name_of(c.owner),
+                    peer: if c.peer == c.owner {
+                        None
+                    } else {
+                        name_of(c.peer)
+                    },
+                    state: match &c.tcp {
+                        Some(t) => t.timeout_class().name(),
+                        None if c.replied => "replied",
+                        None => "unreplied",
+                    },
+                    idle_secs: c.idle_secs,
+                    packets: c.packets,
+                    rule_egress: ids(c.rule_egress, owner.map(|p| &*p.policy.egress)),
+                    rule_ingress: ids(c.rule_ingress, peer.map(|p| &*p.policy.ingress)),
+                    replied: c.replied,
+                    epoch: c.epoch,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.zone, &a.src, a.sport).cmp(&(b.zone, &b.src, b.sport)));
+        Ok(out)
+    }
+
+    /// Removes a port's connections; returns how many.
+    pub fn flush(&self, name: &str) -> Result<usize, ApiError> {
+        let ports = self.lock();
+        let rec = ports
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
+        let n = self.switch.flush_connections(rec.id);
+        log::info!("port {name}: {n} connections flushed");
+        Ok(n)
+    }
+}
+
+/// A port's policy and per-rule counters, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyInfo {
+    /// Port name.
+    pub port: String,
+    /// The switch's current policy epoch.
+    pub epoch: u16,
+    /// The policy as written (`None`: allow everything).
+    pub policy: Option<PolicyConfig>,
+    /// Counters per rule (they restart when the policy is replaced).
+    pub rules: RuleTables,
+}
+
+/// Per-rule counters of both rulesets.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleTables {
+    /// Egress rules, in order.
+    pub egress: Vec<RuleInfo>,
+    /// Ingress rules, in order.
+    pub ingress: Vec<RuleInfo>,
+}
+
+/// One rule's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleInfo {
+    /// Position in its list, from 0.
+    pub index: usize,
+    /// Operator id (default: position from 1).
+    pub id: u32,
+    /// Its action.
+    pub action: ActionName,
+    /// Packets it decided (including every packet of the connections it admitted).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Connections it admitted.
+    pub connections: u64,
+}
+
+/// A tracked connection as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnView {
+    /// Zone (segment).
+    pub zone: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Opener's address.
+    pub src: String,
+    /// Opener's port (ICMP echo: the identifier).
+    pub sport: u16,
+    /// Responder's address.
+    pub dst: String,
+    /// Responder's port.
+    pub dport: u16,
+    /// Port whose VM opened it.
+    pub owner: Option<String>,
+    /// Port on the far end (`None`: not yet known).
+    pub peer: Option<String>,
+    /// TCP state, or "unreplied"/"replied".
+    pub state: &'static str,
+    /// Seconds since its last packet.
+    pub idle_secs: u32,
+    /// Packets seen.
+    pub packets: u64,
+    /// Id of the owner's egress rule that admitted it.
+    pub rule_egress: Option<u32>,
+    /// Id of the peer's ingress rule that admitted it.
+    pub rule_ingress: Option<u32>,
+    /// A reply was seen.
+    pub replied: bool,
+    /// Policy epoch it was last validated under.
+    pub epoch: u16,
 }
 
 /// A MAC table entry as the API shows it.

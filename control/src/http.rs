@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 1024 * 1024;
+const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// A parsed request.
 #[derive(Debug)]

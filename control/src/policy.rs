@@ -8,6 +8,8 @@
 //! non_ip = "allow"               # ARP and other non-IP frames (default "allow")
 //! nd = "allow"                   # ICMPv6 neighbour discovery (default "allow")
 //! tcp_pickup = false             # accept mid-stream TCP as new connections (default false)
+//! max_connections = 10000        # most open connections the VM may own (default: no limit)
+//! new_connections_per_sec = 2000 # new connections per second (default 0: unlimited)
 //! egress = [
 //!   { action = "allow", proto = "tcp", dst = "10.10.1.0/24", dst_ports = [80, "8000-8080"] },
 //!   { action = "allow", proto = "icmp", icmp_type = 8 },
@@ -18,9 +20,8 @@
 //! Rules are matched first to last; `id` (default: position, from 1) names a rule in counters.
 //! Errors name the offending field, e.g. `ports[0].policy.egress[1].dst_ports[0]`.
 //!
-//! Status: compiled and tested here; the data path does not enforce policies yet, so the
-//! config file does not accept a `policy` section yet (an unknown-field error) rather than
-//! accept one it would ignore.
+//! A port without a policy allows everything (tracked, with TCP pickup):
+//! `dataplane::filter::Policy::allow_all`.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -146,6 +147,12 @@ pub struct PolicyConfig {
     /// Accept mid-stream TCP as a new connection.
     #[serde(default)]
     pub tcp_pickup: bool,
+    /// Most connections the VM may have open at once (default: no limit but the table's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// New connections per second the VM may open (default 0: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_connections_per_sec: Option<u32>,
 }
 
 fn proto(v: &StrOrNum, at: &str) -> Result<Option<u8>, ConfigError> {
@@ -284,6 +291,8 @@ impl PolicyConfig {
             non_ip: self.non_ip.into(),
             nd: self.nd.into(),
             tcp_pickup: self.tcp_pickup,
+            max_connections: self.max_connections.unwrap_or(u32::MAX),
+            new_connections_per_sec: self.new_connections_per_sec.unwrap_or(0),
         })
     }
 }

@@ -47,6 +47,10 @@ pub struct Policy {
     pub nd: Action,
     /// Accept a mid-stream TCP segment as a new connection (after a flush or a restart).
     pub tcp_pickup: bool,
+    /// Most connections this vNIC's guest may have open at once.
+    pub max_connections: u32,
+    /// New connections per second this vNIC's guest may open (0: unlimited).
+    pub new_connections_per_sec: u32,
 }
 
 impl Policy {
@@ -60,6 +64,8 @@ impl Policy {
             non_ip: Action::Allow,
             nd: Action::Allow,
             tcp_pickup: true,
+            max_connections: u32::MAX,
+            new_connections_per_sec: 0,
         }
     }
 }
@@ -73,13 +79,14 @@ pub struct Side<'a> {
     pub policy: &'a Policy,
 }
 
-/// Which rule decided, for per-rule counters: (ruleset side, index into its rules).
+/// Which rule decided, for per-rule counters: the vNIC, which of its rulesets, and the index
+/// into that ruleset's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleRef {
-    /// The sender's egress ruleset.
-    Egress(u32),
-    /// The receiver's ingress ruleset.
-    Ingress(u32),
+    /// A rule of this vNIC's egress ruleset.
+    Egress(u16, u32),
+    /// A rule of this vNIC's ingress ruleset.
+    Ingress(u16, u32),
 }
 
 /// What to do with the frame.
@@ -91,7 +98,8 @@ pub enum Decision {
         conn: Option<usize>,
         /// It created the connection (the rules below admitted it).
         created: bool,
-        /// Rules that admitted it (only when `created`, or re-validated).
+        /// Rules that admitted it or its connection (the opener's egress rule, the far
+        /// end's ingress rule), for per-rule counters.
         rules: [Option<RuleRef>; 2],
     },
     /// Drop it, for this reason.
@@ -183,12 +191,12 @@ fn judge(
     receiver: Option<Side<'_>>,
 ) -> Result<[Option<RuleRef>; 2], Decision> {
     let e = sender.policy.egress.lookup(t);
-    let er = e.rule.map(RuleRef::Egress);
+    let er = e.rule.map(|i| RuleRef::Egress(sender.vnic, i));
     refuse(e, er)?;
     let ir = match receiver {
         Some(r) => {
             let i = r.policy.ingress.lookup(t);
-            let ir = i.rule.map(RuleRef::Ingress);
+            let ir = i.rule.map(|i| RuleRef::Ingress(r.vnic, i));
             refuse(i, ir)?;
             ir
         }
@@ -207,7 +215,9 @@ fn refuse(v: Verdict, rule: Option<RuleRef>) -> Result<(), Decision> {
 
 fn rule_id(r: Option<RuleRef>) -> u16 {
     match r {
-        Some(RuleRef::Egress(i) | RuleRef::Ingress(i)) => u16::try_from(i).unwrap_or(u16::MAX),
+        Some(RuleRef::Egress(_, i) | RuleRef::Ingress(_, i)) => {
+            u16::try_from(i).unwrap_or(u16::MAX)
+        }
         None => u16::MAX,
     }
 }
@@ -365,51 +375,28 @@ impl Filter<'_> {
         dst: Option<Side<'_>>,
         now: u32,
     ) -> Hit {
-        let mut rules = [None, None];
-        if self.table.epoch(f.slot) != self.epoch {
-            // Re-validate in the connection's opening direction: the opener's egress and the
-            // other end's ingress. For a reply, the opener is this packet's receiver.
-            let mut t = if f.dir == 0 {
-                tuple(p)
-            } else {
-                reversed(&tuple(p))
-            };
-            if let Some(i) = p.icmp {
-                // An echo connection is judged as its request, whichever way this packet goes.
-                if is_echo(p.proto, i.ty) {
-                    t.icmp_type = if p.proto == ip_proto::ICMP { 8 } else { 128 };
-                }
-            }
-            let (opener, other) = match (f.dir, dst) {
-                (0, _) => (Some(src), dst),
-                (_, Some(d)) => (Some(d), Some(src)),
-                // A reply that leaves the host: the opener's policy is not ours to judge.
-                (_, None) => (None, Some(src)),
-            };
-            let verdict = match opener {
-                Some(o) => judge(&t, o, other),
-                None => match other {
-                    Some(o) => {
-                        let i = o.policy.ingress.lookup(&t);
-                        let r = i.rule.map(RuleRef::Ingress);
-                        refuse(i, r).map(|()| [None, r])
-                    }
-                    None => Ok([None, None]),
-                },
-            };
-            match verdict {
-                Ok(r) => {
-                    self.table
-                        .revalidated(f.slot, self.epoch, (rule_id(r[0]), rule_id(r[1])));
-                    rules = r;
-                }
-                Err(Decision::Drop(_, r) | Decision::Reject(r)) => {
-                    self.table.expire_now(f.slot);
-                    return Hit::Done(Decision::Drop(DropReason::PolicyRevoked, r));
-                }
+        let (owner, peer) = self.table.endpoints(f.slot);
+        let known = peer != owner;
+        // A connection belongs to its pair of vNICs. A packet on it between other vNICs (an
+        // address that moved, a spoofer, or a far end first reached by a flood) is judged
+        // again by the rules of the vNICs it really passes, as after a policy change.
+        let stranger = if f.dir == 0 {
+            src.vnic != owner || dst.is_some_and(|d| d.vnic != peer)
+        } else {
+            !known || src.vnic != peer || dst.is_some_and(|d| d.vnic != owner)
+        };
+        let rules = if self.table.epoch(f.slot) != self.epoch || stranger {
+            match self.revalidate(p, f, src, dst) {
+                Ok(r) => r,
                 Err(d) => return Hit::Done(d),
             }
-        }
+        } else {
+            let (e, i) = self.table.rules(f.slot);
+            [
+                (e != u16::MAX).then(|| RuleRef::Egress(owner, u32::from(e))),
+                (i != u16::MAX && known).then(|| RuleRef::Ingress(peer, u32::from(i))),
+            ]
+        };
         if p.tcp.is_some() {
             let seg = segment(p);
             match self.table.with_tcp(f.slot, |c| {
@@ -430,6 +417,59 @@ impl Filter<'_> {
             created: false,
             rules,
         })
+    }
+
+    /// Judges a tracked packet by the current rules, in its connection's opening direction:
+    /// the opener's egress and the other end's ingress. For a reply, the opener is this
+    /// packet's receiver. Denied: the connection is cut.
+    fn revalidate(
+        &self,
+        p: &Packet,
+        f: conntrack::Found,
+        src: Side<'_>,
+        dst: Option<Side<'_>>,
+    ) -> Result<[Option<RuleRef>; 2], Decision> {
+        let mut t = if f.dir == 0 {
+            tuple(p)
+        } else {
+            reversed(&tuple(p))
+        };
+        if let Some(i) = p.icmp {
+            // An echo connection is judged as its request, whichever way this packet goes.
+            if is_echo(p.proto, i.ty) {
+                t.icmp_type = if p.proto == ip_proto::ICMP { 8 } else { 128 };
+            }
+        }
+        let (opener, other) = match (f.dir, dst) {
+            (0, _) => (Some(src), dst),
+            (_, Some(d)) => (Some(d), Some(src)),
+            // A reply that leaves the host: the opener's policy is not ours to judge.
+            (_, None) => (None, Some(src)),
+        };
+        let verdict = match opener {
+            Some(o) => judge(&t, o, other),
+            None => match other {
+                Some(o) => {
+                    let i = o.policy.ingress.lookup(&t);
+                    let r = i.rule.map(|i| RuleRef::Ingress(o.vnic, i));
+                    refuse(i, r).map(|()| [None, r])
+                }
+                None => Ok([None, None]),
+            },
+        };
+        match verdict {
+            Ok(r) => {
+                let far = other.map(|o| o.vnic);
+                let ids = (rule_id(r[0]), rule_id(r[1]));
+                self.table.revalidated(f.slot, self.epoch, ids, far);
+                Ok(r)
+            }
+            Err(Decision::Drop(_, r) | Decision::Reject(r)) => {
+                self.table.expire_now(f.slot);
+                Err(Decision::Drop(DropReason::PolicyRevoked, r))
+            }
+            Err(d) => Err(d),
+        }
     }
 
     /// An ICMP error passes only if the packet it quotes belongs to a tracked connection and

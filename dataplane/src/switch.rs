@@ -4,14 +4,25 @@
 //!  control thread                       worker i (pinned to its core, never blocks)
 //!  set_ports(specs) --ArcSwap<PortTable>-->  loop {
 //!     builds a new immutable table           table = cache.load()        (pointer compare)
-//!     publishes it (generation g)            seen[i] = table.generation
-//!     waits until every seen[i] >= g         for port in table.polled[i]:
-//!     (afterwards no worker touches a           try_lock port.txq; pop <= 32 chains
-//!      removed port: its MACs can be            parse, learn src, look up dst
-//!      flushed, its id reused)                  per destination: lock rxq once, copy frames
-//!                                               complete the tx chains, publish used once
+//!     (ports, their policies, the policy     seen[i] = table.generation; qsbr.quiescent(i)
+//!      epoch), publishes it (generation g)   for port in table.polled[i]:
+//!     waits until every seen[i] >= g            try_lock port.txq; pop <= 32 chains
+//!     (afterwards no worker touches a           per frame: copy the headers, learn src MAC,
+//!      removed port: its MACs can be              look up dst, parse, filter (conntrack,
+//!      flushed, its id reused)                    then the rulesets on a miss)
+//!                                               per destination: lock rxq once, copy frames
+//!  sweeper thread: conntrack aging,             rejects: answers into the sender's rxq
+//!  once a second                                complete the tx chains, publish used once
 //!                                         }
 //! ```
+//!
+//! The filter stage (see `filter`) judges each IP frame against the sender's egress policy
+//! and, for a unicast frame to a known port, the receiver's ingress policy, with one tracked
+//! connection serving both. A flooded frame (broadcast, multicast, unknown unicast) is judged
+//! by the sender's egress policy, then by each member's ingress policy (or non-IP / ND rule)
+//! as it is copied to that member; a flooded frame of a connection whose far end is known
+//! goes to that end only. Every frame is judged against one port-table snapshot: its
+//! policies and its epoch, so a policy swap never splits a decision.
 //! Per burst a worker takes the ingress port's txq lock (try-lock: skipped while control holds
 //! it) and each destination's rxq lock once; it never holds two rxq locks, and control never
 //! holds two queue locks, so there is no lock-order cycle.
@@ -22,10 +33,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Cache};
+use conntrack::{ConnInfo, Table, Timeouts};
 use vhost::{Chain, NetDevice, Pop};
 
 use crate::counters::{bump, Counters, DropReason, PortStats, MAX_PORTS};
+use crate::filter::{Decision, Filter, Policy, RuleRef, Side};
 use crate::mac_table::{MacEntry, MacTable};
+use crate::parse::{parse, Packet, HEADROOM, L3};
+use crate::reply::{reject, MAX_REPLY};
+use crate::ruleset::{Action, Tuple};
 use crate::wire::{EthernetFrame, ETH_HEADER_LEN};
 
 /// Most frames taken from one queue per poll.
@@ -44,6 +60,10 @@ pub struct SwitchConfig {
     pub mac_table_size: usize,
     /// Largest Ethernet frame (without FCS) accepted from a guest.
     pub max_frame: u32,
+    /// Connection table capacity (IPv4 connections; an IPv6 one counts twice). Fixed at start.
+    pub ct_capacity: usize,
+    /// Connection idle timeouts.
+    pub ct_timeouts: Timeouts,
 }
 
 impl Default for SwitchConfig {
@@ -54,6 +74,8 @@ impl Default for SwitchConfig {
             mac_aging_secs: 300,
             mac_table_size: 65536,
             max_frame: 9216,
+            ct_capacity: 1 << 20,
+            ct_timeouts: Timeouts::default(),
         }
     }
 }
@@ -70,6 +92,8 @@ pub struct PortSpec {
     pub segment: u16,
     /// The vhost-user device.
     pub dev: Arc<NetDevice>,
+    /// Its firewall policy. Publishing a different `Arc` starts a new policy epoch.
+    pub policy: Arc<Policy>,
 }
 
 #[derive(Debug)]
@@ -77,14 +101,109 @@ struct PortEntry {
     id: u16,
     segment: u16,
     dev: Arc<NetDevice>,
+    policy: Arc<Policy>,
+    /// Counters of the rules of `policy` (kept while the policy stays the same `Arc`).
+    rules: Arc<RuleCounters>,
     /// Index into `PortTable::members`.
     group: usize,
+}
+
+impl PortEntry {
+    fn side(&self) -> Side<'_> {
+        Side {
+            vnic: self.id,
+            policy: &self.policy,
+        }
+    }
+}
+
+/// Per-rule counters of one port's policy: per worker (each writes only its own rows),
+/// per rule, packets, bytes and connections. Egress rules first, then ingress rules.
+#[derive(Debug)]
+struct RuleCounters {
+    egress: usize,
+    ingress: usize,
+    c: Box<[AtomicU64]>,
+}
+
+/// Counters of one rule, summed over the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleStat {
+    /// Packets it decided: the first packet of each connection it admitted and every later
+    /// packet of those connections, or each packet it dropped or rejected.
+    pub packets: u64,
+    /// Bytes of those packets (Ethernet frames).
+    pub bytes: u64,
+    /// Connections it admitted (for a drop or reject rule: always 0).
+    pub connections: u64,
+}
+
+/// Per-rule counters of one port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// One per egress rule, in rule order.
+    pub egress: Vec<RuleStat>,
+    /// One per ingress rule, in rule order.
+    pub ingress: Vec<RuleStat>,
+}
+
+impl RuleCounters {
+    fn new(p: &Policy, workers: usize) -> Self {
+        let (egress, ingress) = (p.egress.len(), p.ingress.len());
+        let n = workers * (egress + ingress) * 3;
+        RuleCounters {
+            egress,
+            ingress,
+            c: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    fn count(&self, worker: usize, ingress: bool, rule: u32, bytes: u32, created: bool) {
+        let (r, len) = if ingress {
+            (self.egress + rule as usize, self.ingress)
+        } else {
+            (rule as usize, self.egress)
+        };
+        if rule as usize >= len {
+            return;
+        }
+        let base = (worker * (self.egress + self.ingress) + r) * 3;
+        if let Some(c) = self.c.get(base..base + 3) {
+            bump(&c[0], 1);
+            bump(&c[1], u64::from(bytes));
+            if created {
+                bump(&c[2], 1);
+            }
+        }
+    }
+
+    fn stats(&self) -> RuleStats {
+        let per = self.egress + self.ingress;
+        let mut all = vec![RuleStat::default(); per];
+        if per > 0 {
+            for w in self.c.chunks(per * 3) {
+                for (r, c) in w.chunks(3).enumerate() {
+                    all[r].packets += c[0].load(Ordering::Relaxed);
+                    all[r].bytes += c[1].load(Ordering::Relaxed);
+                    all[r].connections += c[2].load(Ordering::Relaxed);
+                }
+            }
+        }
+        let ingress = all.split_off(self.egress);
+        RuleStats {
+            egress: all,
+            ingress,
+        }
+    }
 }
 
 /// An immutable snapshot of the ports, published to workers.
 #[derive(Debug, Default)]
 struct PortTable {
     generation: u64,
+    /// Policy epoch: bumped whenever a port's policy changes.
+    epoch: u16,
     /// Indexed by port id.
     ports: Vec<Option<PortEntry>>,
     /// Port ids per segment (flood lists).
@@ -152,6 +271,7 @@ pub struct Switch {
     publish: Mutex<u64>,
     macs: MacTable,
     workers: Vec<WorkerSlot>,
+    ct: Table,
     epoch: Instant,
     stop: AtomicBool,
 }
@@ -168,6 +288,12 @@ impl Switch {
                 ..Default::default()
             }),
             publish: Mutex::new(0),
+            ct: Table::new(&conntrack::Config {
+                capacity: cfg.ct_capacity,
+                vnics: MAX_PORTS,
+                workers: n,
+                timeouts: cfg.ct_timeouts,
+            }),
             epoch: Instant::now(),
             stop: AtomicBool::new(false),
             cfg,
@@ -184,9 +310,20 @@ impl Switch {
         u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX - 1) + 1
     }
 
-    /// Starts the workers, one per configured CPU.
+    /// Milliseconds since the switch started (wraps after 49 days; used for rate limits).
+    fn now_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+
+    /// Starts the workers, one per configured CPU, and the connection sweeper.
     pub fn spawn_workers(self: &Arc<Self>) -> std::io::Result<Vec<JoinHandle<()>>> {
         let mut hs = Vec::new();
+        let sw = self.clone();
+        hs.push(
+            std::thread::Builder::new()
+                .name("ct-sweep".into())
+                .spawn(move || sw.sweeper())?,
+        );
         for i in 0..self.workers.len() {
             let sw = self.clone();
             self.workers[i].running.store(true, Ordering::Release);
@@ -199,6 +336,27 @@ impl Switch {
         Ok(hs)
     }
 
+    /// Ages the connection table once a second until shutdown. A full pass over a 1M-entry
+    /// table reads 64 MB; it runs on the control core, never on a worker.
+    fn sweeper(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            for _ in 0..10 {
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let st = self.ct.sweep(self.now_secs());
+            if st.expired > 0 {
+                log::debug!(
+                    "conntrack: {} expired, {} reclaimed",
+                    st.expired,
+                    st.reclaimed
+                );
+            }
+        }
+    }
+
     /// Asks the workers to exit (join their handles afterwards).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
@@ -208,10 +366,12 @@ impl Switch {
     /// in `ports` (so its MACs can be flushed and its device dropped).
     pub fn set_ports(&self, ports: &[PortSpec]) -> Result<(), Error> {
         let nworkers = self.workers.len();
+        let old = self.table.load_full();
         let mut table = PortTable {
             polled: vec![Vec::new(); nworkers],
             ..Default::default()
         };
+        let mut policy_changed = false;
         let mut segs: Vec<u16> = Vec::new();
         for p in ports {
             if usize::from(p.id) >= MAX_PORTS {
@@ -238,14 +398,37 @@ impl Switch {
             table.members[group].push(p.id);
             // Ports are spread over workers by id; multiqueue will spread queues instead.
             table.polled[idx % nworkers].push(p.id);
+            let rules = match old.port(p.id) {
+                Some(o) if Arc::ptr_eq(&o.policy, &p.policy) => o.rules.clone(),
+                o => {
+                    policy_changed |= o.is_some();
+                    Arc::new(RuleCounters::new(&p.policy, nworkers))
+                }
+            };
             table.ports[idx] = Some(PortEntry {
                 id: p.id,
                 segment: p.segment,
                 dev: p.dev.clone(),
+                policy: p.policy.clone(),
+                rules,
                 group,
             });
         }
         let mut gen = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        // Re-read under the lock: set_ports calls are serialized from here on.
+        let cur_epoch = self.table.load().epoch;
+        table.epoch = if policy_changed {
+            cur_epoch.wrapping_add(1)
+        } else {
+            cur_epoch
+        };
+        for p in ports {
+            self.ct.set_vnic_limits(
+                p.id,
+                p.policy.max_connections,
+                p.policy.new_connections_per_sec,
+            );
+        }
         *gen += 1;
         table.generation = *gen;
         self.table.store(Arc::new(table));
@@ -300,6 +483,37 @@ impl Switch {
     pub fn flush_macs(&self, id: u16) -> usize {
         self.macs.flush_port(id)
     }
+
+    /// The connection table.
+    pub fn conntrack(&self) -> &Table {
+        &self.ct
+    }
+
+    /// The current policy epoch.
+    pub fn policy_epoch(&self) -> u16 {
+        self.table.load().epoch
+    }
+
+    /// Live connections of port `id` (either end), or all of them (slow path: scans the
+    /// table).
+    pub fn connections(&self, id: Option<u16>) -> Vec<ConnInfo> {
+        let now = self.now_secs();
+        let mut v = self.ct.connections(id, now);
+        v.retain(|c| !c.expired);
+        v
+    }
+
+    /// Removes the connections of port `id` (either end); returns how many. Their next
+    /// packets are judged by the rules again as new connections (TCP mid-stream only with
+    /// pickup).
+    pub fn flush_connections(&self, id: u16) -> usize {
+        self.ct.flush_vnic(id)
+    }
+
+    /// Per-rule counters of port `id`'s current policy (reset when its policy is replaced).
+    pub fn rule_stats(&self, id: u16) -> Option<RuleStats> {
+        self.table.load().port(id).map(|p| p.rules.stats())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +521,50 @@ enum Dest {
     Drop,
     Port(u16),
     Flood,
+}
+
+/// How a flooded frame is judged at each member it is copied to.
+#[derive(Debug, Clone, Copy)]
+enum FloodCheck {
+    /// The member's non-IP rule.
+    NonIp,
+    /// The member's neighbour-discovery rule.
+    Nd,
+    /// The member's ingress ruleset.
+    Ingress(Tuple),
+}
+
+impl FloodCheck {
+    fn of(p: &Packet) -> FloodCheck {
+        if p.l3 == L3::NonIp {
+            return FloodCheck::NonIp;
+        }
+        if p.icmp.is_some_and(|i| i.is_nd) {
+            return FloodCheck::Nd;
+        }
+        let (icmp_type, icmp_code) = p.icmp.map_or((0, 0), |i| (i.ty, i.code));
+        FloodCheck::Ingress(Tuple {
+            src: p.src,
+            dst: p.dst,
+            proto: p.proto,
+            sport: p.sport,
+            dport: p.dport,
+            icmp_type,
+            icmp_code,
+        })
+    }
+
+    /// Whether the member with `policy` accepts it, or the reason it does not.
+    fn admits(&self, policy: &Policy) -> Result<(), DropReason> {
+        match self {
+            FloodCheck::NonIp if policy.non_ip != Action::Allow => Err(DropReason::NonIpDenied),
+            FloodCheck::Nd if policy.nd != Action::Allow => Err(DropReason::NdDenied),
+            FloodCheck::Ingress(t) if policy.ingress.lookup(t).action != Action::Allow => {
+                Err(DropReason::PolicyDrop)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One worker's private state: all burst storage is allocated here, once.
@@ -317,6 +575,20 @@ struct Worker<'a> {
     scratch: Box<[Chain]>,
     dest: [Dest; BURST],
     len: [u32; BURST],
+    /// Per flooded frame: how members judge it.
+    flood_check: [Option<FloodCheck>; BURST],
+    /// The headers of the frame being judged.
+    hdr: [u8; HEADROOM],
+    /// Reject answers built during the burst, for the sender.
+    replies: Box<[[u8; MAX_REPLY]]>,
+    reply_len: [usize; BURST],
+}
+
+/// What one poll loop iteration sees: the clock and the policy epoch.
+#[derive(Clone, Copy)]
+struct Now {
+    secs: u32,
+    ms: u32,
 }
 
 impl<'a> Worker<'a> {
@@ -328,6 +600,10 @@ impl<'a> Worker<'a> {
             scratch: vec![Chain::default(); 8].into_boxed_slice(),
             dest: [Dest::Drop; BURST],
             len: [0; BURST],
+            flood_check: [None; BURST],
+            hdr: [0; HEADROOM],
+            replies: vec![[0u8; MAX_REPLY]; BURST].into_boxed_slice(),
+            reply_len: [0; BURST],
         }
     }
 
@@ -338,16 +614,22 @@ impl<'a> Worker<'a> {
                 log::warn!("worker {}: cannot pin to CPU {cpu}: {e}", self.me);
             }
         }
+        let qsbr = self.sw.ct.qsbr();
         let mut cache = Cache::new(&self.sw.table);
         let mut idle = 0u32;
         while !self.sw.stop.load(Ordering::Relaxed) {
+            // No connection slot is held across iterations.
+            qsbr.quiescent(self.me);
             let table = cache.load();
             if slot.seen.load(Ordering::Relaxed) != table.generation {
                 // Release: everything this worker did with older tables happens-before the
                 // control thread's Acquire load in `wait_quiescent`.
                 slot.seen.store(table.generation, Ordering::Release);
             }
-            let now = self.sw.now_secs();
+            let now = Now {
+                secs: self.sw.now_secs(),
+                ms: self.sw.now_ms(),
+            };
             let mut work = 0;
             if let Some(ids) = table.polled.get(self.me) {
                 for &id in ids {
@@ -367,11 +649,12 @@ impl<'a> Worker<'a> {
                 }
             }
         }
+        qsbr.offline(self.me);
         slot.running.store(false, Ordering::Release);
     }
 
     /// Moves up to one burst from port `src`'s guest to its destinations. Returns frames taken.
-    fn poll_port(&mut self, table: &PortTable, src: &PortEntry, now: u32) -> usize {
+    fn poll_port(&mut self, table: &PortTable, src: &PortEntry, now: Now) -> usize {
         let sw = self.sw;
         let counters = &sw.workers[self.me].counters;
         let sc = counters.port(src.id);
@@ -388,6 +671,7 @@ impl<'a> Worker<'a> {
         }
         let hdr = q.hdr_len;
         let mut n = 0;
+        let mut nreplies = 0;
         let mut flood = false;
         let mut taken = 0;
         // Bad chains do not count towards n, so bound the loop by the ring's worth as well.
@@ -410,17 +694,23 @@ impl<'a> Worker<'a> {
                 }
             }
             let c = &self.chains[n];
+            self.flood_check[n] = None;
             let dest = if c.total < hdr + ETH_HEADER_LEN as u32 {
                 DropReason::FrameTooShort.into()
             } else if c.total - hdr > sw.cfg.max_frame {
                 DropReason::FrameTooLong.into()
             } else {
-                let mut h = [0u8; ETH_HEADER_LEN];
-                c.read_at(hdr, &mut h);
-                self.len[n] = c.total - hdr;
+                let len = c.total - hdr;
+                let hl = (len as usize).min(HEADROOM);
+                c.read_at(hdr, &mut self.hdr[..hl]);
+                self.len[n] = len;
                 bump(&sc.rx_packets, 1);
-                bump(&sc.rx_bytes, u64::from(self.len[n]));
-                classify(sw, table, src, &h, now)
+                bump(&sc.rx_bytes, u64::from(len));
+                let h: &[u8; ETH_HEADER_LEN] = self.hdr.first_chunk().expect("headroom");
+                match classify(sw, table, src, h, now.secs) {
+                    Classified::Dest(d) => self.filter(table, src, n, d, now, &mut nreplies),
+                    drop => drop,
+                }
             };
             self.dest[n] = match dest {
                 Classified::Drop(r) => {
@@ -465,6 +755,9 @@ impl<'a> Worker<'a> {
                 }
             }
         }
+        if nreplies > 0 {
+            self.answer(src, nreplies);
+        }
 
         // Give the guest its transmit buffers back (used length 0: we wrote nothing).
         for c in &self.chains[..n] {
@@ -474,25 +767,140 @@ impl<'a> Worker<'a> {
         taken
     }
 
+    /// The filter stage for frame `n` (headers in `self.hdr`), whose L2 destination is `d`.
+    fn filter(
+        &mut self,
+        table: &PortTable,
+        src: &PortEntry,
+        n: usize,
+        d: Dest,
+        now: Now,
+        nreplies: &mut usize,
+    ) -> Classified {
+        let len = self.len[n];
+        let hl = (len as usize).min(HEADROOM);
+        let Ok(p) = parse(&self.hdr[..hl], len as usize) else {
+            return DropReason::BadHeader.into();
+        };
+        let f = Filter {
+            table: &self.sw.ct,
+            epoch: table.epoch,
+        };
+        let to = match d {
+            Dest::Port(m) => table.port(m),
+            _ => None,
+        };
+        let decision = f.decide(
+            &p,
+            src.segment,
+            src.side(),
+            to.map(PortEntry::side),
+            now.secs,
+            now.ms,
+        );
+        match decision {
+            Decision::Pass {
+                conn,
+                created,
+                rules,
+            } => {
+                self.count_rules(table, &rules, len, created);
+                if d != Dest::Flood {
+                    return Classified::Dest(d);
+                }
+                // A flooded frame of a connection whose far end is known goes there only.
+                if let (Some(slot), false) = (conn, created) {
+                    let (owner, peer) = self.sw.ct.endpoints(slot);
+                    let other = if src.id == owner { peer } else { owner };
+                    if other != src.id
+                        && table.port(other).is_some_and(|o| o.segment == src.segment)
+                    {
+                        return Classified::Dest(Dest::Port(other));
+                    }
+                }
+                self.flood_check[n] = Some(FloodCheck::of(&p));
+                Classified::Dest(Dest::Flood)
+            }
+            Decision::Drop(r, rule) => {
+                self.count_rules(table, &[rule, None], len, false);
+                r.into()
+            }
+            Decision::Reject(rule) => {
+                self.count_rules(table, &[rule, None], len, false);
+                if let Some(l) = reject(&self.hdr[..hl], &p, &mut self.replies[*nreplies]) {
+                    self.reply_len[*nreplies] = l;
+                    *nreplies += 1;
+                }
+                DropReason::PolicyReject.into()
+            }
+        }
+    }
+
+    #[inline]
+    fn count_rules(&self, table: &PortTable, rules: &[Option<RuleRef>; 2], len: u32, new: bool) {
+        for r in rules.iter().flatten() {
+            let (vnic, ingress, i) = match *r {
+                RuleRef::Egress(v, i) => (v, false, i),
+                RuleRef::Ingress(v, i) => (v, true, i),
+            };
+            if let Some(p) = table.port(vnic) {
+                p.rules.count(self.me, ingress, i, len, new);
+            }
+        }
+    }
+
+    /// Delivers the burst's reject answers to the sender's guest.
+    fn answer(&mut self, src: &PortEntry, nreplies: usize) {
+        let sc = self.sw.workers[self.me].counters.port(src.id);
+        let mut guard = src.dev.rxq.lock();
+        let Some(q) = guard.as_mut() else { return };
+        for i in 0..nreplies {
+            let frame = &self.replies[i][..self.reply_len[i]];
+            match q
+                .ring
+                .enqueue_bytes(frame, q.hdr_len, q.mrg, &mut self.scratch)
+            {
+                Ok(()) => {
+                    bump(&sc.tx_packets, 1);
+                    bump(&sc.tx_bytes, frame.len() as u64);
+                }
+                Err(e) => {
+                    sc.drop(e.into());
+                    if q.ring.is_broken() {
+                        q.broken_reported = true;
+                        break;
+                    }
+                }
+            }
+        }
+        q.ring.publish_used();
+    }
+
     /// Copies the burst's frames bound for port `m` (and floods, when `flood`) into its guest.
     fn deliver(&mut self, table: &PortTable, m: u16, src: u16, hdr: u32, n: usize, flood: bool) {
         let counters = &self.sw.workers[self.me].counters;
         let dc = counters.port(m);
         let Some(dst) = table.port(m) else { return };
         debug_assert_ne!(m, src);
-        let wanted = |d: Dest| d == Dest::Port(m) || (flood && d == Dest::Flood);
         let mut guard = dst.dev.rxq.lock();
         let Some(q) = guard.as_mut() else {
             for i in 0..n {
-                if wanted(self.dest[i]) {
+                if self.dest[i] == Dest::Port(m) || (flood && self.dest[i] == Dest::Flood) {
                     dc.drop(DropReason::PortDown);
                 }
             }
             return;
         };
         for i in 0..n {
-            if !wanted(self.dest[i]) {
-                continue;
+            match self.dest[i] {
+                Dest::Port(p) if p == m => {}
+                Dest::Flood if flood => {
+                    if let Some(Err(r)) = self.flood_check[i].map(|c| c.admits(&dst.policy)) {
+                        dc.drop(r);
+                        continue;
+                    }
+                }
+                _ => continue,
             }
             match q.ring.enqueue_frame(
                 &self.chains[i],

@@ -140,6 +140,8 @@ fn policy(egress: &[Rule], ingress: &[Rule], default: Action) -> Policy {
         non_ip: Action::Allow,
         nd: Action::Allow,
         tcp_pickup: false,
+        max_connections: u32::MAX,
+        new_connections_per_sec: 0,
     }
 }
 
@@ -206,7 +208,7 @@ fn tcp_allowed_one_way() {
         Decision::Pass {
             conn: d.conn(),
             created: true,
-            rules: [Some(RuleRef::Egress(0)), Some(RuleRef::Ingress(0))]
+            rules: [Some(RuleRef::Egress(1, 0)), Some(RuleRef::Ingress(2, 0))]
         }
     );
     assert!(
@@ -276,7 +278,7 @@ fn ingress_side_and_reject() {
     };
     assert_eq!(
         f.decide(&udp(A, B, 1000, 53), ZONE, a, Some(b), 1, 1000),
-        Decision::Reject(Some(RuleRef::Ingress(0)))
+        Decision::Reject(Some(RuleRef::Ingress(2, 0)))
     );
     assert!(passes(f.decide(
         &udp(A, B, 1000, 54),

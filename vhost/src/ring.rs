@@ -476,6 +476,30 @@ impl SplitRing {
         mrg: bool,
         scratch: &mut [Chain],
     ) -> Result<(), RxError> {
+        self.enqueue(Source::Chain(src, skip), len, hdr_len, mrg, scratch)
+    }
+
+    /// Delivers a frame the switch built itself (a reject answer) into the guest, as
+    /// `enqueue_frame` does.
+    pub fn enqueue_bytes(
+        &mut self,
+        frame: &[u8],
+        hdr_len: u32,
+        mrg: bool,
+        scratch: &mut [Chain],
+    ) -> Result<(), RxError> {
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        self.enqueue(Source::Bytes(frame), len, hdr_len, mrg, scratch)
+    }
+
+    fn enqueue(
+        &mut self,
+        src: Source<'_>,
+        len: u32,
+        hdr_len: u32,
+        mrg: bool,
+        scratch: &mut [Chain],
+    ) -> Result<(), RxError> {
         let need = len.saturating_add(hdr_len);
         // A frame spans at most 8 buffers (the Writer's bookkeeping); Linux posts >= 1.5 KiB
         // mergeable buffers, so a 64 KiB frame is the most this could ever need.
@@ -535,12 +559,24 @@ impl SplitRing {
         hdr[10..12].copy_from_slice(&(nbufs as u16).to_le_bytes());
         let mut w = Writer::new(&scratch[..nbufs]);
         w.write(&hdr[..hdr_len as usize]);
-        w.copy_from(src, skip, len);
+        match src {
+            Source::Chain(c, skip) => w.copy_from(c, skip, len),
+            Source::Bytes(b) => w.write(b),
+        }
         for (i, c) in scratch[..nbufs].iter().enumerate() {
             self.push_used(c.head, w.written_in(i));
         }
         Ok(())
     }
+}
+
+/// Where an enqueued frame's bytes come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// A guest's transmit chain, from byte `skip` on.
+    Chain(&'a Chain, u32),
+    /// A frame in host memory.
+    Bytes(&'a [u8]),
 }
 
 /// The EVENT_IDX rule (virtio spec 2.7.10, Linux `vring_need_event`): notify if `event` lies in

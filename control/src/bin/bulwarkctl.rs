@@ -13,6 +13,11 @@ commands:
   port show NAME                         one port, with its drop counters
   port add NAME --socket PATH (--segment N | --vlan N) [--mode client|server]
   port del NAME
+  policy NAME                            its firewall rules with per-rule counters
+  policy set NAME FILE                   replace its policy (FILE: JSON, or TOML if *.toml;
+                                         '-' reads JSON from stdin; '{}' allows everything)
+  conns [NAME]                           tracked connections (of one port, or all)
+  flush NAME                             drop a port's tracked connections
   macs                                   the MAC learning table
   stats                                  workers, and every non-zero drop counter
 
@@ -89,6 +94,14 @@ fn run() -> Result<(), String> {
             call("POST", "/v1/ports", Some(body.to_string()))?
         }
         ["port", "del", name] => call("DELETE", &format!("/v1/ports/{name}"), None)?,
+        ["policy", "set", name, file] => {
+            let body = read_policy(file)?;
+            call("PUT", &format!("/v1/ports/{name}/policy"), Some(body))?
+        }
+        ["policy", name] => call("GET", &format!("/v1/ports/{name}/policy"), None)?,
+        ["conns"] => call("GET", "/v1/conns", None)?,
+        ["conns", name] => call("GET", &format!("/v1/ports/{name}/conns"), None)?,
+        ["flush", name] => call("DELETE", &format!("/v1/ports/{name}/conns"), None)?,
         ["macs"] => call("GET", "/v1/macs", None)?,
         ["stats"] => call("GET", "/v1/stats", None)?,
         _ => return Err(USAGE.to_string()),
@@ -104,6 +117,9 @@ fn run() -> Result<(), String> {
             print_drops(std::slice::from_ref(&v));
         }
         ["port", "del", name] => println!("removed port {name}"),
+        ["policy", ..] => print_policy(&v),
+        ["conns", ..] => print_conns(v.as_array().map(Vec::as_slice).unwrap_or_default()),
+        ["flush", name] => println!("flushed {} connections of port {name}", s(&v["flushed"])),
         ["macs"] => {
             let rows: Vec<Vec<String>> = v
                 .as_array()
@@ -142,6 +158,127 @@ fn run() -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// A policy file as the JSON body of PUT /v1/ports/NAME/policy.
+fn read_policy(file: &str) -> Result<String, String> {
+    if file == "{}" {
+        return Ok("{}".into());
+    }
+    let text = if file == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        t
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?
+    };
+    if file.ends_with(".toml") {
+        let v: control::policy::PolicyConfig =
+            toml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        serde_json::to_string(&v).map_err(|e| e.to_string())
+    } else {
+        Ok(text)
+    }
+}
+
+fn print_policy(v: &Value) {
+    println!("port {}  (policy epoch {})", s(&v["port"]), s(&v["epoch"]));
+    let p = &v["policy"];
+    if p.is_null() {
+        println!("no policy: everything is allowed (and tracked)");
+        return;
+    }
+    let defaults = |k: &str| p[k].as_str().unwrap_or("allow").to_string();
+    println!(
+        "egress default {}, ingress default {}, non-IP {}, ND {}, TCP pickup {}",
+        defaults("egress_default"),
+        defaults("ingress_default"),
+        defaults("non_ip"),
+        defaults("nd"),
+        p["tcp_pickup"].as_bool().unwrap_or(false)
+    );
+    for dir in ["egress", "ingress"] {
+        let written = p[dir].as_array().cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = v["rules"][dir]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let i = r["index"].as_u64().unwrap_or(0) as usize;
+                let mut m = written.get(i).cloned().unwrap_or(Value::Null);
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("id");
+                    o.remove("action");
+                }
+                vec![
+                    s(&r["id"]),
+                    s(&r["action"]),
+                    s(&r["packets"]),
+                    s(&r["bytes"]),
+                    s(&r["connections"]),
+                    m.to_string(),
+                ]
+            })
+            .collect();
+        println!();
+        println!("{dir} rules:");
+        table(
+            &["ID", "ACTION", "PACKETS", "BYTES", "CONNS", "MATCH"],
+            &rows,
+        );
+    }
+}
+
+fn print_conns(conns: &[Value]) {
+    let rows: Vec<Vec<String>> = conns
+        .iter()
+        .map(|c| {
+            let proto = match c["proto"].as_u64() {
+                Some(6) => "tcp".to_string(),
+                Some(17) => "udp".to_string(),
+                Some(1) => "icmp".to_string(),
+                Some(58) => "icmpv6".to_string(),
+                _ => s(&c["proto"]),
+            };
+            let ep = |a: &str, p: &str| {
+                let addr = s(&c[a]);
+                if addr.contains(':') {
+                    format!("[{addr}]:{}", s(&c[p]))
+                } else {
+                    format!("{addr}:{}", s(&c[p]))
+                }
+            };
+            vec![
+                s(&c["zone"]),
+                proto,
+                ep("src", "sport"),
+                ep("dst", "dport"),
+                s(&c["state"]),
+                s(&c["owner"]),
+                s(&c["peer"]),
+                s(&c["idle_secs"]),
+                s(&c["packets"]),
+                format!("{}/{}", s(&c["rule_egress"]), s(&c["rule_ingress"])),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ZONE",
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "STATE",
+            "OWNER",
+            "PEER",
+            "IDLE(s)",
+            "PACKETS",
+            "RULES(eg/in)",
+        ],
+        &rows,
+    );
+    println!("{} connections", conns.len());
 }
 
 fn s(v: &Value) -> String {
