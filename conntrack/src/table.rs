@@ -339,8 +339,9 @@ impl Table {
         &self.qsbr
     }
 
-    /// Sets a vNIC's limits: most connections it may own, and new connections per second
-    /// (0: unlimited).
+    /// Sets a vNIC's limits: most connections it may own (in capacity units: an IPv6
+    /// connection counts twice, as against the table's capacity), and new connections per
+    /// second (0: unlimited).
     pub fn set_vnic_limits(&self, vnic: u16, max: u32, rate: u32) {
         if let Some(v) = self.vnics.get(usize::from(vnic)) {
             v.max.store(max, Ordering::Relaxed);
@@ -348,7 +349,7 @@ impl Table {
         }
     }
 
-    /// Connections a vNIC owns now.
+    /// Capacity units a vNIC's connections take now (IPv4: one per connection, IPv6: two).
     pub fn vnic_count(&self, vnic: u16) -> u32 {
         self.vnics
             .get(usize::from(vnic))
@@ -453,13 +454,14 @@ impl Table {
         None
     }
 
-    fn admit(&self, vnic: u16, now_ms: u32) -> Result<(), InsertError> {
+    /// Charges a new connection of `units` capacity units to `vnic`.
+    fn admit(&self, vnic: u16, units: u32, now_ms: u32) -> Result<(), InsertError> {
         let Some(v) = self.vnics.get(usize::from(vnic)) else {
             return Ok(());
         };
         // Reserve, then check (as Linux does): the reservation itself cannot race.
-        if v.count.fetch_add(1, Ordering::Relaxed) >= v.max.load(Ordering::Relaxed) {
-            v.count.fetch_sub(1, Ordering::Relaxed);
+        if v.count.fetch_add(units, Ordering::Relaxed) + units > v.max.load(Ordering::Relaxed) {
+            v.count.fetch_sub(units, Ordering::Relaxed);
             return Err(InsertError::VnicLimit);
         }
         let rate = v.rate.load(Ordering::Relaxed);
@@ -481,15 +483,15 @@ impl Table {
                 (tokens >= 1000).then(|| (tokens - 1000) | u64::from(now_ms.max(1)) << 32)
             });
         if res.is_err() {
-            v.count.fetch_sub(1, Ordering::Relaxed);
+            v.count.fetch_sub(units, Ordering::Relaxed);
             return Err(InsertError::VnicRate);
         }
         Ok(())
     }
 
-    fn release(&self, vnic: u16) {
+    fn release(&self, vnic: u16, units: u32) {
         if let Some(v) = self.vnics.get(usize::from(vnic)) {
-            v.count.fetch_sub(1, Ordering::Relaxed);
+            v.count.fetch_sub(units, Ordering::Relaxed);
         }
     }
 
@@ -542,13 +544,13 @@ impl Table {
             self.used.fetch_sub(units, Ordering::Relaxed);
             return Err(InsertError::TableFull);
         }
-        if let Err(e) = self.admit(owner, now_ms) {
+        if let Err(e) = self.admit(owner, units, now_ms) {
             self.used.fetch_sub(units, Ordering::Relaxed);
             return Err(e);
         }
         let Some((s, cont)) = self.claim(hash, wide) else {
             self.used.fetch_sub(units, Ordering::Relaxed);
-            self.release(owner);
+            self.release(owner, units);
             return Err(InsertError::TableFull);
         };
         self.live.fetch_add(1, Ordering::Relaxed);
@@ -779,10 +781,10 @@ impl Table {
             self.slots[c].w[W_META].store(TOMB | F_CONT, Ordering::Release);
             self.tags[c].store(TAG_NONE, Ordering::Release);
         }
-        self.release((meta >> OWNER_SHIFT) as u16);
+        let units = 1 + u32::from(meta & F_WIDE != 0);
+        self.release((meta >> OWNER_SHIFT) as u16, units);
         self.live.fetch_sub(1, Ordering::Relaxed);
-        self.used
-            .fetch_sub(1 + u32::from(meta & F_WIDE != 0), Ordering::Relaxed);
+        self.used.fetch_sub(units, Ordering::Relaxed);
         self.lock_reclaim().waiting.push(slot);
         true
     }

@@ -437,6 +437,43 @@ vlan = 20
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
 
+    /// The example in the README is a valid config and means what it says.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        // The example pins a worker to CPU 1; keep the test independent of the machine.
+        let text = text.replace("workers = [1]", "workers = [0]");
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("README example: {e}"));
+        let p = c.ports[0].compile_policy("").unwrap();
+        assert_eq!(p.egress.len(), 4);
+        assert_eq!(p.ingress.rules()[0].id, 100);
+        assert_eq!(p.max_connections, 10000);
+        assert!(!p.tcp_pickup);
+        let sc = c.switch_config();
+        assert_eq!(sc.ct_capacity, 1 << 20);
+        assert_eq!(sc.ct_timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn conntrack_section_errors_name_the_field() {
+        let e = err("[conntrack]\ncapacity = 10\n");
+        assert_eq!(e.field, "conntrack.capacity");
+        let e = err("[conntrack.timeouts]\nudp_first = 0\n");
+        assert_eq!(e.field, "conntrack.timeouts.udp_first");
+        let c = Config::parse("[conntrack.timeouts]\ntcp_established = 7200\n").unwrap();
+        assert_eq!(c.switch_config().ct_timeouts.tcp[2], 7200);
+        let e = err(
+            "[[ports]]\nname = \"a\"\nsocket = \"/tmp/a.sock\"\nsegment = 1\n\
+             [ports.policy]\negress = [{ action = \"allow\", src = \"10.0.0.0/33\" }]\n",
+        );
+        assert_eq!(e.field, "ports[0].policy.egress[0].src[0]");
+    }
+
     #[test]
     fn errors_name_the_field() {
         let base = "[[ports]]\nname = \"a\"\nsocket = \"/tmp/a\"\n";

@@ -47,7 +47,8 @@ pub struct Policy {
     pub nd: Action,
     /// Accept a mid-stream TCP segment as a new connection (after a flush or a restart).
     pub tcp_pickup: bool,
-    /// Most connections this vNIC's guest may have open at once.
+    /// Most connections this vNIC's guest may have open at once (IPv6 ones count twice);
+    /// `u32::MAX`: a fair share of the table (see `switch`).
     pub max_connections: u32,
     /// New connections per second this vNIC's guest may open (0: unlimited).
     pub new_connections_per_sec: u32,

@@ -422,12 +422,8 @@ impl Switch {
         } else {
             cur_epoch
         };
-        for p in ports {
-            self.ct.set_vnic_limits(
-                p.id,
-                p.policy.max_connections,
-                p.policy.new_connections_per_sec,
-            );
+        for (id, max, rate) in vnic_limits(self.cfg.ct_capacity, ports) {
+            self.ct.set_vnic_limits(id, max, rate);
         }
         *gen += 1;
         table.generation = *gen;
@@ -514,6 +510,40 @@ impl Switch {
     pub fn rule_stats(&self, id: u16) -> Option<RuleStats> {
         self.table.load().port(id).map(|p| p.rules.stats())
     }
+}
+
+/// Each port's connection limits: its policy's `max_connections` when set, otherwise a fair
+/// share of what the explicit limits leave of the table, so that the limits add up to no more
+/// than the capacity and no VM can take another's share (a SYN flood fills only the flooder's
+/// quota). Shares are recomputed whenever the ports change.
+fn vnic_limits(capacity: usize, ports: &[PortSpec]) -> Vec<(u16, u32, u32)> {
+    let cap = u64::try_from(capacity).unwrap_or(u64::MAX);
+    let unset = |p: &&PortSpec| p.policy.max_connections == u32::MAX;
+    let explicit: u64 = ports
+        .iter()
+        .filter(|p| !unset(p))
+        .map(|p| u64::from(p.policy.max_connections))
+        .sum();
+    let sharers = ports.iter().filter(unset).count() as u64;
+    if explicit > cap {
+        log::warn!(
+            "per-port max_connections add up to {explicit}, more than the table's {cap}: \
+             one VM can keep another from opening connections"
+        );
+    }
+    let share = (cap.saturating_sub(explicit) / sharers.max(1)).max(1);
+    let share = u32::try_from(share).unwrap_or(u32::MAX - 1);
+    ports
+        .iter()
+        .map(|p| {
+            let max = if unset(&p) {
+                share
+            } else {
+                p.policy.max_connections
+            };
+            (p.id, max, p.policy.new_connections_per_sec)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -969,5 +999,35 @@ fn classify(
             Classified::Dest(Dest::Port(p))
         }
         _ => Classified::Dest(Dest::Flood),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: u16, max: Option<u32>) -> PortSpec {
+        PortSpec {
+            id,
+            segment: 1,
+            dev: Arc::new(NetDevice::default()),
+            policy: Arc::new(Policy {
+                max_connections: max.unwrap_or(u32::MAX),
+                new_connections_per_sec: 7,
+                ..Policy::allow_all()
+            }),
+        }
+    }
+
+    #[test]
+    fn connection_limits_share_the_table() {
+        // Unset limits split what the explicit ones leave, so the sum never exceeds capacity.
+        let l = vnic_limits(1000, &[spec(0, None), spec(1, Some(400)), spec(2, None)]);
+        assert_eq!(l, vec![(0, 300, 7), (1, 400, 7), (2, 300, 7)]);
+        let l = vnic_limits(1000, &[spec(0, None)]);
+        assert_eq!(l, vec![(0, 1000, 7)]);
+        // Overcommitted explicit limits: the others still get at least one.
+        let l = vnic_limits(1000, &[spec(0, Some(2000)), spec(1, None)]);
+        assert_eq!(l, vec![(0, 2000, 7), (1, 1, 7)]);
     }
 }
