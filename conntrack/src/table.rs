@@ -38,6 +38,11 @@ const W_TCP: usize = 3; // three words
 const W_TIME: usize = 6;
 const W_PKTS: usize = 7;
 
+// W_PKTS: packets in the low 40 bits, the creation second (mod 2^24, 194 days) above.
+const PKTS_MASK: u64 = (1 << 40) - 1;
+const BORN_SHIFT: u32 = 40;
+const BORN_MASK: u32 = (1 << 24) - 1;
+
 // W_META bits.
 const STATUS_MASK: u64 = 0b11;
 const EMPTY: u64 = 0;
@@ -234,7 +239,9 @@ pub struct ConnInfo {
     pub class: TimeoutClass,
     /// Seconds since the last packet.
     pub idle_secs: u32,
-    /// Packets both ways.
+    /// Seconds since it was created (modulo 2^24, about 194 days).
+    pub age_secs: u32,
+    /// Packets seen, both directions (modulo 2^40).
     pub packets: u64,
     /// Rule that admitted it on the owner's egress side.
     pub rule_egress: u16,
@@ -568,7 +575,7 @@ impl Table {
             u64::from(now) | u64::from(rules.0) << 32 | u64::from(rules.1) << 48,
             Ordering::Relaxed,
         );
-        w[W_PKTS].store(0, Ordering::Relaxed);
+        w[W_PKTS].store(u64::from(now & BORN_MASK) << BORN_SHIFT, Ordering::Relaxed);
         let class = tcp.map_or(TimeoutClass::FirstPacket, TcpConn::timeout_class) as u64;
         let mut meta = LIVE
             | class << CLASS_SHIFT
@@ -664,7 +671,10 @@ impl Table {
     #[inline]
     pub fn touch(&self, slot: usize, dir: usize, now: u32) {
         let w = &self.slots[slot].w;
-        w[W_PKTS].fetch_add(1, Ordering::Relaxed);
+        if w[W_PKTS].fetch_add(1, Ordering::Relaxed) & PKTS_MASK == PKTS_MASK {
+            // 2^40 packets: the count wraps to 0 instead of carrying into the creation time.
+            w[W_PKTS].fetch_sub(1 << BORN_SHIFT, Ordering::Relaxed);
+        }
         let t = w[W_TIME].load(Ordering::Relaxed);
         if t as u32 != now {
             let _ = w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
@@ -896,6 +906,7 @@ impl Table {
                 )
             };
             let time = w[W_TIME].load(Ordering::Relaxed);
+            let pkts = w[W_PKTS].load(Ordering::Relaxed);
             let class = match (meta >> CLASS_SHIFT) & 0xff {
                 0 => TimeoutClass::FirstPacket,
                 1 => TimeoutClass::Opening,
@@ -917,7 +928,8 @@ impl Table {
                 peer,
                 class,
                 idle_secs: now.wrapping_sub(time as u32),
-                packets: w[W_PKTS].load(Ordering::Relaxed),
+                packets: pkts & PKTS_MASK,
+                age_secs: now.wrapping_sub((pkts >> BORN_SHIFT) as u32) & BORN_MASK,
                 rule_egress: (time >> 32) as u16,
                 rule_ingress: (time >> 48) as u16,
                 epoch: (meta >> EPOCH_SHIFT) as u16,

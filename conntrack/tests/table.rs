@@ -491,3 +491,31 @@ fn fills_to_capacity() {
         assert_eq!(insert(&t, &k, 0, 1).unwrap_err(), InsertError::TableFull);
     }
 }
+
+/// The operator view: age from creation, idle from the last packet, packets both ways, the
+/// endpoints and the rules recorded, IPv6 charged twice against a vNIC's limit.
+#[test]
+fn operator_view_and_limits_in_units() {
+    let t = table(1000, 0);
+    let k = key(v4(1), v4(2), 1000, 53, 17);
+    let (f, _) = insert(&t, &k, 3, 100).unwrap();
+    t.touch(f.slot, 0, 110);
+    t.touch(f.slot, 1, 120);
+    t.revalidated(f.slot, 2, (4, 9), Some(5));
+    let c = &t.connections(Some(3), 130)[0];
+    assert_eq!((c.age_secs, c.idle_secs, c.packets), (30, 10, 2));
+    assert_eq!((c.owner, c.peer, c.epoch), (3, 5, 2));
+    assert_eq!((c.rule_egress, c.rule_ingress), (4, 9));
+    assert!(c.replied && !c.expired);
+    assert_eq!(t.endpoints(f.slot), (3, 5));
+    assert_eq!(t.rules(f.slot), (4, 9));
+    // Limit 3 units: one IPv4 (1) and one IPv6 (2) connection fit, nothing more.
+    t.set_vnic_limits(6, 3, 0);
+    insert(&t, &key(v4(7), v4(8), 1, 1, 17), 6, 100).unwrap();
+    insert(&t, &key(v6(7), v6(8), 1, 1, 17), 6, 100).unwrap();
+    assert_eq!(t.vnic_count(6), 3);
+    assert_eq!(
+        insert(&t, &key(v4(9), v4(8), 1, 1, 17), 6, 100).unwrap_err(),
+        InsertError::VnicLimit
+    );
+}

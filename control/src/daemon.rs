@@ -498,6 +498,7 @@ impl Daemon {
                         None if c.replied => "replied",
                         None => "unreplied",
                     },
+                    age_secs: c.age_secs,
                     idle_secs: c.idle_secs,
                     packets: c.packets,
                     rule_egress: ids(c.rule_egress, owner.map(|p| &*p.policy.egress)),
@@ -583,6 +584,8 @@ pub struct ConnView {
     pub peer: Option<String>,
     /// TCP state, or "unreplied"/"replied".
     pub state: &'static str,
+    /// Seconds since it was created.
+    pub age_secs: u32,
     /// Seconds since its last packet.
     pub idle_secs: u32,
     /// Packets seen.

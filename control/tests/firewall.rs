@@ -181,6 +181,7 @@ fn allow_drop_reject_replies_and_operator_view() {
         (Some("a"), Some("b"))
     );
     assert_eq!(c["packets"], 5, "{c}");
+    assert!(c["age_secs"].as_u64().unwrap() < 60, "{c}");
     assert_eq!(
         (c["rule_egress"].as_u64(), c["rule_ingress"].as_u64()),
         (Some(30), Some(2))
