@@ -21,6 +21,10 @@
 //! - A connection validated under an older policy epoch is re-checked on its next packet: still
 //!   allowed, it continues (the rules it now matches are recorded); denied, it is cut
 //!   (`policy_revoked`) and removed.
+//! - A connection belongs to its pair of vNICs (owner and peer). A packet of it between other
+//!   vNICs (a spoofer, an address that moved) is judged by those vNICs' rules and never changes
+//!   or cuts the connection. One opened by a flood (receiver unknown) records its far end when
+//!   that end first shows itself and its ingress rules allow the connection.
 //!
 //! The stage is pure: it reads the packet, the policies and the table, and returns a
 //! decision; the caller counts it and forwards, drops, or answers a reject.
@@ -378,25 +382,56 @@ impl Filter<'_> {
     ) -> Hit {
         let (owner, peer) = self.table.endpoints(f.slot);
         let known = peer != owner;
-        // A connection belongs to its pair of vNICs. A packet on it between other vNICs (an
-        // address that moved, a spoofer, or a far end first reached by a flood) is judged
-        // again by the rules of the vNICs it really passes, as after a policy change.
-        let stranger = if f.dir == 0 {
-            src.vnic != owner || dst.is_some_and(|d| d.vnic != peer)
+        // A connection belongs to its pair of vNICs: the owner (opener) and the peer. The
+        // packet's vNIC on the owner's side, and on the far side (None: a flood, not known).
+        let (owner_side, far_side) = if f.dir == 0 {
+            (Some(src.vnic), dst.map(|d| d.vnic))
         } else {
-            !known || src.vnic != peer || dst.is_some_and(|d| d.vnic != owner)
+            (dst.map(|d| d.vnic), Some(src.vnic))
         };
-        let rules = if self.table.epoch(f.slot) != self.epoch || stranger {
-            match self.revalidate(p, f, src, dst) {
+        let owner_ok = owner_side.is_none_or(|v| v == owner);
+        let stale = self.table.epoch(f.slot) != self.epoch;
+        // A packet between other vNICs than the recorded pair (a spoofer, an address that
+        // moved) is judged by the rules of the vNICs it really passes. It never changes or cuts
+        // the connection, so a VM cannot break others' connections by spoofing their packets.
+        let stranger = !owner_ok || (known && far_side.is_some_and(|v| v != peer));
+        let rules = match far_side {
+            _ if stranger => match self.judge_tracked(p, f, src, dst) {
                 Ok(r) => r,
-                Err(d) => return Hit::Done(d),
+                Err(r) => return Hit::Done(Decision::Drop(DropReason::PolicyDrop, r)),
+            },
+            // The far end shows itself for the first time (the connection began as a flood):
+            // its ingress rules are asked now; refused, the packet is dropped and the
+            // connection waits for its real far end.
+            Some(v) if !known => match self.judge_tracked(p, f, src, dst) {
+                Ok(r) => {
+                    // Both ends were judged by the current rules: a full re-validation.
+                    let ids = (rule_id(r[0]), rule_id(r[1]));
+                    self.table.revalidated(f.slot, self.epoch, ids, Some(v));
+                    r
+                }
+                Err(r) => return Hit::Done(Decision::Drop(DropReason::PolicyDrop, r)),
+            },
+            // The connection's own pair, validated under an older policy: judged again; still
+            // allowed, it continues; denied, it is cut.
+            _ if stale => match self.judge_tracked(p, f, src, dst) {
+                Ok(r) => {
+                    let ids = (rule_id(r[0]), rule_id(r[1]));
+                    self.table.revalidated(f.slot, self.epoch, ids, None);
+                    r
+                }
+                Err(r) => {
+                    self.table.expire_now(f.slot);
+                    return Hit::Done(Decision::Drop(DropReason::PolicyRevoked, r));
+                }
+            },
+            _ => {
+                let (e, i) = self.table.rules(f.slot);
+                [
+                    (e != u16::MAX).then(|| RuleRef::Egress(owner, u32::from(e))),
+                    (i != u16::MAX && known).then(|| RuleRef::Ingress(peer, u32::from(i))),
+                ]
             }
-        } else {
-            let (e, i) = self.table.rules(f.slot);
-            [
-                (e != u16::MAX).then(|| RuleRef::Egress(owner, u32::from(e))),
-                (i != u16::MAX && known).then(|| RuleRef::Ingress(peer, u32::from(i))),
-            ]
         };
         if p.tcp.is_some() {
             let seg = segment(p);
@@ -422,14 +457,14 @@ impl Filter<'_> {
 
     /// Judges a tracked packet by the current rules, in its connection's opening direction:
     /// the opener's egress and the other end's ingress. For a reply, the opener is this
-    /// packet's receiver. Denied: the connection is cut.
-    fn revalidate(
+    /// packet's receiver. Err: the rule (if any) that refused it.
+    fn judge_tracked(
         &self,
         p: &Packet,
         f: conntrack::Found,
         src: Side<'_>,
         dst: Option<Side<'_>>,
-    ) -> Result<[Option<RuleRef>; 2], Decision> {
+    ) -> Result<[Option<RuleRef>; 2], Option<RuleRef>> {
         let mut t = if f.dir == 0 {
             tuple(p)
         } else {
@@ -458,19 +493,10 @@ impl Filter<'_> {
                 None => Ok([None, None]),
             },
         };
-        match verdict {
-            Ok(r) => {
-                let far = other.map(|o| o.vnic);
-                let ids = (rule_id(r[0]), rule_id(r[1]));
-                self.table.revalidated(f.slot, self.epoch, ids, far);
-                Ok(r)
-            }
-            Err(Decision::Drop(_, r) | Decision::Reject(r)) => {
-                self.table.expire_now(f.slot);
-                Err(Decision::Drop(DropReason::PolicyRevoked, r))
-            }
-            Err(d) => Err(d),
-        }
+        verdict.map_err(|d| match d {
+            Decision::Drop(_, r) | Decision::Reject(r) => r,
+            Decision::Pass { .. } => None,
+        })
     }
 
     /// An ICMP error passes only if the packet it quotes belongs to a tracked connection and

@@ -676,3 +676,95 @@ fn echo_revalidation_and_tcp_restart() {
         "the new connection works"
     );
 }
+
+/// A connection belongs to its pair of vNICs. One first seen by a flood (no receiver known)
+/// learns its far end from the reply, judged by that end's ingress rules; a packet of it sent
+/// by a third vNIC (a spoofer, or an address that moved) is judged by that vNIC's rules, and
+/// the recorded rules count every packet of the connection.
+#[test]
+fn connections_belong_to_their_vnic_pair() {
+    let t = table();
+    let open = policy(&[], &[], Action::Allow);
+    // C may send nothing.
+    let closed = policy(&[], &[], Action::Drop);
+    // B accepts only UDP/53.
+    let pb = policy(
+        &[],
+        &[rule(5, Some(17), "", vec![53..=53], Action::Allow)],
+        Action::Drop,
+    );
+    let a = Side {
+        vnic: 1,
+        policy: &open,
+    };
+    let b = Side {
+        vnic: 2,
+        policy: &pb,
+    };
+    let c = Side {
+        vnic: 3,
+        policy: &closed,
+    };
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    // A's query floods (B's MAC unknown): only A's egress is judged; the far end is unknown.
+    let d = f.decide(&udp(A, B, 1000, 53), ZONE, a, None, 1, 1000);
+    let slot = d.conn().expect("tracked");
+    assert_eq!(t.endpoints(slot), (1, 1));
+    // B's reply: B's ingress is asked about the opening direction, and B becomes the peer.
+    let d = f.decide(&udp(B, A, 53, 1000), ZONE, b, Some(a), 1, 1000);
+    assert_eq!(
+        d,
+        Decision::Pass {
+            conn: Some(slot),
+            created: false,
+            rules: [None, Some(RuleRef::Ingress(2, 0))]
+        }
+    );
+    assert_eq!(t.endpoints(slot), (1, 2));
+    // Later packets are plain hits that still name the admitting rules (for counters).
+    let d = f.decide(&udp(A, B, 1000, 53), ZONE, a, Some(b), 1, 1000);
+    assert_eq!(
+        d,
+        Decision::Pass {
+            conn: Some(slot),
+            created: false,
+            rules: [None, Some(RuleRef::Ingress(2, 0))]
+        }
+    );
+    // C sends B's reply with B's addresses: C's egress refuses it. The connection is not
+    // touched: B's next reply passes as before.
+    assert_eq!(
+        f.decide(&udp(B, A, 53, 1000), ZONE, c, Some(a), 1, 1000),
+        Decision::Drop(DropReason::PolicyDrop, None)
+    );
+    assert_eq!(t.endpoints(slot), (1, 2));
+    assert!(passes(f.decide(
+        &udp(B, A, 53, 1000),
+        ZONE,
+        b,
+        Some(a),
+        1,
+        1000
+    )));
+    // A spoofer whose rules allow it gets its packet judged, not the connection re-pointed.
+    let d4 = Side {
+        vnic: 4,
+        policy: &open,
+    };
+    let d = f.decide(&udp(B, A, 53, 1000), ZONE, d4, Some(a), 1, 1000);
+    assert!(passes(d), "{d:?}");
+    assert_eq!(t.endpoints(slot), (1, 2));
+
+    // A flood-opened connection to a port B does not accept: B's answer is refused, and the
+    // connection waits (unpeered) for its real far end.
+    let d = f.decide(&udp(A, B, 1001, 54), ZONE, a, None, 1, 1000);
+    let s54 = d.conn().expect("tracked");
+    assert_eq!(
+        f.decide(&udp(B, A, 54, 1001), ZONE, b, Some(a), 1, 1000),
+        Decision::Drop(DropReason::PolicyDrop, None)
+    );
+    assert_eq!(t.endpoints(s54), (1, 1));
+}
