@@ -413,11 +413,15 @@ impl Filter<'_> {
                 Err(r) => return Hit::Done(Decision::Drop(DropReason::PolicyDrop, r)),
             },
             // The connection's own pair, validated under an older policy: judged again; still
-            // allowed, it continues; denied, it is cut.
+            // allowed, it continues; denied, it is cut. A flooded packet shows only one end,
+            // so it passes on that end's verdict and the re-validation waits for a packet
+            // that shows both.
             _ if stale => match self.judge_tracked(p, f, src, dst) {
                 Ok(r) => {
-                    let ids = (rule_id(r[0]), rule_id(r[1]));
-                    self.table.revalidated(f.slot, self.epoch, ids, None);
+                    if owner_side.is_some() && far_side.is_some() {
+                        let ids = (rule_id(r[0]), rule_id(r[1]));
+                        self.table.revalidated(f.slot, self.epoch, ids, None);
+                    }
                     r
                 }
                 Err(r) => {

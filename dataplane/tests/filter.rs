@@ -767,4 +767,24 @@ fn connections_belong_to_their_vnic_pair() {
         Decision::Drop(DropReason::PolicyDrop, None)
     );
     assert_eq!(t.endpoints(s54), (1, 1));
+
+    // A policy change while the far end's MAC is unknown: the flooded packet passes on A's
+    // verdict, but the connection is re-validated only by a packet that shows B, whose new
+    // ingress rules refuse it.
+    let pb2 = policy(&[], &[], Action::Drop);
+    let b2 = Side {
+        vnic: 2,
+        policy: &pb2,
+    };
+    let f2 = Filter {
+        table: &t,
+        epoch: 2,
+    };
+    let d = f2.decide(&udp(A, B, 1000, 53), ZONE, a, None, 1, 1000);
+    assert!(passes(d), "{d:?}");
+    assert_eq!(t.epoch(slot), 1);
+    assert_eq!(
+        f2.decide(&udp(A, B, 1000, 53), ZONE, a, Some(b2), 1, 1000),
+        Decision::Drop(DropReason::PolicyRevoked, None)
+    );
 }
