@@ -751,7 +751,10 @@ impl Table {
         let meta = w[W_META].load(Ordering::Relaxed);
         let proto = (w[W_PORTS].load(Ordering::Relaxed) >> 48) as u8;
         let seen = w[W_TIME].load(Ordering::Relaxed) as u32;
-        meta & F_DOOMED != 0 || now.wrapping_sub(seen) > self.timeout(meta, proto)
+        // A worker may have touched it after `now` was read (the sweeper reads the clock once
+        // for a whole pass): a last-seen time in the future is idle 0, not 4 billion seconds.
+        let idle = now.wrapping_sub(seen);
+        meta & F_DOOMED != 0 || (idle < 1 << 31 && idle > self.timeout(meta, proto))
     }
 
     /// Makes the connection in `slot` expire now: lookups still find it until the next sweep

@@ -519,3 +519,19 @@ fn operator_view_and_limits_in_units() {
         InsertError::VnicLimit
     );
 }
+
+/// The sweeper reads the clock once per pass; a connection a worker touched after that (its
+/// last-seen second is ahead of the sweeper's) is busy, not idle for 2^32 seconds.
+#[test]
+fn touched_after_the_sweepers_clock_is_not_expired() {
+    let t = table(1000, 1);
+    let k = key(v4(1), v4(2), 1000, 53, 17);
+    let (f, _) = insert(&t, &k, 0, 100).unwrap();
+    t.touch(f.slot, 0, 101);
+    assert!(!t.expired(f.slot, 100));
+    assert_eq!(t.sweep(100).expired, 0);
+    assert_eq!(t.len(), 1);
+    // Really idle past the UDP timeout (30 s): it goes.
+    assert!(t.expired(f.slot, 140));
+    assert_eq!(t.sweep(140).expired, 1);
+}
