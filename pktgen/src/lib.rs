@@ -50,7 +50,8 @@ mod ring;
 use std::path::PathBuf;
 
 pub use frame::{build_udp_frame, ipv4_checksum};
-pub use net::{RawAccess, VirtioNet, MAX_TX_FRAME, TX_SLOT_LEN};
+pub use mem::pin_to_cpu;
+pub use net::{RawAccess, TxSlot, VirtioNet, MAX_TX_FRAME, TX_SLOT_LEN};
 pub use ring::{
     vring_need_event, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,

@@ -424,7 +424,13 @@ fn run(args: Args) -> Result<bool, String> {
     Ok(!aborted && lost == 0 && s.corrupt == 0 && sent == args.frames)
 }
 
+mod bench;
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "bench") {
+        return ExitCode::from(bench::main(&argv[1..]));
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -95,6 +95,8 @@ pub struct VirtioNet {
     bump_next: usize,
     /// Reassembly buffer for `recv`.
     scratch: Vec<u8>,
+    /// `send_in_place`: the length each tx descriptor holds (u32::MAX: unknown).
+    tx_desc_len: Vec<u32>,
     /// First device misbehaviour seen while reclaiming tx buffers (`send` cannot fail).
     tx_error: Option<Error>,
 }
@@ -245,6 +247,7 @@ impl VirtioNet {
             mrg_rxbuf: features & VIRTIO_NET_F_MRG_RXBUF != 0,
             bump_next: layout.bump_off,
             scratch: Vec::with_capacity(65536),
+            tx_desc_len: Vec::new(),
             tx_error: None,
         };
         let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
@@ -321,6 +324,11 @@ impl VirtioNet {
         self.features
     }
 
+    /// Entries per queue (tx slot ids are `0..queue_size`).
+    pub fn queue_size(&self) -> u16 {
+        self.tx.size()
+    }
+
     /// Our MAC address.
     pub fn mac(&self) -> [u8; 6] {
         self.mac
@@ -375,6 +383,8 @@ impl VirtioNet {
 
     fn send_inner(&mut self, frames: &[&[u8]], chained: bool) -> usize {
         self.reclaim_tx();
+        // Descriptors written here invalidate what `send_in_place` remembers of them.
+        self.tx_desc_len.clear();
         let per = if chained { 2 } else { 1 };
         let hdr_len = self.hdr_len;
         let mut queued = 0;
@@ -411,6 +421,52 @@ impl VirtioNet {
         queued
     }
 
+    /// The generator's transmit path: queues up to `max` frames of `frame_len` bytes, each
+    /// written in place by `fill(id, slot)` into tx slot `id` (which keeps what was written
+    /// there before, so a generator rewrites only the bytes that change; the virtio-net header
+    /// stays zero). Descriptors are rewritten only when the length changes. Returns how many
+    /// were queued; publishes once and kicks only when asked.
+    ///
+    /// # Panics
+    /// If `frame_len` exceeds [`MAX_TX_FRAME`].
+    pub fn send_in_place(
+        &mut self,
+        frame_len: usize,
+        max: usize,
+        mut fill: impl FnMut(u16, &mut TxSlot<'_>),
+    ) -> usize {
+        assert!(frame_len <= MAX_TX_FRAME, "frame of {frame_len} bytes");
+        self.reclaim_tx();
+        if self.tx_desc_len.is_empty() {
+            self.tx_desc_len = vec![u32::MAX; usize::from(self.tx.size())];
+        }
+        let len = (self.hdr_len + frame_len) as u32;
+        let mut queued = 0;
+        while queued < max {
+            let (tx_off, mem) = (self.layout.tx_off, &self.mem);
+            let Some(id) = self.tx.add_single_cached(
+                mem,
+                &mut self.tx_desc_len,
+                |id| mem.gpa(tx_off + usize::from(id) * TX_SLOT_LEN),
+                len,
+            ) else {
+                break;
+            };
+            let off = self.tx_slot_off(id);
+            let mut slot = TxSlot {
+                mem: &self.mem,
+                off: off + self.hdr_len,
+                len: frame_len,
+            };
+            fill(id, &mut slot);
+            queued += 1;
+        }
+        if self.tx.publish(&self.mem) {
+            self.kick(TX_QUEUE);
+        }
+        queued
+    }
+
     /// Descriptors posted on the tx queue and not yet returned by the device (as of the last
     /// reclaim, which every `send` performs first).
     pub fn tx_in_flight(&self) -> usize {
@@ -429,14 +485,24 @@ impl VirtioNet {
     ///
     /// Everything the device wrote is validated; on the first violation the frames before it
     /// have been delivered, the offending buffers are re-posted, and the error is returned.
-    pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, Error> {
+    pub fn recv(&mut self, f: impl FnMut(&[u8])) -> Result<usize, Error> {
+        self.recv_inner(true, f)
+    }
+
+    /// Like [`recv`](Self::recv), but only counts the frames: nothing is copied out of the
+    /// buffers (everything the device wrote is still validated). For traffic generators.
+    pub fn recv_count(&mut self) -> Result<usize, Error> {
+        self.recv_inner(false, |_| {})
+    }
+
+    fn recv_inner(&mut self, copy: bool, mut f: impl FnMut(&[u8])) -> Result<usize, Error> {
         let pending = self.rx.used_pending(&self.mem, RX_QUEUE)?;
         let mut k: u16 = 0;
         let mut count = 0;
         let mut err = None;
         while k < pending {
             self.scratch.clear();
-            match self.take_packet(k, pending) {
+            match self.take_packet(k, pending, copy) {
                 Ok(Some(nb)) => {
                     k += nb;
                     count += 1;
@@ -484,6 +550,12 @@ impl VirtioNet {
         Err(err)
     }
 
+    /// Re-posts rx buffer `id` without rewriting its descriptor (generator path).
+    fn repost_rx_fast(&mut self, id: u16) {
+        self.rx.complete_fixed(id);
+        self.rx.repost_fixed(&self.mem, id);
+    }
+
     /// Re-posts rx buffer `id` (its descriptor is rewritten, so device scribbles are undone).
     fn repost_rx(&mut self, id: u16) {
         self.rx.complete_fixed(id);
@@ -495,7 +567,12 @@ impl VirtioNet {
     /// Takes the packet starting at used element `k` into `scratch`. `Ok(Some(n))`: `n` used
     /// elements consumed; `Ok(None)`: the packet is incomplete; `Err((n, e))`: `n` elements
     /// consumed (and re-posted where valid) before violation `e`.
-    fn take_packet(&mut self, k: u16, pending: u16) -> Result<Option<u16>, (u16, Error)> {
+    fn take_packet(
+        &mut self,
+        k: u16,
+        pending: u16,
+        copy: bool,
+    ) -> Result<Option<u16>, (u16, Error)> {
         let (head, len) = self.check_rx_elem(k, true).map_err(|e| (1, e))?;
         let off = self.rx_buf_off(head);
         let nb = if self.mrg_rxbuf {
@@ -518,15 +595,23 @@ impl VirtioNet {
             // The device publishes all buffers of a packet at once; wait for the rest.
             return Ok(None);
         }
-        self.mem
-            .read_into(off + self.hdr_len, len - self.hdr_len, &mut self.scratch);
-        self.repost_rx(head);
+        if copy {
+            self.mem
+                .read_into(off + self.hdr_len, len - self.hdr_len, &mut self.scratch);
+            self.repost_rx(head);
+        } else {
+            self.repost_rx_fast(head);
+        }
         for j in 1..nb {
             match self.check_rx_elem(k + j, false) {
                 Ok((id, len)) => {
-                    self.mem
-                        .read_into(self.rx_buf_off(id), len, &mut self.scratch);
-                    self.repost_rx(id);
+                    if copy {
+                        self.mem
+                            .read_into(self.rx_buf_off(id), len, &mut self.scratch);
+                        self.repost_rx(id);
+                    } else {
+                        self.repost_rx_fast(id);
+                    }
                 }
                 Err(e) => return Err((j + 1, e)),
             }
@@ -537,6 +622,28 @@ impl VirtioNet {
     /// Raw access to rings and guest memory for hostile-guest tests.
     pub fn raw(&mut self) -> RawAccess<'_> {
         RawAccess { dev: self }
+    }
+}
+
+/// One transmit slot's frame area, for [`VirtioNet::send_in_place`].
+#[allow(missing_debug_implementations)] // a short-lived view into guest memory
+pub struct TxSlot<'a> {
+    mem: &'a GuestMemory,
+    off: usize,
+    len: usize,
+}
+
+impl TxSlot<'_> {
+    /// Writes `data` at byte `at` of the frame.
+    ///
+    /// # Panics
+    /// If it would write past the frame's length.
+    pub fn write(&mut self, at: usize, data: &[u8]) {
+        assert!(
+            at.checked_add(data.len()).is_some_and(|e| e <= self.len),
+            "write past the frame"
+        );
+        self.mem.write_bytes(self.off + at, data);
     }
 }
 
