@@ -5,10 +5,12 @@
 //! - `table`: the shared, fixed-size connection table: 64-byte in-place entries, lock-free
 //!   lookups from any worker, per-vNIC limits, lazy aging with QSBR-deferred reuse.
 //! - `qsbr`: the workers' quiescence counters used for reclamation.
+//! - `mem`: prefetch and huge-page hints (the crate's only `unsafe`).
 //!
 //! See `DESIGN.md` in this crate for the table layout, concurrency, memory ordering and aging.
 #![deny(unsafe_code)]
 
+pub mod mem;
 pub mod qsbr;
 pub mod table;
 pub mod tcp;

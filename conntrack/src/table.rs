@@ -25,6 +25,7 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::mem::{huge_vec, prefetch};
 use crate::qsbr::{Qsbr, Snapshot};
 use crate::tcp::{TcpConn, TimeoutClass};
 
@@ -304,8 +305,10 @@ impl Table {
         let n = nbuckets * BUCKET;
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x6374_u64) | 1;
         Table {
-            slots: (0..n).map(|_| Slot::default()).collect(),
-            tags: (0..n).map(|_| AtomicU8::new(TAG_NONE)).collect(),
+            // Huge pages: a lookup touches random lines of a table far larger than the TLB's
+            // reach with 4 KiB pages.
+            slots: huge_vec(n, Slot::default).into_boxed_slice(),
+            tags: huge_vec(n, || AtomicU8::new(TAG_NONE)).into_boxed_slice(),
             inserting: (0..nbuckets).map(|_| AtomicBool::new(false)).collect(),
             nbuckets,
             seed,
@@ -434,6 +437,30 @@ impl Table {
             Some(1)
         } else {
             None
+        }
+    }
+
+    /// First stage of a burst lookup: prefetches the tag groups of the key's two buckets.
+    #[inline]
+    pub fn prefetch_buckets(&self, hash: u64) {
+        let [b1, b2, ..] = self.buckets(hash);
+        prefetch(&self.tags[b1 * BUCKET]);
+        prefetch(&self.tags[b2 * BUCKET]);
+    }
+
+    /// Second stage: prefetches the slots of those buckets whose tag matches (after
+    /// `prefetch_buckets` had time to bring the tags in). Then `lookup` finds them in cache.
+    #[inline]
+    pub fn prefetch_slots(&self, hash: u64) {
+        let tag = Self::tag(hash);
+        let [b1, b2, ..] = self.buckets(hash);
+        for b in [b1, b2] {
+            let base = b * BUCKET;
+            for s in base..base + BUCKET {
+                if self.tags[s].load(Ordering::Relaxed) == tag {
+                    prefetch(&self.slots[s]);
+                }
+            }
         }
     }
 

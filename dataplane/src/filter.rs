@@ -299,6 +299,21 @@ impl Filter<'_> {
         self.create(p, &key, hash, src, dst, now, now_ms)
     }
 
+    /// The connection-table hash of the packet's connection, if it is one `decide` looks up
+    /// (for prefetching a burst's table lines before deciding).
+    #[inline]
+    pub fn hash_of(&self, p: &Packet, zone: u16) -> Option<u64> {
+        if p.l3 == L3::NonIp || p.frag == Frag::Later {
+            return None;
+        }
+        if let Some(i) = p.icmp {
+            if i.is_nd || i.is_error || !is_echo(p.proto, i.ty) {
+                return None;
+            }
+        }
+        Some(self.table.hash(&self.key(p, zone)))
+    }
+
     fn key(&self, p: &Packet, zone: u16) -> Key {
         let (sport, dport) = match p.icmp {
             Some(i) if is_echo(p.proto, i.ty) => (i.id, i.id),
