@@ -71,7 +71,7 @@ pub struct PortConfig {
     /// Access VLAN, 1-4094 (the same id space as `segment`: `vlan = 10` is segment 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u32>,
-    /// The vNIC's firewall policy (default: allow everything).
+    /// The vNIC's firewall policy (default: none, the port is switched at L2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
 }
@@ -120,11 +120,11 @@ impl PortConfig {
         }
     }
 
-    /// Compiles the port's policy (allow-all without one); `at` prefixes field names.
+    /// Compiles the port's policy (no firewall without one); `at` prefixes field names.
     pub fn compile_policy(&self, at: &str) -> Result<Arc<Policy>, ConfigError> {
         match &self.policy {
             Some(p) => p.compile(&format!("{at}policy")).map(Arc::new),
-            None => Ok(Arc::new(Policy::allow_all())),
+            None => Ok(Arc::new(Policy::none())),
         }
     }
 

@@ -531,7 +531,7 @@ pub struct PolicyInfo {
     pub port: String,
     /// The switch's current policy epoch.
     pub epoch: u16,
-    /// The policy as written (`None`: allow everything).
+    /// The policy as written (`None`: no firewall on this port).
     pub policy: Option<PolicyConfig>,
     /// Counters per rule (they restart when the policy is replaced).
     pub rules: RuleTables,

@@ -20,8 +20,9 @@
 //! Rules are matched first to last; `id` (default: position, from 1) names a rule in counters.
 //! Errors name the offending field, e.g. `ports[0].policy.egress[1].dst_ports[0]`.
 //!
-//! A port without a policy allows everything (tracked, with TCP pickup):
-//! `dataplane::filter::Policy::allow_all`.
+//! A port without a policy has no firewall (`dataplane::filter::Policy::none`): its traffic
+//! with other unfiltered ports is switched at L2 only. An empty policy (`{}`) allows
+//! everything and tracks it.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -293,6 +294,7 @@ impl PolicyConfig {
             tcp_pickup: self.tcp_pickup,
             max_connections: self.max_connections.unwrap_or(u32::MAX),
             new_connections_per_sec: self.new_connections_per_sec.unwrap_or(0),
+            filtered: true,
         })
     }
 }

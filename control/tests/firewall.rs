@@ -317,6 +317,7 @@ fn syn_flood_is_contained_per_vnic() {
     recv_n(&mut a, 1, Duration::from_secs(5));
     recv_n(&mut c, 1, Duration::from_secs(5));
     set_policy(&sw, "a", &json!({ "max_connections": 100 }));
+    set_policy(&sw, "b", &json!({}));
     let flood: Vec<Vec<u8>> = (0..1000u32)
         .map(|i| tcp((ma, IP_A, 10000 + i as u16), (mb, IP_B, 80), i, 0, "S", b""))
         .collect();
@@ -355,6 +356,8 @@ fn floods_are_judged_per_member() {
         "c",
         &json!({ "ingress_default": "drop", "non_ip": "drop" }),
     );
+    // A has a firewall too (an empty policy: allow and track everything).
+    set_policy(&sw, "a", &json!({}));
     let short = Duration::from_millis(300);
 
     // Broadcast non-IP: b gets it, c's non-IP rule refuses it.
@@ -390,4 +393,42 @@ fn floods_are_judged_per_member() {
     assert_eq!(recv_n(&mut b, 1, Duration::from_secs(5)), vec![q2]);
     assert!(recv_n(&mut c, 1, short).is_empty());
     assert_eq!(sw.drops("c", "policy_drop"), 1, "C was not even asked");
+}
+
+/// Ports without a policy have no firewall: between them frames are switched at L2 only
+/// (nothing tracked); towards a filtered port, its rules apply.
+#[test]
+fn ports_without_policy_are_not_filtered() {
+    let sw = Bulwarkd::start(&[("a", 10), ("b", 10), ("c", 10)]);
+    let (ma, mb, mc) = (mac(1), mac(2), mac(3));
+    let mut a = sw.attach("a", ma);
+    let mut b = sw.attach("b", mb);
+    let mut c = sw.attach("c", mc);
+    learn(&mut a, &mut b, ma, mb);
+    assert_eq!(
+        recv_n(&mut c, 2, Duration::from_secs(5)).len(),
+        2,
+        "C saw both floods"
+    );
+    send_all(&mut c, &[frame([0xff; 6], mc, 1)]);
+    recv_n(&mut a, 1, Duration::from_secs(5));
+    recv_n(&mut b, 1, Duration::from_secs(5));
+    // A mid-stream TCP segment between unfiltered ports passes (a firewall would refuse it).
+    let seg = tcp((ma, IP_A, 1234), (mb, IP_B, 80), 5, 5, "PA", b"data");
+    assert_eq!(
+        exchange(&mut a, &mut b, &seg, Duration::from_secs(5)),
+        vec![seg]
+    );
+    let (_, conns) = sw.api("GET", "/v1/conns", None);
+    assert_eq!(conns.as_array().unwrap().len(), 0, "{conns}");
+    // C gets a firewall that accepts nothing: A's frames to C are dropped, A's to B still pass.
+    set_policy(&sw, "c", &json!({ "ingress_default": "drop" }));
+    let to_c = udp((ma, IP_A, 1000), (mc, IP_C, 53), b"x");
+    assert!(exchange(&mut a, &mut c, &to_c, Duration::from_millis(300)).is_empty());
+    assert_eq!(sw.drops("a", "policy_drop"), 1);
+    let to_b = udp((ma, IP_A, 1000), (mb, IP_B, 53), b"x");
+    assert_eq!(
+        exchange(&mut a, &mut b, &to_b, Duration::from_secs(5)),
+        vec![to_b]
+    );
 }

@@ -56,6 +56,9 @@ pub struct Policy {
     pub max_connections: u32,
     /// New connections per second this vNIC's guest may open (0: unlimited).
     pub new_connections_per_sec: u32,
+    /// The vNIC has a firewall. A frame between two unfiltered vNICs (and every frame of a
+    /// segment without a filtered vNIC) is switched at L2 only: not parsed, not tracked.
+    pub filtered: bool,
 }
 
 impl Policy {
@@ -71,6 +74,17 @@ impl Policy {
             tcp_pickup: true,
             max_connections: u32::MAX,
             new_connections_per_sec: 0,
+            filtered: true,
+        }
+    }
+
+    /// No firewall on this vNIC (a port configured without a policy). Where the other end of a
+    /// frame is filtered, this side judges like `allow_all`.
+    pub fn none() -> Policy {
+        Policy {
+            tcp_pickup: true,
+            filtered: false,
+            ..Policy::allow_all()
         }
     }
 }

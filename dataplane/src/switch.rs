@@ -208,6 +208,9 @@ struct PortTable {
     ports: Vec<Option<PortEntry>>,
     /// Port ids per segment (flood lists).
     members: Vec<Vec<u16>>,
+    /// Per segment (as `members`): some port in it has a firewall. Without one the segment is
+    /// switched at L2 only (no parsing, no tracking).
+    filtered: Vec<bool>,
     /// Port ids each worker polls.
     polled: Vec<Vec<u16>>,
 }
@@ -392,10 +395,12 @@ impl Switch {
                 None => {
                     segs.push(p.segment);
                     table.members.push(Vec::new());
+                    table.filtered.push(false);
                     segs.len() - 1
                 }
             };
             table.members[group].push(p.id);
+            table.filtered[group] |= p.policy.filtered;
             // Ports are spread over workers by id; multiqueue will spread queues instead.
             table.polled[idx % nworkers].push(p.id);
             let rules = match old.port(p.id) {
@@ -586,6 +591,9 @@ impl FloodCheck {
 
     /// Whether the member with `policy` accepts it, or the reason it does not.
     fn admits(&self, policy: &Policy) -> Result<(), DropReason> {
+        if !policy.filtered {
+            return Ok(());
+        }
         match self {
             FloodCheck::NonIp if policy.non_ip != Action::Allow => Err(DropReason::NonIpDenied),
             FloodCheck::Nd if policy.nd != Action::Allow => Err(DropReason::NdDenied),
@@ -707,6 +715,7 @@ impl<'a> Worker<'a> {
             return 0;
         }
         let hdr = q.hdr_len;
+        let filtering = table.filtered[src.group];
         let filter = Filter {
             table: &sw.ct,
             epoch: table.epoch,
@@ -752,7 +761,9 @@ impl<'a> Worker<'a> {
                 self.len[n] = len;
                 bump(&sc.rx_packets, 1);
                 bump(&sc.rx_bytes, u64::from(len));
-                if let Ok(p) = parse(&self.hdrs[n][..hl], len as usize) {
+                if !filtering {
+                    // L2 only: nothing to parse.
+                } else if let Ok(p) = parse(&self.hdrs[n][..hl], len as usize) {
                     self.hash[n] = filter.hash_of(&p, src.segment);
                     if let Some(h) = self.hash[n] {
                         sw.ct.prefetch_buckets(h);
@@ -774,6 +785,7 @@ impl<'a> Worker<'a> {
                 None => {
                     let h: &[u8; ETH_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
                     match classify(sw, table, src, h, now.secs) {
+                        Classified::Dest(d) if !filtering => Classified::Dest(d),
                         Classified::Dest(d) => match self.pkts[i] {
                             Some(p) => self.filter(table, src, i, &p, d, now, &mut nreplies),
                             None => DropReason::BadHeader.into(),
@@ -859,6 +871,18 @@ impl<'a> Worker<'a> {
             Dest::Port(m) => table.port(m),
             _ => None,
         };
+        if !src.policy.filtered {
+            match (d, to) {
+                // Neither end has a firewall.
+                (Dest::Port(_), Some(t)) if !t.policy.filtered => return Classified::Dest(d),
+                // A flood from an unfiltered port: each filtered member judges it.
+                (Dest::Flood, _) => {
+                    self.flood_check[n] = Some(FloodCheck::of(p));
+                    return Classified::Dest(d);
+                }
+                _ => {}
+            }
+        }
         let decision = f.decide(
             p,
             src.segment,

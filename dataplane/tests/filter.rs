@@ -142,6 +142,7 @@ fn policy(egress: &[Rule], ingress: &[Rule], default: Action) -> Policy {
         tcp_pickup: false,
         max_connections: u32::MAX,
         new_connections_per_sec: 0,
+        filtered: true,
     }
 }
 

@@ -186,7 +186,7 @@ fn print_policy(v: &Value) {
     println!("port {}  (policy epoch {})", s(&v["port"]), s(&v["epoch"]));
     let p = &v["policy"];
     if p.is_null() {
-        println!("no policy: everything is allowed (and tracked)");
+        println!("no policy: no firewall on this port (plain L2 between unfiltered ports)");
         return;
     }
     let defaults = |k: &str| p[k].as_str().unwrap_or("allow").to_string();
