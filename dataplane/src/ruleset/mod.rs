@@ -32,7 +32,11 @@
 //! rules (`binth`). Split points are chosen by sweeping the rules' clipped interval ends per
 //! dimension and taking the point that minimises the larger side, then the number of copies.
 //! Below a node's first rule that covers the node's whole box nothing can win, so the rules
-//! after it are dropped. If a tree would exceed 64 copies per rule (plus 4096), it is rebuilt
+//! after it are dropped. Rules that all overlap cannot be split apart (every point cuts through
+//! all of them); then the node cuts off the part of its box that none of them reaches (below
+//! their lowest start or above their highest end in some dimension), so that packets there
+//! find an empty leaf rather than scan a long one: 10,000 such rules took ~8 us per
+//! non-matching lookup without this and ~140 ns with it. If a tree would exceed 64 copies per rule (plus 4096), it is rebuilt
 //! with larger leaves: lookups get slower, memory stays bounded, compile always succeeds.
 //!
 //! A lookup walks all trees in lockstep for a fixed number of steps, without a

@@ -896,5 +896,40 @@ impl<K: Key> Builder<'_, K> {
             }
         }
         best.map(|(_, d, p)| (d, p))
+            .or_else(|| self.trim(set, b, only))
+    }
+
+    /// When no split shrinks both sides (the rules all overlap, so every point cuts through
+    /// all of them), a split that cuts off a part of the box no rule reaches: below the lowest
+    /// rule start or above the highest end in some dimension. Packets there then reach an empty
+    /// leaf instead of scanning a leaf of rules that cannot match them. The widest such part
+    /// is taken; None once the box is the rules' hull in every dimension.
+    fn trim(&self, set: &[u32], b: &Bx<K>, only: Option<usize>) -> Option<(usize, K)> {
+        let mut best: Option<(K, usize, K)> = None;
+        for (d, &(blo, bhi)) in b.iter().enumerate() {
+            if blo == bhi || only.is_some_and(|o| o != d) {
+                continue;
+            }
+            let lo = set
+                .iter()
+                .map(|&r| self.fam.rules[r as usize].lo[d])
+                .min()?;
+            let hi = set
+                .iter()
+                .map(|&r| self.fam.rules[r as usize].hi[d])
+                .max()?;
+            let mut consider = |width: K, p: K| {
+                if best.is_none_or(|(w, _, _)| width > w) {
+                    best = Some((width, d, p));
+                }
+            };
+            if lo > blo {
+                consider(lo.wsub(blo), lo);
+            }
+            if hi < bhi {
+                consider(bhi.wsub(hi), hi.inc());
+            }
+        }
+        best.map(|(_, d, p)| (d, p))
     }
 }
