@@ -153,7 +153,8 @@ pub struct Filter<'a> {
     pub epoch: u16,
 }
 
-fn tuple(p: &Packet) -> Tuple {
+/// The classifier's view of a packet.
+pub fn tuple(p: &Packet) -> Tuple {
     let (icmp_type, icmp_code) = p.icmp.map_or((0, 0), |i| (i.ty, i.code));
     Tuple {
         src: p.src,

@@ -577,16 +577,7 @@ impl FloodCheck {
         if p.icmp.is_some_and(|i| i.is_nd) {
             return FloodCheck::Nd;
         }
-        let (icmp_type, icmp_code) = p.icmp.map_or((0, 0), |i| (i.ty, i.code));
-        FloodCheck::Ingress(Tuple {
-            src: p.src,
-            dst: p.dst,
-            proto: p.proto,
-            sport: p.sport,
-            dport: p.dport,
-            icmp_type,
-            icmp_code,
-        })
+        FloodCheck::Ingress(crate::filter::tuple(p))
     }
 
     /// Whether the member with `policy` accepts it, or the reason it does not.
