@@ -3,7 +3,7 @@
 //! ```text
 //! pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1)
 //!              [--flows N] [--size BYTES] [--duration SECS] [--warmup SECS] [--cpu CPU]
-//!              [--mac0 MAC] [--mac1 MAC]
+//!              [--mac0 MAC] [--mac1 MAC] [--queue-size N]
 //! ```
 //!
 //! Port 0 sends flow i (i = 0..N-1, round robin) as UDP 10.254.0.1:1000 -> (10.253.0.0+i):1001,
@@ -25,7 +25,7 @@ use pktgen::{Connect, DeviceConfig, VirtioNet};
 const USAGE: &str =
     "usage: pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1) \
 [--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] [--warmup SECS (2)] \
-[--cpu CPU] [--mac0 MAC] [--mac1 MAC]";
+[--cpu CPU] [--mac0 MAC] [--mac1 MAC] [--queue-size N (256)]";
 
 /// Frames queued per `send` call.
 const BURST: usize = 32;
@@ -42,6 +42,7 @@ struct Args {
     warmup: u32,
     cpu: Option<usize>,
     macs: [[u8; 6]; 2],
+    queue_size: u16,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -65,6 +66,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
         warmup: 2,
         cpu: None,
         macs: [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]],
+        queue_size: 256,
     };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -96,6 +98,12 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             "--cpu" => a.cpu = Some(num(val)? as usize),
             "--mac0" => a.macs[0] = parse_mac(val)?,
             "--mac1" => a.macs[1] = parse_mac(val)?,
+            "--queue-size" => {
+                a.queue_size = u16::try_from(num(val)?)
+                    .ok()
+                    .filter(|n| n.is_power_of_two() && (64..=4096).contains(n))
+                    .ok_or("--queue-size must be a power of two in 64..=4096")?
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -243,7 +251,9 @@ fn run(a: &Args) -> Result<(), String> {
             how.clone(),
             DeviceConfig {
                 mac: a.macs[i],
-                // Enough descriptors to keep a fast switch busy (virtio's usual 256).
+                queue_size: a.queue_size,
+                // Rings, rx buffers (2 KiB each) and tx slots for `queue_size` entries.
+                mem_size: (16 << 20).max(usize::from(a.queue_size) * 12 * 1024),
                 ..Default::default()
             },
         )
