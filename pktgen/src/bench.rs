@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use pktgen::{Connect, DeviceConfig, VirtioNet};
 
+use crate::parse_mac;
+
 const USAGE: &str =
     "usage: pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1) \
 [--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] [--warmup SECS (2)] \
@@ -43,18 +45,6 @@ struct Args {
     cpu: Option<usize>,
     macs: [[u8; 6]; 2],
     queue_size: u16,
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut m = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("bad MAC {s:?}"));
-    }
-    for (i, p) in parts.iter().enumerate() {
-        m[i] = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {s:?}"))?;
-    }
-    Ok(m)
 }
 
 fn parse(argv: &[String]) -> Result<Args, String> {
