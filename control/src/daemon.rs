@@ -421,11 +421,7 @@ impl Daemon {
                     RuleInfo {
                         index: i,
                         id: r.id,
-                        action: match r.action {
-                            dataplane::ruleset::Action::Allow => ActionName::Allow,
-                            dataplane::ruleset::Action::Drop => ActionName::Drop,
-                            dataplane::ruleset::Action::Reject => ActionName::Reject,
-                        },
+                        action: r.action.into(),
                         packets: s.packets,
                         bytes: s.bytes,
                         connections: s.connections,

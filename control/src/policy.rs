@@ -46,6 +46,16 @@ pub enum ActionName {
     Reject,
 }
 
+impl From<Action> for ActionName {
+    fn from(a: Action) -> ActionName {
+        match a {
+            Action::Allow => ActionName::Allow,
+            Action::Drop => ActionName::Drop,
+            Action::Reject => ActionName::Reject,
+        }
+    }
+}
+
 impl From<ActionName> for Action {
     fn from(a: ActionName) -> Action {
         match a {
