@@ -310,12 +310,7 @@ impl Switch {
 
     /// The switch clock in seconds, never 0 (0 marks "never seen" in the MAC table).
     pub fn now_secs(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX - 1) + 1
-    }
-
-    /// Milliseconds since the switch started (wraps after 49 days; used for rate limits).
-    fn now_ms(&self) -> u32 {
-        self.epoch.elapsed().as_millis() as u32
+        secs(self.epoch.elapsed())
     }
 
     /// Starts the workers, one per configured CPU, and the connection sweeper.
@@ -617,7 +612,12 @@ struct Worker<'a> {
     reply_len: [usize; BURST],
 }
 
-/// What one poll loop iteration sees: the clock and the policy epoch.
+/// Switch-clock seconds for `elapsed` since start, never 0 (0 marks "never seen").
+fn secs(elapsed: Duration) -> u32 {
+    u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX - 1) + 1
+}
+
+/// What one poll loop iteration sees: the clock.
 #[derive(Clone, Copy)]
 struct Now {
     secs: u32,
@@ -662,9 +662,12 @@ impl<'a> Worker<'a> {
                 // control thread's Acquire load in `wait_quiescent`.
                 slot.seen.store(table.generation, Ordering::Release);
             }
+            // One clock read per loop: seconds for timeouts and aging, milliseconds (wrapping
+            // after 49 days) for the connection rate limits.
+            let elapsed = self.sw.epoch.elapsed();
             let now = Now {
-                secs: self.sw.now_secs(),
-                ms: self.sw.now_ms(),
+                secs: secs(elapsed),
+                ms: elapsed.as_millis() as u32,
             };
             let mut work = 0;
             if let Some(ids) = table.polled.get(self.me) {
