@@ -254,6 +254,22 @@ impl Filter<'_> {
         now: u32,
         now_ms: u32,
     ) -> Decision {
+        self.decide_hashed(p, zone, src, dst, now, now_ms, None)
+    }
+
+    /// `decide`, given the packet's connection hash when the caller already has it (from
+    /// `hash_of` with the same packet and zone, as the worker's burst stages do).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_hashed(
+        &self,
+        p: &Packet,
+        zone: u16,
+        src: Side<'_>,
+        dst: Option<Side<'_>>,
+        now: u32,
+        now_ms: u32,
+        hash: Option<u64>,
+    ) -> Decision {
         let pass = Decision::Pass {
             conn: None,
             created: false,
@@ -297,7 +313,8 @@ impl Filter<'_> {
             }
         }
         let key = self.key(p, zone);
-        let hash = self.table.hash(&key);
+        let hash = hash.unwrap_or_else(|| self.table.hash(&key));
+        debug_assert_eq!(hash, self.table.hash(&key), "a hash of another packet");
         if let Some(f) = self.table.lookup(&key, hash) {
             if self.table.expired(f.slot, now) {
                 // Idle past its timeout: gone; this packet may start a new one.

@@ -888,13 +888,15 @@ impl<'a> Worker<'a> {
                 _ => {}
             }
         }
-        let decision = f.decide(
+        // Stage 1 hashed the connection key already.
+        let decision = f.decide_hashed(
             p,
             src.segment,
             src.side(),
             to.map(PortEntry::side),
             now.secs,
             now.ms,
+            self.hash[n],
         );
         match decision {
             Decision::Pass {
