@@ -71,6 +71,11 @@ pub struct PortConfig {
     /// Access VLAN, 1-4094 (the same id space as `segment`: `vlan = 10` is segment 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u32>,
+    /// Queue pairs offered to the guest (virtio-net multiqueue), 1-16 (default 1). QEMU must
+    /// ask for the same number or fewer: `-netdev vhost-user,queues=N` with
+    /// `-device virtio-net-pci,mq=on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u32>,
     /// The vNIC's firewall policy (default: none, the port is switched at L2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
@@ -101,6 +106,14 @@ impl PortConfig {
                 "is longer than a Unix socket path may be (107 bytes)",
             ));
         }
+        if let Some(q) = self.queues {
+            if q == 0 || q as usize > vhost::MAX_QUEUE_PAIRS {
+                return Err(ConfigError::new(
+                    f("queues"),
+                    format!("{q} is out of range 1-{}", vhost::MAX_QUEUE_PAIRS),
+                ));
+            }
+        }
         match (self.segment, self.vlan) {
             (Some(_), Some(_)) => Err(ConfigError::new(
                 f("vlan"),
@@ -126,6 +139,11 @@ impl PortConfig {
             Some(p) => p.compile(&format!("{at}policy")).map(Arc::new),
             None => Ok(Arc::new(Policy::none())),
         }
+    }
+
+    /// Queue pairs (after `validate` succeeded).
+    pub fn queue_pairs(&self) -> usize {
+        self.queues.unwrap_or(1) as usize
     }
 
     /// The segment id (after `validate` succeeded).

@@ -90,6 +90,8 @@ struct PortRecord {
     dev: Arc<NetDevice>,
     conn: Option<PortConn>,
     base: PortStats,
+    /// `base`, per worker.
+    base_workers: Vec<PortStats>,
     persisted: bool,
 }
 
@@ -112,6 +114,12 @@ pub struct PortInfo {
     pub connections: u64,
     /// Negotiated virtio features, hex.
     pub features: String,
+    /// Queue pairs offered (the port's `queues`).
+    pub queues: usize,
+    /// Queue pairs whose receive ring the guest runs now.
+    pub queues_running: usize,
+    /// Frames received from the guest, per worker (which cores serve this port's queues).
+    pub rx_packets_per_worker: Vec<u64>,
     /// Added through the API (and persisted) rather than the config file.
     pub persisted: bool,
     /// Frames received from the guest.
@@ -207,7 +215,7 @@ impl Daemon {
                     format!("the switch holds at most {MAX_PORTS} ports"),
                 )
             })?;
-        let dev = Arc::new(NetDevice::default());
+        let dev = Arc::new(NetDevice::new(cfg.queue_pairs()));
         let mode = match cfg.mode {
             Mode::Client => SocketMode::Client,
             Mode::Server => SocketMode::Server,
@@ -227,6 +235,7 @@ impl Daemon {
         self.switch.flush_connections(id);
         let rec = PortRecord {
             base: self.switch.port_stats(id),
+            base_workers: self.switch.port_stats_per_worker(id),
             cfg,
             policy,
             id,
@@ -321,6 +330,15 @@ impl Daemon {
             state: p.dev.state().as_str(),
             connections: p.dev.connections(),
             features: format!("{:#x}", p.dev.features()),
+            queues: p.dev.queue_pairs(),
+            queues_running: p.dev.rx_queues_running(),
+            rx_packets_per_worker: self
+                .switch
+                .port_stats_per_worker(p.id)
+                .iter()
+                .zip(&p.base_workers)
+                .map(|(s, b)| s.rx_packets.wrapping_sub(b.rx_packets))
+                .collect(),
             persisted: p.persisted,
             rx_packets: s.rx_packets,
             rx_bytes: s.rx_bytes,

@@ -5,12 +5,12 @@
 //!  set_ports(specs) --ArcSwap<PortTable>-->  loop {
 //!     builds a new immutable table           table = cache.load()        (pointer compare)
 //!     (ports, their policies, the policy     seen[i] = table.generation; qsbr.quiescent(i)
-//!      epoch), publishes it (generation g)   for port in table.polled[i]:
-//!     waits until every seen[i] >= g            try_lock port.txq; pop <= 32 chains
+//!      epoch), publishes it (generation g)   for (port, q) in table.polled[i]:
+//!     waits until every seen[i] >= g            try_lock port.txq[q]; pop <= 32 chains
 //!     (afterwards no worker touches a           per frame: copy the headers, learn src MAC,
 //!      removed port: its MACs can be              look up dst, parse, filter (conntrack,
 //!      flushed, its id reused)                    then the rulesets on a miss)
-//!                                               per destination: lock rxq once, copy frames
+//!                                               per destination: lock its rxq once, copy
 //!  sweeper thread: conntrack aging,             rejects: answers into the sender's rxq
 //!  once a second                                complete the tx chains, publish used once
 //!                                         }
@@ -23,9 +23,15 @@
 //! as it is copied to that member; a flooded frame of a connection whose far end is known
 //! goes to that end only. Every frame is judged against one port-table snapshot: its
 //! policies and its epoch, so a policy swap never splits a decision.
-//! Per burst a worker takes the ingress port's txq lock (try-lock: skipped while control holds
+//! Per burst a worker takes the ingress queue's txq lock (try-lock: skipped while control holds
 //! it) and each destination's rxq lock once; it never holds two rxq locks, and control never
 //! holds two queue locks, so there is no lock-order cycle.
+//!
+//! Multiqueue: queue pair `q` of port `id` is polled by worker `(id + q) % workers`, so one
+//! busy guest's transmit queues spread over the cores. A worker fills destination receive
+//! queue `me % running` (`NetDevice::rx_for`): with as many receive queues as workers no two
+//! workers share one, and a flow, polled by one worker, always lands on one queue (no
+//! reordering).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -211,8 +217,8 @@ struct PortTable {
     /// Per segment (as `members`): some port in it has a firewall. Without one the segment is
     /// switched at L2 only (no parsing, no tracking).
     filtered: Vec<bool>,
-    /// Port ids each worker polls.
-    polled: Vec<Vec<u16>>,
+    /// (port id, queue pair) each worker polls.
+    polled: Vec<Vec<(u16, u16)>>,
 }
 
 impl PortTable {
@@ -396,8 +402,10 @@ impl Switch {
             };
             table.members[group].push(p.id);
             table.filtered[group] |= p.policy.filtered;
-            // Ports are spread over workers by id; multiqueue will spread queues instead.
-            table.polled[idx % nworkers].push(p.id);
+            // Queue pairs are spread over workers; a port's first pair goes to worker id % n.
+            for q in 0..p.dev.queue_pairs() {
+                table.polled[(idx + q) % nworkers].push((p.id, q as u16));
+            }
             let rules = match old.port(p.id) {
                 Some(o) if Arc::ptr_eq(&o.policy, &p.policy) => o.rules.clone(),
                 o => {
@@ -455,6 +463,18 @@ impl Switch {
             s.add(w.counters.port(id));
         }
         s
+    }
+
+    /// Counters of port `id`, one entry per worker (since the switch started).
+    pub fn port_stats_per_worker(&self, id: u16) -> Vec<PortStats> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let mut s = PortStats::default();
+                s.add(w.counters.port(id));
+                s
+            })
+            .collect()
     }
 
     /// Per-worker loop statistics.
@@ -670,10 +690,10 @@ impl<'a> Worker<'a> {
                 ms: elapsed.as_millis() as u32,
             };
             let mut work = 0;
-            if let Some(ids) = table.polled.get(self.me) {
-                for &id in ids {
+            if let Some(queues) = table.polled.get(self.me) {
+                for &(id, q) in queues {
                     if let Some(p) = table.port(id) {
-                        work += self.poll_port(table, p, now);
+                        work += self.poll_port(table, p, usize::from(q), now);
                     }
                 }
             }
@@ -692,12 +712,13 @@ impl<'a> Worker<'a> {
         slot.running.store(false, Ordering::Release);
     }
 
-    /// Moves up to one burst from port `src`'s guest to its destinations. Returns frames taken.
-    fn poll_port(&mut self, table: &PortTable, src: &PortEntry, now: Now) -> usize {
+    /// Moves up to one burst from queue pair `qp` of port `src`'s guest to its destinations.
+    /// Returns frames taken.
+    fn poll_port(&mut self, table: &PortTable, src: &PortEntry, qp: usize, now: Now) -> usize {
         let sw = self.sw;
         let counters = &sw.workers[self.me].counters;
         let sc = counters.port(src.id);
-        let Some(mut guard) = src.dev.txq.try_lock() else {
+        let Some(mut guard) = src.dev.pair(qp).txq.try_lock() else {
             return 0;
         };
         let Some(q) = guard.as_mut() else { return 0 };
@@ -952,7 +973,7 @@ impl<'a> Worker<'a> {
     /// Delivers the burst's reject answers to the sender's guest.
     fn answer(&mut self, src: &PortEntry, nreplies: usize) {
         let sc = self.sw.workers[self.me].counters.port(src.id);
-        let mut guard = src.dev.rxq.lock();
+        let mut guard = src.dev.rx_for(self.me).lock();
         let Some(q) = guard.as_mut() else { return };
         for i in 0..nreplies {
             let frame = &self.replies[i][..self.reply_len[i]];
@@ -982,7 +1003,7 @@ impl<'a> Worker<'a> {
         let dc = counters.port(m);
         let Some(dst) = table.port(m) else { return };
         debug_assert_ne!(m, src);
-        let mut guard = dst.dev.rxq.lock();
+        let mut guard = dst.dev.rx_for(self.me).lock();
         let Some(q) = guard.as_mut() else {
             for i in 0..n {
                 if self.dest[i] == Dest::Port(m) || (flood && self.dest[i] == Dest::Flood) {

@@ -61,6 +61,8 @@ pub use ring::{
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// virtio-net: the driver can merge receive buffers (`num_buffers` in the header).
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// virtio-net: several queue pairs (acked when `DeviceConfig::queue_pairs > 1`).
+pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 /// virtio: `used_event` / `avail_event` notification suppression.
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// vhost-user: protocol features negotiation (and `SET_VRING_ENABLE`) are supported.
@@ -99,6 +101,14 @@ pub enum Error {
     /// invalid device configuration: {0}
     #[error("invalid device configuration: {0}")]
     InvalidConfig(&'static str),
+    /// asked for {asked} queue pairs, the backend offers {backend}
+    #[error("asked for {asked} queue pairs, the backend offers {backend}")]
+    QueuePairs {
+        /// `DeviceConfig::queue_pairs`.
+        asked: usize,
+        /// What the backend offers (1 without VIRTIO_NET_F_MQ).
+        backend: usize,
+    },
     /// guest memory too small: layout needs {need} bytes, have {have}
     #[error("guest memory too small: layout needs {need} bytes, have {have}")]
     MemTooSmall {
@@ -175,6 +185,9 @@ pub struct DeviceConfig {
     /// Virtio/vhost-user feature bits the driver is willing to acknowledge; the negotiated set
     /// is `offered & features`.
     pub features: u64,
+    /// Queue pairs to set up, 1-16 (default 1); more than one needs a backend offering
+    /// VIRTIO_NET_F_MQ and at least this many pairs.
+    pub queue_pairs: u16,
 }
 
 impl Default for DeviceConfig {
@@ -188,6 +201,7 @@ impl Default for DeviceConfig {
                 | VIRTIO_NET_F_MRG_RXBUF
                 | VIRTIO_RING_F_EVENT_IDX
                 | VHOST_USER_F_PROTOCOL_FEATURES,
+            queue_pairs: 1,
         }
     }
 }

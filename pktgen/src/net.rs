@@ -14,7 +14,7 @@ use crate::mem::{align_up, GuestMemory};
 use crate::ring::{ring_sizes, SplitQueue, VIRTQ_AVAIL_F_NO_INTERRUPT};
 use crate::{
     Connect, DeviceConfig, Error, GUEST_PHYS_BASE, RX_QUEUE, TX_QUEUE,
-    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -46,11 +46,12 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(queue_size: u16, rx_buf_len: u32) -> Self {
+    /// The layout of one queue pair starting at byte `base` (page-aligned).
+    fn new(queue_size: u16, rx_buf_len: u32, base: usize) -> Self {
         const PAGE: usize = 4096;
         let n = usize::from(queue_size);
         let (d, a, u) = ring_sizes(n);
-        let mut off = 0;
+        let mut off = base;
         let mut rings = [(0, 0, 0); 2];
         for r in &mut rings {
             // Page-aligning each area satisfies the spec's 16/2/4-byte alignment rules.
@@ -77,7 +78,19 @@ impl Layout {
     }
 }
 
+/// A queue pair that is not the selected one (see [`VirtioNet::select_queue_pair`]).
+#[derive(Debug)]
+struct Parked {
+    layout: Layout,
+    rx: SplitQueue,
+    tx: SplitQueue,
+    tx_desc_len: Vec<u32>,
+}
+
 /// A virtio-net device driven through a vhost-user backend.
+///
+/// With several queue pairs, `send*`, `recv*` and `raw` act on the selected pair
+/// ([`select_queue_pair`](Self::select_queue_pair); pair 0 at first).
 pub struct VirtioNet {
     /// The vhost-user connection; dropping it disconnects from the backend.
     frontend: Frontend,
@@ -99,6 +112,10 @@ pub struct VirtioNet {
     tx_desc_len: Vec<u32>,
     /// First device misbehaviour seen while reclaiming tx buffers (`send` cannot fail).
     tx_error: Option<Error>,
+    /// Every queue pair; `None` at `cur`, whose state is in `layout`, `rx`, `tx` and
+    /// `tx_desc_len`.
+    pairs: Vec<Option<Parked>>,
+    cur: usize,
 }
 
 impl std::fmt::Debug for VirtioNet {
@@ -190,50 +207,88 @@ impl VirtioNet {
         if cfg.rx_buf_len < 64 {
             return Err(Error::InvalidConfig("rx_buf_len must be at least 64"));
         }
-        let layout = Layout::new(cfg.queue_size, cfg.rx_buf_len);
+        let npairs = usize::from(cfg.queue_pairs);
+        if npairs == 0 || npairs > 16 {
+            return Err(Error::InvalidConfig("queue_pairs must be 1-16"));
+        }
+        let mut layouts = Vec::with_capacity(npairs);
+        let mut end = 0;
+        for _ in 0..npairs {
+            let l = Layout::new(cfg.queue_size, cfg.rx_buf_len, end);
+            end = l.bump_off;
+            layouts.push(l);
+        }
         let mem = GuestMemory::new(cfg.mem_size, GUEST_PHYS_BASE)?;
-        if layout.bump_off > mem.len() {
+        if end > mem.len() {
             return Err(Error::MemTooSmall {
-                need: layout.bump_off,
+                need: end,
                 have: mem.len(),
             });
         }
-        let mk = |q: usize| {
-            let (d, a, u) = layout.rings[q];
-            SplitQueue::new(cfg.queue_size, d, a, u)
-        };
-        let mut rx = mk(RX_QUEUE)?;
-        rx.use_fixed_ids();
-        let tx = mk(TX_QUEUE)?;
+        let mut queues = Vec::with_capacity(npairs);
+        for l in &layouts {
+            let mk = |q: usize| {
+                let (d, a, u) = l.rings[q];
+                SplitQueue::new(cfg.queue_size, d, a, u)
+            };
+            let mut rx = mk(RX_QUEUE)?;
+            rx.use_fixed_ids();
+            queues.push((rx, mk(TX_QUEUE)?));
+        }
 
         let stream = match &how {
             Connect::Dial(p) => dial(p)?,
             Connect::Listen(p) => listen(p)?,
         };
-        let mut fe = Frontend::from_stream(stream, 2);
+        let mut fe = Frontend::from_stream(stream, 2 * npairs as u64);
 
         // Feature negotiation, in QEMU's order: GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
         // SET_OWNER, then SET_FEATURES once the device is being started.
         let offered = fe.get_features()?;
-        let features = offered & cfg.features;
+        let mut wanted = cfg.features;
+        if npairs > 1 {
+            wanted |= VIRTIO_NET_F_MQ;
+            if offered & VIRTIO_NET_F_MQ == 0 {
+                return Err(Error::QueuePairs {
+                    asked: npairs,
+                    backend: 1,
+                });
+            }
+        }
+        let features = offered & wanted;
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let proto = fe.get_protocol_features()?;
-            // REPLY_ACK is the only protocol feature we need (and understand).
-            let ack = proto & VhostUserProtocolFeatures::REPLY_ACK;
+            // REPLY_ACK makes backend failures surface at the request that caused them; MQ
+            // is needed to ask for the number of queue pairs.
+            let mut ack = proto & VhostUserProtocolFeatures::REPLY_ACK;
+            if npairs > 1 {
+                ack |= proto & VhostUserProtocolFeatures::MQ;
+            }
             fe.set_protocol_features(ack)?;
             if ack.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // From now on every request asks for an ack, so backend failures surface at
                 // the request that caused them.
                 fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
+            // GET_QUEUE_NUM is not asked: for virtio-net it counts queue pairs (QEMU, DPDK),
+            // but the vhost crate's frontend takes the answer as its limit on ring indexes.
+            // A backend with fewer pairs refuses the first ring message of the first pair it
+            // lacks (below).
+        } else if npairs > 1 {
+            return Err(Error::QueuePairs {
+                asked: npairs,
+                backend: 1,
+            });
         }
         fe.set_owner()?;
         fe.set_features(features)?;
 
+        let mut queues = queues.into_iter();
+        let (rx, tx) = queues.next().expect("at least one pair");
         let mut dev = Self {
             frontend: fe,
             mem,
-            layout,
+            layout: layouts[0],
             rx,
             tx,
             features,
@@ -245,11 +300,43 @@ impl VirtioNet {
                 10
             },
             mrg_rxbuf: features & VIRTIO_NET_F_MRG_RXBUF != 0,
-            bump_next: layout.bump_off,
+            bump_next: end,
             scratch: Vec::with_capacity(65536),
             tx_desc_len: Vec::new(),
             tx_error: None,
+            pairs: std::iter::once(None)
+                .chain(layouts[1..].iter().zip(queues).map(|(l, (rx, tx))| {
+                    Some(Parked {
+                        layout: *l,
+                        rx,
+                        tx,
+                        tx_desc_len: Vec::new(),
+                    })
+                }))
+                .collect(),
+            cur: 0,
         };
+        for p in 0..npairs {
+            dev.select_queue_pair(p);
+            if p > 0 {
+                dev.frontend
+                    .set_vring_num(2 * p, cfg.queue_size)
+                    .map_err(|_| Error::QueuePairs {
+                        asked: npairs,
+                        backend: p,
+                    })?;
+            }
+            dev.setup_pair(p, cfg.queue_size, cfg.rx_buf_len)?;
+        }
+        dev.select_queue_pair(0);
+        Ok(dev)
+    }
+
+    /// Sets up the selected pair's rings (number `p`) in the backend: fills the rx ring, then
+    /// sends the ring messages and enables both rings.
+    fn setup_pair(&mut self, p: usize, queue_size: u16, rx_buf_len: u32) -> Result<(), Error> {
+        let features = self.features;
+        let dev = self;
         let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
         dev.rx.set_event_idx(event_idx);
         dev.tx.set_event_idx(event_idx);
@@ -259,9 +346,9 @@ impl VirtioNet {
             q.suppress_interrupts(&dev.mem);
         }
         // Fill the rx ring: descriptor i always describes rx buffer i.
-        for id in 0..cfg.queue_size {
+        for id in 0..queue_size {
             let gpa = dev.rx_buf_gpa(id);
-            dev.rx.post_fixed(&dev.mem, id, gpa, cfg.rx_buf_len, true);
+            dev.rx.post_fixed(&dev.mem, id, gpa, rx_buf_len, true);
         }
         // No kick: the device has no kick fd yet and will read avail.idx when it starts.
         dev.rx.publish(&dev.mem);
@@ -277,34 +364,66 @@ impl VirtioNet {
             mmap_handle: dev.mem.raw_fd(),
             ..Default::default()
         };
-        dev.frontend.set_mem_table(&[region])?;
+        if p == 0 {
+            dev.frontend.set_mem_table(&[region])?;
+        }
         for q in [RX_QUEUE, TX_QUEUE] {
             let ring = if q == RX_QUEUE { &dev.rx } else { &dev.tx };
+            let index = 2 * p + q;
             let hva = dev.mem.hva_base() as usize;
             // Ring addresses are our virtual addresses, as QEMU sends them.
             let addrs = VringConfigData {
-                queue_max_size: cfg.queue_size,
-                queue_size: cfg.queue_size,
+                queue_max_size: queue_size,
+                queue_size,
                 flags: 0,
                 desc_table_addr: (hva + ring.desc_off) as u64,
                 used_ring_addr: (hva + ring.used_off) as u64,
                 avail_ring_addr: (hva + ring.avail_off) as u64,
                 log_addr: None,
             };
-            dev.frontend.set_vring_num(q, cfg.queue_size)?;
-            dev.frontend.set_vring_addr(q, &addrs)?;
-            dev.frontend.set_vring_base(q, 0)?;
-            dev.frontend.set_vring_call(q, &ring.call)?;
-            dev.frontend.set_vring_kick(q, &ring.kick)?;
+            dev.frontend.set_vring_num(index, queue_size)?;
+            dev.frontend.set_vring_addr(index, &addrs)?;
+            dev.frontend.set_vring_base(index, 0)?;
+            dev.frontend.set_vring_call(index, &ring.call)?;
+            dev.frontend.set_vring_kick(index, &ring.kick)?;
         }
         // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled (vhost-user spec), and
         // the vhost crate refuses SET_VRING_ENABLE.
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for q in [RX_QUEUE, TX_QUEUE] {
-                dev.frontend.set_vring_enable(q, true)?;
+                dev.frontend.set_vring_enable(2 * p + q, true)?;
             }
         }
-        Ok(dev)
+        Ok(())
+    }
+
+    /// The number of queue pairs (`DeviceConfig::queue_pairs`).
+    pub fn queue_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The queue pair `send*`, `recv*` and `raw` act on.
+    pub fn queue_pair(&self) -> usize {
+        self.cur
+    }
+
+    /// Makes pair `q` the one `send*`, `recv*` and `raw` act on (cheap: a few moves).
+    ///
+    /// # Panics
+    /// If `q >= queue_pairs()`.
+    pub fn select_queue_pair(&mut self, q: usize) {
+        if q == self.cur {
+            return;
+        }
+        let next = self.pairs[q].take().expect("a parked pair");
+        let old = Parked {
+            layout: std::mem::replace(&mut self.layout, next.layout),
+            rx: std::mem::replace(&mut self.rx, next.rx),
+            tx: std::mem::replace(&mut self.tx, next.tx),
+            tx_desc_len: std::mem::replace(&mut self.tx_desc_len, next.tx_desc_len),
+        };
+        self.pairs[self.cur] = Some(old);
+        self.cur = q;
     }
 
     fn rx_buf_off(&self, id: u16) -> usize {

@@ -8,7 +8,7 @@
 //! being unmapped under it: a worker uses a ring only while it holds that queue's lock.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use rvhost::vhost_user::message::{
@@ -28,6 +28,8 @@ use crate::sync::SpinLock;
 
 /// virtio-net: the device can merge receive buffers.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// virtio-net: several queue pairs (offered only by ports configured with more than one).
+pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 /// The used_event / avail_event notification scheme.
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// vhost-user: protocol features are negotiated.
@@ -45,6 +47,8 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
 pub const RX_QUEUE: usize = 0;
 /// Virtqueue 1: the guest hands frames to the device (guest transmit).
 pub const TX_QUEUE: usize = 1;
+/// Most queue pairs a port can have (virtqueues `2q` receive and `2q + 1` transmit).
+pub const MAX_QUEUE_PAIRS: usize = 16;
 
 /// A running virtqueue, as the workers see it.
 #[derive(Debug)]
@@ -98,13 +102,22 @@ impl LinkState {
     }
 }
 
+/// One receive and one transmit virtqueue (virtqueues `2q` and `2q + 1`).
+#[derive(Debug, Default)]
+pub struct QueuePair {
+    /// Guest receive: frames switched to this port are written here.
+    pub rxq: SpinLock<Option<Queue>>,
+    /// Guest transmit: frames this port's guest sends are read from here.
+    pub txq: SpinLock<Option<Queue>>,
+}
+
 /// The part of a virtio-net device shared between the control thread and the worker cores.
 #[derive(Debug)]
 pub struct NetDevice {
-    /// Virtqueue 0, guest receive: frames switched to this port are written here.
-    pub rxq: SpinLock<Option<Queue>>,
-    /// Virtqueue 1, guest transmit: frames this port's guest sends are read from here.
-    pub txq: SpinLock<Option<Queue>>,
+    pairs: Box<[QueuePair]>,
+    /// Bit `q` is set while pair `q`'s receive ring is running (a hint for choosing a receive
+    /// queue; the queue's lock and `Option` are the truth).
+    rx_running: AtomicU32,
     state: AtomicU8,
     features: AtomicU64,
     connections: AtomicU64,
@@ -112,17 +125,62 @@ pub struct NetDevice {
 
 impl Default for NetDevice {
     fn default() -> Self {
+        NetDevice::new(1)
+    }
+}
+
+impl NetDevice {
+    /// A device with `pairs` queue pairs (clamped to `1..=MAX_QUEUE_PAIRS`). With more than
+    /// one, VIRTIO_NET_F_MQ and the MQ protocol feature are offered to the frontend.
+    pub fn new(pairs: usize) -> Self {
+        let n = pairs.clamp(1, MAX_QUEUE_PAIRS);
         NetDevice {
-            rxq: SpinLock::new(None),
-            txq: SpinLock::new(None),
+            pairs: (0..n).map(|_| QueuePair::default()).collect(),
+            rx_running: AtomicU32::new(0),
             state: AtomicU8::new(LinkState::Stopped as u8),
             features: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         }
     }
-}
 
-impl NetDevice {
+    /// The number of queue pairs this device offers.
+    pub fn queue_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Queue pair `q`.
+    ///
+    /// # Panics
+    /// If `q >= queue_pairs()`.
+    pub fn pair(&self, q: usize) -> &QueuePair {
+        &self.pairs[q]
+    }
+
+    /// The receive queue a sender numbered `k` (a worker) should fill: the `k % n`-th of the
+    /// `n` running receive queues, so each worker keeps to one queue (no reordering within a
+    /// flow, no lock contention when there are at least as many queues as workers). Pair 0 when
+    /// none is running (its `Option` is then `None`).
+    pub fn rx_for(&self, k: usize) -> &SpinLock<Option<Queue>> {
+        let mut mask = self.rx_running.load(Ordering::Relaxed);
+        let n = mask.count_ones() as usize;
+        if n > 1 {
+            for _ in 0..k % n {
+                mask &= mask - 1;
+            }
+        }
+        let q = if mask == 0 {
+            0
+        } else {
+            mask.trailing_zeros() as usize
+        };
+        &self.pairs[q.min(self.pairs.len() - 1)].rxq
+    }
+
+    /// Queue pairs whose receive ring is running now.
+    pub fn rx_queues_running(&self) -> usize {
+        self.rx_running.load(Ordering::Relaxed).count_ones() as usize
+    }
+
     /// Current link state.
     pub fn state(&self) -> LinkState {
         LinkState::from_u8(self.state.load(Ordering::Relaxed))
@@ -147,11 +205,24 @@ impl NetDevice {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Virtqueue `index`: even ones receive, odd ones transmit.
     fn slot(&self, index: usize) -> &SpinLock<Option<Queue>> {
-        if index == RX_QUEUE {
-            &self.rxq
+        let p = &self.pairs[index / 2];
+        if index % 2 == RX_QUEUE {
+            &p.rxq
         } else {
-            &self.txq
+            &p.txq
+        }
+    }
+
+    fn set_rx_running(&self, index: usize, running: bool) {
+        if index % 2 == RX_QUEUE {
+            let bit = 1u32 << (index / 2);
+            if running {
+                self.rx_running.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                self.rx_running.fetch_and(!bit, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -193,7 +264,8 @@ pub struct NetBackend {
     features: u64,
     protocol_features: u64,
     mem: Option<Arc<GuestMemory>>,
-    vrings: [VringSetup; 2],
+    /// Two per queue pair: receive at even indexes, transmit at odd ones.
+    vrings: Vec<VringSetup>,
 }
 
 fn invalid(what: &'static str) -> VuError {
@@ -205,12 +277,27 @@ impl NetBackend {
     pub fn new(dev: Arc<NetDevice>, name: &str) -> Self {
         dev.features.store(0, Ordering::Relaxed);
         NetBackend {
-            dev,
             name: name.to_string(),
             features: 0,
             protocol_features: 0,
             mem: None,
-            vrings: Default::default(),
+            vrings: Self::fresh_vrings(&dev),
+            dev,
+        }
+    }
+
+    fn fresh_vrings(dev: &NetDevice) -> Vec<VringSetup> {
+        (0..2 * dev.queue_pairs())
+            .map(|_| VringSetup::default())
+            .collect()
+    }
+
+    /// The virtio features this port offers: MQ only with more than one queue pair.
+    fn offered(&self) -> u64 {
+        if self.dev.queue_pairs() > 1 {
+            OFFERED_FEATURES | VIRTIO_NET_F_MQ
+        } else {
+            OFFERED_FEATURES
         }
     }
 
@@ -249,6 +336,7 @@ impl NetBackend {
                     mrg,
                     broken_reported: false,
                 });
+                self.dev.set_rx_running(i, true);
                 v.running = true;
                 log::info!(
                     "{}: queue {i} running (size {}, base {})",
@@ -268,6 +356,7 @@ impl NetBackend {
         if !v.running {
             return;
         }
+        self.dev.set_rx_running(i, false);
         if let Some(q) = self.dev.slot(i).lock().take() {
             v.cfg.base = q.ring.last_avail();
         }
@@ -275,8 +364,10 @@ impl NetBackend {
         self.update_state();
     }
 
+    /// Running once queue pair 0 runs: a guest may leave its other pairs unused (Linux enables
+    /// as many as it has CPUs).
     fn update_state(&self) {
-        let all = self.vrings.iter().all(|v| v.running);
+        let all = self.vrings[..2].iter().all(|v| v.running);
         self.dev.set_state(if all {
             LinkState::Running
         } else {
@@ -285,10 +376,17 @@ impl NetBackend {
     }
 }
 
+impl NetBackend {
+    fn stop_all(&mut self) {
+        for i in 0..self.vrings.len() {
+            self.stop(i);
+        }
+    }
+}
+
 impl Drop for NetBackend {
     fn drop(&mut self) {
-        self.stop(RX_QUEUE);
-        self.stop(TX_QUEUE);
+        self.stop_all();
         self.dev.features.store(0, Ordering::Relaxed);
     }
 }
@@ -299,9 +397,8 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn reset_owner(&mut self) -> VuResult<()> {
-        self.stop(RX_QUEUE);
-        self.stop(TX_QUEUE);
-        self.vrings = Default::default();
+        self.stop_all();
+        self.vrings = Self::fresh_vrings(&self.dev);
         Ok(())
     }
 
@@ -310,11 +407,11 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn get_features(&mut self) -> VuResult<u64> {
-        Ok(OFFERED_FEATURES)
+        Ok(self.offered())
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
-        if features & !OFFERED_FEATURES != 0 {
+        if features & !self.offered() != 0 {
             log::warn!(
                 "{}: frontend acked features {features:#x} we did not offer",
                 self.name
@@ -326,7 +423,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         self.dev.features.store(features, Ordering::Relaxed);
         if changed {
             // Header length and notification scheme may change: restart running queues.
-            for i in 0..2 {
+            for i in 0..self.vrings.len() {
                 if self.vrings[i].running {
                     self.stop(i);
                     self.try_start(i);
@@ -360,7 +457,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             self.name,
             descs.len()
         );
-        let running: Vec<usize> = (0..2).filter(|&i| self.vrings[i].running).collect();
+        let running: Vec<usize> = (0..self.vrings.len())
+            .filter(|&i| self.vrings[i].running)
+            .collect();
         for &i in &running {
             self.stop(i);
         }
@@ -447,8 +546,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
-        // REPLY_ACK is added by the vhost crate, which implements it.
-        Ok(VhostUserProtocolFeatures::empty())
+        // REPLY_ACK is added by the vhost crate, which implements it. MQ lets the frontend
+        // ask how many queue pairs we have (GET_QUEUE_NUM); QEMU needs it for `queues=N`.
+        Ok(VhostUserProtocolFeatures::MQ)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
@@ -457,7 +557,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn get_queue_num(&mut self) -> VuResult<u64> {
-        Ok(1)
+        Ok(self.dev.queue_pairs() as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {

@@ -18,6 +18,6 @@ pub mod guest_mem;
 pub mod ring;
 pub mod sync;
 
-pub use backend::{LinkState, NetDevice, Queue};
+pub use backend::{LinkState, NetDevice, Queue, QueuePair, MAX_QUEUE_PAIRS};
 pub use conn::{PortConn, SocketMode};
 pub use ring::{Chain, ChainError, Pop, RxError, SplitRing};

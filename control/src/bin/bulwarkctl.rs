@@ -11,7 +11,7 @@ const USAGE: &str = "usage: bulwarkctl [--run-dir DIR | --api SOCKET] [--json] C
 commands:
   ports                                  ports, state and counters
   port show NAME                         one port, with its drop counters
-  port add NAME --socket PATH (--segment N | --vlan N) [--mode client|server]
+  port add NAME --socket PATH (--segment N | --vlan N) [--mode client|server] [--queues N]
   port del NAME
   policy NAME                            its firewall rules with per-rule counters
   policy set NAME FILE                   replace its policy (FILE: JSON, or TOML if *.toml;
@@ -82,7 +82,7 @@ fn run() -> Result<(), String> {
                 match *o {
                     "--socket" => body["socket"] = json!(val),
                     "--mode" => body["mode"] = json!(val),
-                    "--segment" | "--vlan" => {
+                    "--segment" | "--vlan" | "--queues" => {
                         let n: u64 = val
                             .parse()
                             .map_err(|_| format!("{o}: {val:?} is not a number"))?;
@@ -303,6 +303,7 @@ fn print_ports(ports: &[Value]) {
                 s(&p["segment"]),
                 s(&p["mode"]),
                 s(&p["state"]),
+                format!("{}/{}", s(&p["queues_running"]), s(&p["queues"])),
                 s(&p["rx_packets"]),
                 s(&p["rx_bytes"]),
                 s(&p["tx_packets"]),
@@ -314,8 +315,8 @@ fn print_ports(ports: &[Value]) {
         .collect();
     table(
         &[
-            "NAME", "SEGMENT", "MODE", "STATE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES",
-            "DROPS", "SOCKET",
+            "NAME", "SEGMENT", "MODE", "STATE", "QUEUES", "RX PKTS", "RX BYTES", "TX PKTS",
+            "TX BYTES", "DROPS", "SOCKET",
         ],
         &rows,
     );

@@ -33,6 +33,13 @@ impl Bulwarkd {
 
     /// Starts bulwarkd with ports `(name, segment, mode)` and workers on `cpus`.
     pub fn start_with(ports: &[(&str, u16, &str)], cpus: &[usize]) -> Self {
+        let ports: Vec<(&str, u16, &str, &str)> =
+            ports.iter().map(|&(n, s, m)| (n, s, m, "")).collect();
+        Self::start_extra(&ports, cpus)
+    }
+
+    /// Like `start_with`, with extra TOML lines per port: `(name, segment, mode, extra)`.
+    pub fn start_extra(ports: &[(&str, u16, &str, &str)], cpus: &[usize]) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -47,9 +54,9 @@ impl Bulwarkd {
             "[switch]\nworkers = [{}]\nmac_aging_secs = 300\n",
             cpus.join(", ")
         );
-        for (name, seg, mode) in ports {
+        for (name, seg, mode, extra) in ports {
             cfg += &format!(
-                "\n[[ports]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"{mode}\"\nsegment = {seg}\n",
+                "\n[[ports]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"{mode}\"\nsegment = {seg}\n{extra}\n",
                 dir.join(format!("{name}.sock")).display()
             );
         }
@@ -136,15 +143,32 @@ impl Bulwarkd {
         self.attach_via(name, mac, Connect::Listen(self.sock(name)))
     }
 
+    /// Like `attach`, with `pairs` queue pairs.
+    pub fn attach_pairs(&self, name: &str, mac: [u8; 6], pairs: u16) -> VirtioNet {
+        self.attach_cfg(
+            name,
+            Connect::Dial(self.sock(name)),
+            DeviceConfig {
+                mac,
+                queue_pairs: pairs,
+                ..Default::default()
+            },
+        )
+    }
+
     fn attach_via(&self, name: &str, mac: [u8; 6], how: Connect) -> VirtioNet {
-        let dev = VirtioNet::connect(
+        self.attach_cfg(
+            name,
             how,
             DeviceConfig {
                 mac,
                 ..Default::default()
             },
         )
-        .unwrap_or_else(|e| panic!("attach {name}: {e}"));
+    }
+
+    fn attach_cfg(&self, name: &str, how: Connect, cfg: DeviceConfig) -> VirtioNet {
+        let dev = VirtioNet::connect(how, cfg).unwrap_or_else(|e| panic!("attach {name}: {e:?}"));
         self.wait_for(
             || self.port(name)["state"] == "running",
             &format!("port {name} running"),
