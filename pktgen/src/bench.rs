@@ -2,20 +2,31 @@
 //!
 //! ```text
 //! pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1)
-//!              [--flows N] [--size BYTES] [--duration SECS] [--warmup SECS] [--cpu CPU]
-//!              [--mac0 MAC] [--mac1 MAC] [--queue-size N]
+//!              [--mode udp|conn] [--flows N] [--size BYTES] [--duration SECS]
+//!              [--warmup SECS] [--rate MPPS] [--queues N] [--cpu CPU] [--mac0 MAC]
+//!              [--mac1 MAC] [--queue-size N]
 //! ```
 //!
-//! Port 0 sends flow i (i = 0..N-1, round robin) as UDP 10.254.0.1:1000 -> (10.253.0.0+i):1001,
-//! MAC mac0 -> mac1; port 1 sends the replies of the same flows (addresses, ports and MACs
-//! swapped). So a stateful firewall sees N two-way connections, and a learning switch sees two
-//! MACs, one per port. Both ports transmit as fast as the switch takes frames and count what
-//! comes back (received frames are validated, not copied). One thread does everything; pin it
-//! away from the switch's core.
+//! `--mode udp` (the default): port 0 sends flow i (i = 0..N-1, round robin) as UDP
+//! 10.254.0.1:1000 -> (10.253.0.0+i):1001, MAC mac0 -> mac1; port 1 sends the replies of the
+//! same flows (addresses, ports and MACs swapped). So a stateful firewall sees N two-way
+//! connections, and a learning switch sees two MACs, one per port. Both ports transmit as fast as the
+//! switch takes frames (or at `--rate` Mpps each) and count what comes back (received frames
+//! are validated, not copied). Every 128th frame carries a send timestamp; their one-way
+//! latencies give the percentiles. After the run the ports stop sending and drain for 300 ms;
+//! what never came back is the loss.
 //!
-//! Progress once a second on stderr; at the end one JSON object on stdout. `rx_mpps` (frames the
-//! switch delivered, both ports, per second: the median over the measured seconds) is the
-//! figure to compare.
+//! `--mode conn` measures connection setup instead (see `conn.rs`): port 0 opens TCP
+//! connections to port 1 as fast as it can (SYN, SYN-ACK, ACK, then a RST that closes it), and
+//! a connection counts when port 1 receives its ACK.
+//!
+//! With `--queues N` each port sets up N queue pairs (the switch port needs `queues >= N`)
+//! and flow i always travels on pair i % N.
+//!
+//! One thread does everything; pin it away from the switch's core. Progress once a second on
+//! stderr; at the end one JSON object on stdout. `rx_mpps` (frames the switch delivered, both
+//! ports, per second: the median over the measured seconds) is the figure to compare; in conn
+//! mode it is `conns_per_sec`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,10 +35,13 @@ use pktgen::{Connect, DeviceConfig, VirtioNet};
 
 use crate::parse_mac;
 
+mod conn;
+
 const USAGE: &str =
     "usage: pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1) \
-[--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] [--warmup SECS (2)] \
-[--cpu CPU] [--mac0 MAC] [--mac1 MAC] [--queue-size N (256)]";
+[--mode udp|conn (udp)] [--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] \
+[--warmup SECS (2)] [--rate MPPS per port (0: as fast as possible)] [--queues N (1)] [--cpu CPU] \
+[--mac0 MAC] [--mac1 MAC] [--queue-size N (256)]";
 
 /// Frames queued per `send` call.
 const BURST: usize = 32;
@@ -35,13 +49,30 @@ const IP_SRC: u32 = 0x0afe_0001; // 10.254.0.1
 const IP_DST_BASE: u32 = 0x0afd_0000; // 10.253.0.0
 const SPORT: u16 = 1000;
 const DPORT: u16 = 1001;
+/// Every 2^STAMP_SHIFT-th frame carries a send timestamp.
+const STAMP_SHIFT: u32 = 7;
+/// Where the timestamp goes: the first payload bytes after the UDP header (a frame's first
+/// cache line).
+const STAMP_OFF: usize = 42;
+/// How long the ports keep receiving after they stop sending.
+const DRAIN: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Udp,
+    Conn,
+}
 
 struct Args {
     socks: Vec<Connect>,
+    mode: Mode,
     flows: u32,
     size: usize,
     duration: u32,
     warmup: u32,
+    /// Frames per second per port; 0: as fast as the switch takes them.
+    rate: f64,
+    queues: u16,
     cpu: Option<usize>,
     macs: [[u8; 6]; 2],
     queue_size: u16,
@@ -50,10 +81,13 @@ struct Args {
 fn parse(argv: &[String]) -> Result<Args, String> {
     let mut a = Args {
         socks: Vec::new(),
+        mode: Mode::Udp,
         flows: 1,
         size: 60,
         duration: 10,
         warmup: 2,
+        rate: 0.0,
+        queues: 1,
         cpu: None,
         macs: [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]],
         queue_size: 256,
@@ -71,6 +105,13 @@ fn parse(argv: &[String]) -> Result<Args, String> {
         match flag.as_str() {
             "--dial" => a.socks.push(Connect::Dial(PathBuf::from(val))),
             "--listen" => a.socks.push(Connect::Listen(PathBuf::from(val))),
+            "--mode" => {
+                a.mode = match val.as_str() {
+                    "udp" => Mode::Udp,
+                    "conn" => Mode::Conn,
+                    _ => return Err(format!("--mode: {val:?} is not udp or conn")),
+                }
+            }
             "--flows" => {
                 a.flows = u32::try_from(num(val)?)
                     .ok()
@@ -85,6 +126,20 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             }
             "--duration" => a.duration = num(val)?.clamp(1, 3600) as u32,
             "--warmup" => a.warmup = num(val)?.min(600) as u32,
+            "--rate" => {
+                a.rate = val
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite() && *r >= 0.0)
+                    .ok_or("--rate must be a number of Mpps >= 0")?
+                    * 1e6
+            }
+            "--queues" => {
+                a.queues = u16::try_from(num(val)?)
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or("--queues must be 1..=16")?
+            }
             "--cpu" => a.cpu = Some(num(val)? as usize),
             "--mac0" => a.macs[0] = parse_mac(val)?,
             "--mac1" => a.macs[1] = parse_mac(val)?,
@@ -99,6 +154,9 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     }
     if a.socks.len() != 2 {
         return Err("give exactly two sockets (--dial or --listen, twice)".into());
+    }
+    if a.flows < u32::from(a.queues) && a.mode != Mode::Conn {
+        return Err("--flows must be at least --queues (each pair carries its own flows)".into());
     }
     Ok(a)
 }
@@ -166,21 +224,143 @@ impl Template {
     }
 }
 
-struct Port {
-    dev: VirtioNet,
-    tmpl: Template,
-    /// Per tx slot: it holds the template already (only the flow fields change).
-    written: Vec<bool>,
-    next_flow: u32,
-    sent: u64,
-    received: u64,
+/// One traffic mode: what the ports send and how they read what comes back.
+trait Traffic {
+    /// Queues up to `max` frames on `dev` (port `port`, its selected pair `q`); every
+    /// 2^STAMP_SHIFT-th frame carries `lat.stamp()`. Returns how many.
+    fn send(
+        &mut self,
+        port: usize,
+        q: usize,
+        dev: &mut VirtioNet,
+        max: usize,
+        lat: &Latency,
+    ) -> usize;
+    /// Takes what arrived on `dev`'s selected pair; stamped frames go to `lat`. Returns how
+    /// many frames.
+    fn recv(
+        &mut self,
+        port: usize,
+        q: usize,
+        dev: &mut VirtioNet,
+        lat: &mut Latency,
+    ) -> Result<usize, pktgen::Error>;
+    /// A count reported per second besides frames (completed connections), if any.
+    fn events(&self) -> Option<u64> {
+        None
+    }
+
+    /// Mode-specific JSON members, each followed by a comma.
+    fn extra_json(&self) -> String {
+        String::new()
+    }
 }
 
-impl Port {
-    /// Queues up to one burst of the next flows' frames; returns how many were taken.
-    fn send(&mut self, flows: u32) -> usize {
-        let (tmpl, written, next) = (&self.tmpl, &mut self.written, &mut self.next_flow);
-        let n = self.dev.send_in_place(tmpl.frame.len(), BURST, |id, slot| {
+/// One-way latency samples (nanoseconds), from stamped frames.
+struct Latency {
+    start: Instant,
+    recording: bool,
+    samples: Vec<u32>,
+}
+
+impl Latency {
+    /// The stamp for a frame sent now (never 0).
+    fn stamp(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Reads the stamp at `STAMP_OFF` of a received frame's first bytes.
+    #[inline]
+    fn take(&mut self, frame: &[u8]) {
+        let Some(b) = frame.get(STAMP_OFF..STAMP_OFF + 8) else {
+            return;
+        };
+        let ts = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        if ts != 0 && self.recording {
+            let d = self.stamp().saturating_sub(ts);
+            self.samples.push(u32::try_from(d).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// `"latency_us":{...}` with p50, p90, p99, p99.9 and max.
+    fn json(&mut self) -> String {
+        if self.samples.is_empty() {
+            return "\"latency_us\":null".into();
+        }
+        self.samples.sort_unstable();
+        let n = self.samples.len();
+        let pct = |p: f64| {
+            let i = ((p / 100.0) * n as f64).ceil() as usize;
+            f64::from(self.samples[i.clamp(1, n) - 1]) / 1e3
+        };
+        format!(
+            "\"latency_us\":{{\"samples\":{n},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\
+\"p99_9\":{:.1},\"max\":{:.1}}}",
+            pct(50.0),
+            pct(90.0),
+            pct(99.0),
+            pct(99.9),
+            f64::from(self.samples[n - 1]) / 1e3
+        )
+    }
+}
+
+/// UDP flows (see the module docs).
+struct Udp {
+    tmpl: [Template; 2],
+    /// Per port and pair, per tx slot: it holds the template already.
+    written: [Vec<Vec<bool>>; 2],
+    /// Per port and pair: the next flow (pair q carries flows q, q + pairs, ...).
+    next_flow: [Vec<u32>; 2],
+    /// Frames queued per port (for the stamping cadence).
+    count: [u64; 2],
+    flows: u32,
+    pairs: u32,
+}
+
+impl Udp {
+    fn new(a: &Args, slots: usize) -> Udp {
+        let pairs = usize::from(a.queues);
+        let fresh = || vec![vec![false; slots]; pairs];
+        Udp {
+            tmpl: [
+                Template::new(0, a.size, &a.macs),
+                Template::new(1, a.size, &a.macs),
+            ],
+            written: [fresh(), fresh()],
+            next_flow: [
+                (0..a.queues.into()).collect(),
+                (0..a.queues.into()).collect(),
+            ],
+            count: [0; 2],
+            flows: a.flows,
+            pairs: a.queues.into(),
+        }
+    }
+}
+
+impl Traffic for Udp {
+    fn send(
+        &mut self,
+        port: usize,
+        q: usize,
+        dev: &mut VirtioNet,
+        max: usize,
+        lat: &Latency,
+    ) -> usize {
+        // One clock read per burst that holds a stamped frame.
+        let mask = (1u64 << STAMP_SHIFT) - 1;
+        let c = self.count[port];
+        let stamp = if (c + max as u64 - 1) >> STAMP_SHIFT != c >> STAMP_SHIFT || c & mask == 0 {
+            lat.stamp()
+        } else {
+            0
+        };
+        let (tmpl, written) = (&self.tmpl[port], &mut self.written[port][q]);
+        let next = &mut self.next_flow[port][q];
+        let count = &mut self.count[port];
+        let (flows, pairs, first) = (self.flows, self.pairs, q as u32);
+        dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
             let w = &mut written[usize::from(id)];
             if !*w {
                 slot.write(0, &tmpl.frame);
@@ -189,10 +369,24 @@ impl Port {
             let (a, c) = tmpl.flow(*next);
             slot.write(tmpl.addr_off, &a);
             slot.write(24, &c);
-            *next = if *next + 1 == flows { 0 } else { *next + 1 };
-        });
-        self.sent += n as u64;
-        n
+            let ts = if *count & mask == 0 { stamp } else { 0 };
+            slot.write(STAMP_OFF, &ts.to_le_bytes());
+            *count += 1;
+            *next += pairs;
+            if *next >= flows {
+                *next = first;
+            }
+        })
+    }
+
+    fn recv(
+        &mut self,
+        _port: usize,
+        _q: usize,
+        dev: &mut VirtioNet,
+        lat: &mut Latency,
+    ) -> Result<usize, pktgen::Error> {
+        dev.recv_prefix(STAMP_OFF + 8, |f| lat.take(f))
     }
 }
 
@@ -208,6 +402,13 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (s[m - 1] + s[m]) / 2.0
     }
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.4}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs `pktgen bench ARGS`; returns the exit status.
@@ -235,102 +436,179 @@ fn run(a: &Args) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
         pktgen::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
     }
-    let mut ports = Vec::new();
+    let mut devs = Vec::new();
     for (i, how) in a.socks.iter().enumerate() {
+        let pairs = usize::from(a.queues);
         let dev = VirtioNet::connect(
             how.clone(),
             DeviceConfig {
                 mac: a.macs[i],
                 queue_size: a.queue_size,
-                // Rings, rx buffers (2 KiB each) and tx slots for `queue_size` entries.
-                mem_size: (16 << 20).max(usize::from(a.queue_size) * 12 * 1024),
+                queue_pairs: a.queues,
+                // Per pair: rings, rx buffers (2 KiB each) and tx slots (9 KiB each).
+                mem_size: (16 << 20).max(pairs * usize::from(a.queue_size) * 12 * 1024),
                 ..Default::default()
             },
         )
         .map_err(|e| format!("port {i}: {e}"))?;
-        let slots = usize::from(dev.queue_size());
-        ports.push(Port {
-            dev,
-            tmpl: Template::new(i, a.size, &a.macs),
-            written: vec![false; slots],
-            next_flow: 0,
-            sent: 0,
-            received: 0,
-        });
+        devs.push(dev);
     }
-    let total = a.warmup + a.duration;
+    let slots = usize::from(devs[0].queue_size());
     eprintln!(
-        "pktgen: bench: 2 ports, {} flows, {} B frames, {} s warm-up + {} s",
-        a.flows, a.size, a.warmup, a.duration
+        "pktgen: bench: 2 ports x {} queue pair(s), mode {:?}, {} flows, {} B frames, {} s warm-up + {} s",
+        a.queues, a.mode, a.flows, a.size, a.warmup, a.duration
     );
+    match a.mode {
+        Mode::Udp => drive(a, &mut devs, &mut Udp::new(a, slots)),
+        Mode::Conn => drive(a, &mut devs, &mut conn::Conn::new(a)),
+    }
+}
+
+/// The measurement loop shared by the modes: send and receive on every port and pair, once a
+/// second a progress line, then a drain and the JSON result.
+fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<(), String> {
+    let total = a.warmup + a.duration;
     let start = Instant::now();
+    let mut lat = Latency {
+        start,
+        recording: a.warmup == 0,
+        samples: Vec::new(),
+    };
     let mut tick = start + Duration::from_secs(1);
     let mut second = 0u32;
-    let (mut last_tx, mut last_rx) = (0u64, 0u64);
-    let (mut tx_ps, mut rx_ps) = (Vec::new(), Vec::new());
+    let (mut sent, mut received) = ([0u64; 2], [0u64; 2]);
+    let (mut last_tx, mut last_rx, mut last_ev) = (0u64, 0u64, 0u64);
+    let (mut tx_ps, mut rx_ps, mut ev_ps) = (Vec::new(), Vec::new(), Vec::new());
     let mut rx_err = None;
     let mut spins = 0u32;
-    while second < total {
-        for p in ports.iter_mut() {
-            p.send(a.flows);
-            match p.dev.recv_count() {
-                Ok(n) => p.received += n as u64,
-                Err(e) => {
-                    rx_err.get_or_insert(e.to_string());
+    let paced = a.rate > 0.0;
+    let mut sending = true;
+    let mut drain_end = None;
+    loop {
+        // Pacing needs the clock on every pass.
+        let elapsed = if paced {
+            start.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        for (port, dev) in devs.iter_mut().enumerate() {
+            for q in 0..dev.queue_pairs() {
+                dev.select_queue_pair(q);
+                if sending {
+                    let max = if paced {
+                        let allowed = (a.rate * elapsed) as u64;
+                        allowed.saturating_sub(sent[port]).min(BURST as u64) as usize
+                    } else {
+                        BURST
+                    };
+                    if max > 0 {
+                        sent[port] += t.send(port, q, dev, max, &lat) as u64;
+                    }
+                }
+                match t.recv(port, q, dev, &mut lat) {
+                    Ok(n) => received[port] += n as u64,
+                    Err(e) => {
+                        rx_err.get_or_insert(e.to_string());
+                    }
                 }
             }
+        }
+        if let Some(end) = drain_end {
+            if Instant::now() >= end {
+                break;
+            }
+            continue;
         }
         // Reading the clock on every pass cost a fifth of the generator's time when the
         // switch kept it waiting; a pass is well under a microsecond, so every 64th will do.
         spins = spins.wrapping_add(1);
-        if !spins.is_multiple_of(64) {
+        if !paced && !spins.is_multiple_of(64) {
             continue;
         }
         let now = Instant::now();
-        if now >= tick {
-            second += 1;
-            let secs = (now - (tick - Duration::from_secs(1))).as_secs_f64();
-            let tx: u64 = ports.iter().map(|p| p.sent).sum();
-            let rx: u64 = ports.iter().map(|p| p.received).sum();
-            let (txr, rxr) = (
-                (tx - last_tx) as f64 / secs / 1e6,
-                (rx - last_rx) as f64 / secs / 1e6,
-            );
-            (last_tx, last_rx) = (tx, rx);
-            let phase = if second <= a.warmup { " (warm-up)" } else { "" };
-            eprintln!("pktgen: t={second} tx={txr:.3} rx={rxr:.3} Mpps{phase}");
-            if second > a.warmup {
-                tx_ps.push(txr);
-                rx_ps.push(rxr);
-            }
-            tick = now + Duration::from_secs(1);
+        if now < tick {
+            continue;
+        }
+        second += 1;
+        let secs = (now - (tick - Duration::from_secs(1))).as_secs_f64();
+        let (tx, rx, ev) = (
+            sent.iter().sum::<u64>(),
+            received.iter().sum::<u64>(),
+            t.events().unwrap_or(0),
+        );
+        let (txr, rxr, evr) = (
+            (tx - last_tx) as f64 / secs / 1e6,
+            (rx - last_rx) as f64 / secs / 1e6,
+            (ev - last_ev) as f64 / secs,
+        );
+        (last_tx, last_rx, last_ev) = (tx, rx, ev);
+        let phase = if second <= a.warmup { " (warm-up)" } else { "" };
+        let conns = t
+            .events()
+            .map_or(String::new(), |_| format!(" conns={evr:.0}/s"));
+        eprintln!("pktgen: t={second} tx={txr:.3} rx={rxr:.3} Mpps{conns}{phase}");
+        if second > a.warmup {
+            tx_ps.push(txr);
+            rx_ps.push(rxr);
+            ev_ps.push(evr);
+        }
+        lat.recording = second >= a.warmup && second < total;
+        tick = now + Duration::from_secs(1);
+        if second >= total {
+            // Stop sending; what is still in the rings has DRAIN to come back.
+            sending = false;
+            drain_end = Some(now + DRAIN);
         }
     }
-    let sent: u64 = ports.iter().map(|p| p.sent).sum();
-    let received: u64 = ports.iter().map(|p| p.received).sum();
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.4}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let (sent_all, received_all) = (sent.iter().sum::<u64>(), received.iter().sum::<u64>());
+    let lost = sent_all.saturating_sub(received_all);
     let rx_mpps = median(&rx_ps);
+    let conns = t.events().map_or(String::new(), |n| {
+        format!(
+            "\"conns_per_sec\":{:.0},\"conns_per_sec_per_second\":[{}],\"conns_completed\":{n},",
+            median(&ev_ps),
+            ev_ps
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    });
+    let extra = t.extra_json();
     println!(
-        "{{\"rx_mpps\":{rx_mpps:.4},\"tx_mpps\":{:.4},\"rx_gbps\":{:.3},\"rx_mpps_per_second\":[{}],\
-\"tx_mpps_per_second\":[{}],\"frames_sent\":{sent},\"frames_received\":{received},\
-\"size\":{},\"flows\":{},\"duration\":{},\"warmup\":{},\"rx_error\":{}}}",
+        "{{\"mode\":\"{}\",{conns}{extra}\"rx_mpps\":{rx_mpps:.4},\"tx_mpps\":{:.4},\"rx_gbps\":{:.3},\
+\"rx_mpps_per_second\":[{}],\"tx_mpps_per_second\":[{}],\"frames_sent\":{sent_all},\
+\"frames_received\":{received_all},\"frames_lost\":{lost},\"loss_pct\":{:.4},{},\
+\"size\":{},\"flows\":{},\"queues\":{},\"rate_mpps\":{},\"duration\":{},\"warmup\":{},\
+\"rx_error\":{}}}",
+        format!("{:?}", a.mode).to_lowercase(),
         median(&tx_ps),
         // L2 bits per second (the frame, no FCS or preamble).
         rx_mpps * 1e6 * a.size as f64 * 8.0 / 1e9,
         list(&rx_ps),
         list(&tx_ps),
+        if sent_all == 0 {
+            0.0
+        } else {
+            lost as f64 * 100.0 / sent_all as f64
+        },
+        lat.json(),
         a.size,
         a.flows,
+        a.queues,
+        a.rate / 1e6,
         a.duration,
         a.warmup,
         rx_err.map_or("null".to_string(), |e| format!("{e:?}")),
     );
     Ok(())
+}
+
+#[cfg(test)]
+impl Args {
+    pub(super) fn for_test() -> Args {
+        parse(&["--dial", "/a", "--dial", "/b"].map(String::from)).expect("valid")
+    }
 }
 
 #[cfg(test)]

@@ -605,16 +605,24 @@ impl VirtioNet {
     /// Everything the device wrote is validated; on the first violation the frames before it
     /// have been delivered, the offending buffers are re-posted, and the error is returned.
     pub fn recv(&mut self, f: impl FnMut(&[u8])) -> Result<usize, Error> {
-        self.recv_inner(true, f)
+        self.recv_inner(usize::MAX, f)
+    }
+
+    /// Like [`recv`](Self::recv), but `f` sees only the first `n` bytes of each frame (fewer
+    /// if it is shorter): generators read their headers and timestamps without copying whole
+    /// frames.
+    pub fn recv_prefix(&mut self, n: usize, f: impl FnMut(&[u8])) -> Result<usize, Error> {
+        self.recv_inner(n.max(1), f)
     }
 
     /// Like [`recv`](Self::recv), but only counts the frames: nothing is copied out of the
     /// buffers (everything the device wrote is still validated). For traffic generators.
     pub fn recv_count(&mut self) -> Result<usize, Error> {
-        self.recv_inner(false, |_| {})
+        self.recv_inner(0, |_| {})
     }
 
-    fn recv_inner(&mut self, copy: bool, mut f: impl FnMut(&[u8])) -> Result<usize, Error> {
+    /// `copy`: bytes of each frame to hand to `f` (0: none, `usize::MAX`: all).
+    fn recv_inner(&mut self, copy: usize, mut f: impl FnMut(&[u8])) -> Result<usize, Error> {
         let pending = self.rx.used_pending(&self.mem, RX_QUEUE)?;
         let mut k: u16 = 0;
         let mut count = 0;
@@ -690,7 +698,7 @@ impl VirtioNet {
         &mut self,
         k: u16,
         pending: u16,
-        copy: bool,
+        copy: usize,
     ) -> Result<Option<u16>, (u16, Error)> {
         let (head, len) = self.check_rx_elem(k, true).map_err(|e| (1, e))?;
         let off = self.rx_buf_off(head);
@@ -714,9 +722,14 @@ impl VirtioNet {
             // The device publishes all buffers of a packet at once; wait for the rest.
             return Ok(None);
         }
-        if copy {
-            self.mem
-                .read_into(off + self.hdr_len, len - self.hdr_len, &mut self.scratch);
+        // A full copy re-posts with rewritten descriptors (undoing device scribbles); the
+        // generator paths re-post without touching them.
+        let full = copy == usize::MAX;
+        if copy > 0 {
+            let n = (len - self.hdr_len).min(copy);
+            self.mem.read_into(off + self.hdr_len, n, &mut self.scratch);
+        }
+        if full {
             self.repost_rx(head);
         } else {
             self.repost_rx_fast(head);
@@ -724,9 +737,12 @@ impl VirtioNet {
         for j in 1..nb {
             match self.check_rx_elem(k + j, false) {
                 Ok((id, len)) => {
-                    if copy {
+                    let want = copy.saturating_sub(self.scratch.len()).min(len);
+                    if want > 0 {
                         self.mem
-                            .read_into(self.rx_buf_off(id), len, &mut self.scratch);
+                            .read_into(self.rx_buf_off(id), want, &mut self.scratch);
+                    }
+                    if full {
                         self.repost_rx(id);
                     } else {
                         self.repost_rx_fast(id);
