@@ -1,5 +1,15 @@
 //! Signal handling for the daemon: block SIGINT/SIGTERM in every thread, wait for them in one.
+//! And for the CLI: die quietly on a closed pipe, as command-line tools do.
 #![allow(unsafe_code)]
+
+/// Restores SIGPIPE's default action (Rust ignores it), so `bulwarkctl conns | head` ends
+/// quietly instead of panicking on a write to a closed pipe.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and the threads it spawns later.
 pub fn block_signals() {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1)
-//!              [--mode udp|conn] [--flows N] [--size BYTES] [--duration SECS]
+//!              [--mode udp|tcp|conn] [--flows N] [--size BYTES] [--duration SECS]
 //!              [--warmup SECS] [--rate MPPS] [--queues N] [--cpu CPU] [--mac0 MAC]
 //!              [--mac1 MAC] [--queue-size N]
 //! ```
@@ -10,7 +10,10 @@
 //! `--mode udp` (the default): port 0 sends flow i (i = 0..N-1, round robin) as UDP
 //! 10.254.0.1:1000 -> (10.253.0.0+i):1001, MAC mac0 -> mac1; port 1 sends the replies of the
 //! same flows (addresses, ports and MACs swapped). So a stateful firewall sees N two-way
-//! connections, and a learning switch sees two MACs, one per port. Both ports transmit as fast as the
+//! connections, and a learning switch sees two MACs, one per port. `--mode tcp` does the same
+//! with TCP (see `tcp.rs`): first a real three-way handshake per flow, then segments whose
+//! sequence and acknowledgement numbers advance as a TCP stream's do, so a tracker that checks
+//! windows keeps them (frames of 62 bytes or more carry timestamps). Both ports transmit as fast as the
 //! switch takes frames (or at `--rate` Mpps each) and count what comes back (received frames
 //! are validated, not copied). Every 128th frame carries a send timestamp; their one-way
 //! latencies give the percentiles. After the run the ports stop sending and drain for 300 ms;
@@ -31,15 +34,16 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pktgen::{Connect, DeviceConfig, VirtioNet};
+use crate::{Connect, DeviceConfig, VirtioNet};
 
 use crate::parse_mac;
 
 mod conn;
+mod tcp;
 
 const USAGE: &str =
     "usage: pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1) \
-[--mode udp|conn (udp)] [--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] \
+[--mode udp|tcp|conn (udp)] [--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] \
 [--warmup SECS (2)] [--rate MPPS per port (0: as fast as possible)] [--queues N (1)] [--cpu CPU] \
 [--mac0 MAC] [--mac1 MAC] [--queue-size N (256)]";
 
@@ -60,6 +64,7 @@ const DRAIN: Duration = Duration::from_millis(300);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Udp,
+    Tcp,
     Conn,
 }
 
@@ -108,8 +113,9 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             "--mode" => {
                 a.mode = match val.as_str() {
                     "udp" => Mode::Udp,
+                    "tcp" => Mode::Tcp,
                     "conn" => Mode::Conn,
-                    _ => return Err(format!("--mode: {val:?} is not udp or conn")),
+                    _ => return Err(format!("--mode: {val:?} is not udp, tcp or conn")),
                 }
             }
             "--flows" => {
@@ -244,7 +250,7 @@ trait Traffic {
         q: usize,
         dev: &mut VirtioNet,
         lat: &mut Latency,
-    ) -> Result<usize, pktgen::Error>;
+    ) -> Result<usize, crate::Error>;
     /// A count reported per second besides frames (completed connections), if any.
     fn events(&self) -> Option<u64> {
         None
@@ -275,7 +281,12 @@ impl Latency {
         let Some(b) = frame.get(STAMP_OFF..STAMP_OFF + 8) else {
             return;
         };
-        let ts = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        self.take_stamp(u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    }
+
+    /// Records the latency of a frame stamped `ts` (0: not stamped).
+    #[inline]
+    fn take_stamp(&mut self, ts: u64) {
         if ts != 0 && self.recording {
             let d = self.stamp().saturating_sub(ts);
             self.samples.push(u32::try_from(d).unwrap_or(u32::MAX));
@@ -385,7 +396,7 @@ impl Traffic for Udp {
         _q: usize,
         dev: &mut VirtioNet,
         lat: &mut Latency,
-    ) -> Result<usize, pktgen::Error> {
+    ) -> Result<usize, crate::Error> {
         dev.recv_prefix(STAMP_OFF + 8, |f| lat.take(f))
     }
 }
@@ -424,7 +435,10 @@ pub fn main(argv: &[String]) -> u8 {
         }
     };
     match run(&a) {
-        Ok(()) => 0,
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
         Err(e) => {
             eprintln!("pktgen bench: {e}");
             2
@@ -432,9 +446,15 @@ pub fn main(argv: &[String]) -> u8 {
     }
 }
 
-fn run(a: &Args) -> Result<(), String> {
+/// Runs `pktgen bench ARGS` and returns the JSON result instead of printing it (progress
+/// still goes to stderr): for tests that drive a switch with the generator.
+pub fn run_args(argv: &[String]) -> Result<String, String> {
+    run(&parse(argv)?)
+}
+
+fn run(a: &Args) -> Result<String, String> {
     if let Some(cpu) = a.cpu {
-        pktgen::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
+        crate::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
     }
     let mut devs = Vec::new();
     for (i, how) in a.socks.iter().enumerate() {
@@ -460,13 +480,18 @@ fn run(a: &Args) -> Result<(), String> {
     );
     match a.mode {
         Mode::Udp => drive(a, &mut devs, &mut Udp::new(a, slots)),
+        Mode::Tcp => {
+            let mut t = tcp::Tcp::new(a, slots);
+            t.handshake(&mut devs)?;
+            drive(a, &mut devs, &mut t)
+        }
         Mode::Conn => drive(a, &mut devs, &mut conn::Conn::new(a)),
     }
 }
 
 /// The measurement loop shared by the modes: send and receive on every port and pair, once a
 /// second a progress line, then a drain and the JSON result.
-fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<(), String> {
+fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<String, String> {
     let total = a.warmup + a.duration;
     let start = Instant::now();
     let mut lat = Latency {
@@ -575,7 +600,7 @@ fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<(), S
         )
     });
     let extra = t.extra_json();
-    println!(
+    Ok(format!(
         "{{\"mode\":\"{}\",{conns}{extra}\"rx_mpps\":{rx_mpps:.4},\"tx_mpps\":{:.4},\"rx_gbps\":{:.3},\
 \"rx_mpps_per_second\":[{}],\"tx_mpps_per_second\":[{}],\"frames_sent\":{sent_all},\
 \"frames_received\":{received_all},\"frames_lost\":{lost},\"loss_pct\":{:.4},{},\
@@ -600,8 +625,7 @@ fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<(), S
         a.duration,
         a.warmup,
         rx_err.map_or("null".to_string(), |e| format!("{e:?}")),
-    );
-    Ok(())
+    ))
 }
 
 #[cfg(test)]
@@ -627,7 +651,7 @@ mod tests {
                 t.frame[24..26].copy_from_slice(&c);
                 let mut h = t.frame[14..34].to_vec();
                 h[10..12].fill(0);
-                assert_eq!(pktgen::ipv4_checksum(&h).to_be_bytes(), c, "flow {flow}");
+                assert_eq!(crate::ipv4_checksum(&h).to_be_bytes(), c, "flow {flow}");
             }
             // Port 1's frame is port 0's with addresses, ports and MACs swapped.
             assert_eq!(t0.frame[26..30], t1.frame[30..34]);

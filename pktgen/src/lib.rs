@@ -42,6 +42,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 mod frame;
 mod mem;
 mod net;
@@ -215,4 +216,17 @@ pub enum Connect {
     /// connection within 30 s: the backend dials us (its client mode, like QEMU
     /// `-chardev server=on`).
     Listen(PathBuf),
+}
+
+/// Parses a MAC address written `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("bad MAC {s}"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {s}"))?;
+    }
+    Ok(mac)
 }

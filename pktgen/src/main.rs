@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use pktgen::{build_udp_frame, Connect, DeviceConfig, VirtioNet, MAX_TX_FRAME};
+use pktgen::{build_udp_frame, parse_mac, Connect, DeviceConfig, VirtioNet, MAX_TX_FRAME};
 
 /// UDP ports of data frames.
 const DATA_SPORT: u16 = 5001;
@@ -56,18 +56,6 @@ struct Args {
     mac_b: [u8; 6],
     chained: bool,
     features: Option<u64>,
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("bad MAC {s}"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {s}"))?;
-    }
-    Ok(mac)
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -424,7 +412,7 @@ fn run(args: Args) -> Result<bool, String> {
     Ok(!aborted && lost == 0 && s.corrupt == 0 && sent == args.frames)
 }
 
-mod bench;
+use pktgen::bench;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();

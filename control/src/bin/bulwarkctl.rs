@@ -26,6 +26,7 @@ commands:
   --json          print the API's JSON instead of tables";
 
 fn main() -> ExitCode {
+    control::sys::default_sigpipe();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

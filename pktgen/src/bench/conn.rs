@@ -11,15 +11,15 @@
 
 use std::collections::VecDeque;
 
-use pktgen::VirtioNet;
+use crate::VirtioNet;
 
 use super::{Args, Latency, Traffic, BURST, IP_DST_BASE, IP_SRC};
 
 /// TCP flags.
 const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
+pub(super) const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
+pub(super) const ACK: u8 = 0x10;
 /// A frame: Ethernet, IPv4 and TCP headers without options, padded to the 60-byte minimum.
 const LEN: usize = 60;
 const SERVER_PORT: u16 = 80;
@@ -28,22 +28,22 @@ const PORTS: u32 = 64_000;
 const PENDING_MAX: usize = 1 << 16;
 
 /// The client's initial sequence number for connection `c`.
-fn client_isn(c: u32) -> u32 {
+pub(super) fn client_isn(c: u32) -> u32 {
     c.wrapping_mul(0x9e37_79b1).rotate_left(7) ^ 0x5bd1_e995
 }
 
 /// The server's initial sequence number, from the client's.
-fn server_isn(client: u32) -> u32 {
+pub(super) fn server_isn(client: u32) -> u32 {
     client.wrapping_mul(0x85eb_ca6b).rotate_left(13) ^ 0xc2b2_ae35
 }
 
-fn sum16(data: &[u8]) -> u32 {
+pub(super) fn sum16(data: &[u8]) -> u32 {
     data.chunks(2)
         .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
         .sum()
 }
 
-fn fold(mut sum: u32) -> u16 {
+pub(super) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -66,12 +66,18 @@ pub(super) struct Seg {
 
 /// A 60-byte frame holding `s`, with valid IPv4 and TCP checksums.
 pub(super) fn frame(s: &Seg) -> [u8; LEN] {
+    frame_ws(s, None)
+}
+
+/// Like `frame`, with a window-scale option (for SYNs) when `ws` is given.
+pub(super) fn frame_ws(s: &Seg, ws: Option<u8>) -> [u8; LEN] {
+    let tcp_len: u16 = if ws.is_some() { 24 } else { 20 };
     let mut f = [0u8; LEN];
     f[0..6].copy_from_slice(&s.dst_mac);
     f[6..12].copy_from_slice(&s.src_mac);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    f[16..18].copy_from_slice(&(20 + tcp_len).to_be_bytes());
     f[20] = 0x40; // DF
     f[22] = 64;
     f[23] = 6;
@@ -83,12 +89,17 @@ pub(super) fn frame(s: &Seg) -> [u8; LEN] {
     f[36..38].copy_from_slice(&s.dport.to_be_bytes());
     f[38..42].copy_from_slice(&s.seq.to_be_bytes());
     f[42..46].copy_from_slice(&s.ack.to_be_bytes());
-    f[46] = 5 << 4;
+    f[46] = ((tcp_len / 4) as u8) << 4;
     f[47] = s.flags;
     f[48..50].copy_from_slice(&65_535u16.to_be_bytes());
-    // Pseudo-header: addresses, protocol, TCP length (20).
-    let pseudo = sum16(&f[26..34]) + 6 + 20;
-    let c = fold(pseudo + sum16(&f[34..54]));
+    if let Some(shift) = ws {
+        // NOP, window scale (kind 3, length 3).
+        f[54..58].copy_from_slice(&[1, 3, 3, shift]);
+    }
+    let end = 34 + usize::from(tcp_len);
+    // Pseudo-header: addresses, protocol, TCP length.
+    let pseudo = sum16(&f[26..34]) + 6 + u32::from(tcp_len);
+    let c = fold(pseudo + sum16(&f[34..end]));
     f[50..52].copy_from_slice(&c.to_be_bytes());
     f
 }
@@ -268,7 +279,7 @@ impl Traffic for Conn {
         _q: usize,
         dev: &mut VirtioNet,
         _lat: &mut Latency,
-    ) -> Result<usize, pktgen::Error> {
+    ) -> Result<usize, crate::Error> {
         let hs = &mut self.hs;
         dev.recv_prefix(54, |f| hs.on_frame(port, f))
     }
@@ -293,12 +304,12 @@ mod tests {
         for c in [0u32, 1, 63_999, 64_000, 12_345_678] {
             let conn = Conn::new(&Args::for_test());
             let f = conn.syn(c);
-            assert_eq!(pktgen::ipv4_checksum(&f[14..34]), 0, "ip checksum");
+            assert_eq!(crate::ipv4_checksum(&f[14..34]), 0, "ip checksum");
             let mut pseudo = Vec::new();
             pseudo.extend_from_slice(&f[26..34]);
             pseudo.extend_from_slice(&[0, 6, 0, 20]);
             pseudo.extend_from_slice(&f[34..54]);
-            assert_eq!(pktgen::ipv4_checksum(&pseudo), 0, "tcp checksum");
+            assert_eq!(crate::ipv4_checksum(&pseudo), 0, "tcp checksum");
             let s = parse(&f).unwrap();
             assert_eq!(s.flags, SYN);
             assert_eq!(s.seq, client_isn(c));
