@@ -10,7 +10,13 @@ How it measures (method from shared/reference/bench-lab.md):
     this script) is pinned to CPU 1 too.
   * Generator: `pktgen bench` (two vhost-user ports, bidirectional UDP, N two-way flows). The
     figure of a run is what the DUT delivered: the generator's received frames per second on
-    both ports together (`rx_mpps`), over the measured seconds after a warm-up.
+    both ports together (`rx_mpps`), over the measured seconds after a warm-up. Besides it, each
+    run's one-way latency (pktgen stamps every 128th frame; p50 and p99 in microseconds, over
+    the measured seconds) and loss (frames sent that never came back, in % of those sent, over
+    the whole run) are reported as the median over rounds.
+  * The connection-setup case conn4k runs `pktgen bench --mode conn` (port 0 opens TCP
+    connections to port 1: SYN, SYN-ACK, ACK, RST); its figure is connections completed per
+    second (`conns_per_sec`), compared the same way.
   * Per case and round the DUTs run one after the other (bulwark, testpmd, OVS), each freshly
     started; the case's result is the median over rounds of the per-round ratios
     bulwark/testpmd and bulwark/OVS. Absolute Mpps drift by up to 30 % within minutes here.
@@ -45,6 +51,8 @@ PIPELINES = ["l2", "ct", "rules1k", "rules10k"]
 FLOWS = {"1k": 1000, "100k": 100_000, "1m": 1_000_000}
 SIZES = [64, 1500]  # on the wire, with FCS; the frame is 4 bytes shorter
 QUICK_CASES = ["l2-1k-64", "rules1k-100k-64", "rules1k-100k-1500"]
+# Connection-setup cases (pktgen --mode conn), outside the matrix: name -> filler rules.
+CONN_CASES = {"conn4k": 4000}
 DUTS = ["bulwark", "testpmd", "ovs"]
 BRIDGE = "bwbench0"  # OVS bridge; its LOCAL port is a tap of this name, deleted at exit
 OVS_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
@@ -86,6 +94,14 @@ def fmt_ratio(v):
     return "-" if v is None else f"{v:.2f}"
 
 
+def fmt_us(v):
+    return "nan" if v is None else f"{v:.1f}"
+
+
+def fmt_pct(v):
+    return "nan" if v is None else f"{v:.3f}"
+
+
 def median(v):
     v = [x for x in v if x is not None]
     return statistics.median(v) if v else None
@@ -105,6 +121,9 @@ def tail(path, n=15):
 
 
 class Case:
+    mode = "udp"  # pktgen --mode
+    unit = "Mpps"
+
     def __init__(self, pipe, flows_name, size):
         self.pipe = pipe
         self.flows_name = flows_name
@@ -117,12 +136,45 @@ class Case:
     def ovs_pipeline(self):
         return "portfwd" if self.pipe == "l2" else "ct"
 
+    def fmt(self, v):
+        return fmt_mpps(v)
 
-def all_cases():
+
+class ConnCase(Case):
+    """TCP connection setup (pktgen --mode conn): the figure is connections per second. Every
+    connection has its own 5-tuple (10.254.0.1:1024+c%64000 -> 10.253.0.0+c/64000:80), so
+    --flows does not apply; the frames are 60 B (64 on the wire)."""
+
+    mode = "conn"
+    unit = "conns/s"
+
+    def __init__(self, name):
+        self.pipe = name
+        self.flows_name = ""
+        self.flows = 0
+        self.size = 64
+        self.frame = 60
+        self.name = name
+
+    @property
+    def ovs_pipeline(self):
+        return "ct"
+
+    def fmt(self, v):
+        return "nan" if v is None else f"{v:.0f}"
+
+
+def grid_cases():
     return [Case(p, f, s) for p in PIPELINES for f in FLOWS for s in SIZES]
 
 
+def all_cases():
+    return grid_cases() + [ConnCase(n) for n in CONN_CASES]
+
+
 def parse_case(name):
+    if name in CONN_CASES:
+        return ConnCase(name)
     m = re.fullmatch(r"(l2|ct|rules1k|rules10k)-(1k|100k|1m)-(64|1500)", name)
     if not m:
         raise BenchError(f"unknown case {name!r} (see --list)")
@@ -136,7 +188,8 @@ def parse_case(name):
 def filler_rules(n):
     """n rules that match neither direction of the generator's traffic (UDP 10.254.0.1:1000 <->
     10.253.x.y:1001) but look like it: near addresses, the same ports on another protocol, the
-    same prefix on other ports, port ranges."""
+    same prefix on other ports, port ranges. Nor do they match conn4k's TCP (10.254.0.1:1024-65023
+    <-> 10.253.x.y:80): the only TCP rules (k % 4 == 1) are to destination ports 1000-1149."""
     rules = []
     for k in range(n):
         kind = k % 4
@@ -170,7 +223,8 @@ def policies(pipe):
         p1 = {"egress_default": "drop", "ingress_default": "drop",
               "ingress": [{"action": "allow", "proto": "udp", "dst_ports": 1001}]}
         return p0, p1
-    n = {"rules1k": 1000, "rules10k": 10000}[pipe]
+    # rulesN, and the connection-setup cases (conn4k: 4000 filler rules).
+    n = {"rules1k": 1000, "rules10k": 10000, **CONN_CASES}[pipe]
     rules = filler_rules(n) + [{"action": "allow"}]
     p = {"egress_default": "drop", "ingress_default": "drop", "egress": rules, "ingress": rules}
     return p, p
@@ -314,12 +368,19 @@ class LineReader:
 
 
 class RunResult:
-    def __init__(self):
-        self.seconds = []  # dicts: t, rx, tx, foreign, steal, warmup, clean
+    def __init__(self, metric="rx"):
+        self.seconds = []  # dicts: t, rx, tx, cps, foreign, steal, warmup, clean
+        # The figure of the run, per second: "rx" (Mpps delivered) or "cps" (connections
+        # completed per second, conn cases).
+        self.metric = metric
         self.rx_json = None
         self.tx_json = None
         self.error = None
         self.extra = {}
+        # From pktgen's JSON (None when it printed none, e.g. the flowgen cross-check):
+        self.p50_us = None  # one-way latency of the measured seconds, median ...
+        self.p99_us = None  # ... and 99th percentile
+        self.loss_pct = None  # frames sent that never came back, % of those sent, whole run
 
     def warm_frames_estimate(self):
         return sum(s["tx"] for s in self.seconds if s["warmup"]) * 1e6 / 2
@@ -333,16 +394,22 @@ class RunResult:
             prev = secs[i - 1]["foreign"] if i > 0 else s["foreign"]
             s["clean"] = s["foreign"] <= noise_max and prev <= noise_max
         m = self.measured()
-        clean = [s["rx"] for s in m if s["clean"]]
+        k = self.metric
+        clean = [s.get(k) for s in m if s["clean"]]
         self.n_measured = len(m)
         self.n_clean = len(clean)
         self.is_clean = self.error is None and len(clean) >= min(min_clean, max(len(m), 1))
-        self.value_all = median([s["rx"] for s in m]) if m else None
+        self.value_all = median([s.get(k) for s in m]) if m else None
         self.value_clean = median(clean)
         if self.error is not None:
             self.value = None
         else:
             self.value = self.value_clean if self.is_clean else self.value_all
+        # Frames delivered (Mpps) over the same seconds: the figure itself unless a conn case.
+        rxs = [s for s in m if s["clean"]] if self.is_clean else m
+        self.rx_value = None if self.error is not None else median([s["rx"] for s in rxs])
+        self.rx_clean = median([s["rx"] for s in m if s["clean"]])
+        self.rx_all = median([s["rx"] for s in m]) if m else None
         self.foreign_max = max((s["foreign"] for s in m), default=0.0)
         self.tx = median([s["tx"] for s in m])
 
@@ -359,9 +426,12 @@ class Pktgen:
         argv = [self.bin, "bench"]
         for s in socks:
             argv += [f"--{mode}", s]
-        argv += ["--flows", case.flows, "--size", case.frame, "--duration", duration,
-                 "--warmup", warmup, "--cpu", a.gen_cpu]
-        res = RunResult()
+        if case.mode == "conn":
+            argv += ["--mode", "conn"]  # 60 B frames, a new 5-tuple per connection: no --flows/--size
+        else:
+            argv += ["--flows", case.flows, "--size", case.frame]
+        argv += ["--duration", duration, "--warmup", warmup, "--cpu", a.gen_cpu]
+        res = RunResult("cps" if case.mode == "conn" else "rx")
         errlog = open(os.path.join(logdir, "pktgen.stderr"), "w")
         outpath = os.path.join(logdir, "pktgen.json")
         with open(outpath, "wb") as out:
@@ -373,6 +443,7 @@ class Pktgen:
         deadline = time.monotonic() + warmup + duration + 60
         prev = s0
         line_re = re.compile(r"pktgen: t=(\d+) tx=([\d.]+) rx=([\d.]+) Mpps(.*)")
+        conns_re = re.compile(r"conns=([\d.]+)/s")
         try:
             while True:
                 line = reader.readline(deadline)
@@ -385,9 +456,10 @@ class Pktgen:
                 s = sampler.sample()
                 fr, st = foreign_fraction(prev, s)
                 prev = s
+                c = conns_re.search(m.group(4))
                 res.seconds.append({"t": int(m.group(1)), "tx": float(m.group(2)),
-                                    "rx": float(m.group(3)), "foreign": fr, "steal": st,
-                                    "warmup": "warm" in m.group(4)})
+                                    "rx": float(m.group(3)), "cps": float(c.group(1)) if c else None,
+                                    "foreign": fr, "steal": st, "warmup": "warm" in m.group(4)})
                 if on_measure and int(m.group(1)) == warmup:
                     on_measure()  # the measured seconds start now: the switch's counters too
                 if a.verbose:
@@ -412,17 +484,23 @@ class Pktgen:
             res.error = f"pktgen printed no JSON result ({e})"
             return res
         res.rx_json, res.tx_json = j.get("rx_mpps"), j.get("tx_mpps")
-        res.extra = {k: j.get(k) for k in ("frames_sent", "frames_received", "rx_error")}
+        res.extra = {k: j.get(k) for k in ("frames_sent", "frames_received", "rx_error", "frames_lost",
+                                           "conns_per_sec", "conns_completed", "handshake_unexpected",
+                                           "reply_overflow")}
+        res.loss_pct = j.get("loss_pct")
+        lat = j.get("latency_us") or {}
+        res.p50_us, res.p99_us = lat.get("p50"), lat.get("p99")
+        res.extra["latency_samples"] = lat.get("samples")
         # The JSON's per-second figures have more digits than the progress lines.
         m = res.measured()
-        per = j.get("rx_mpps_per_second") or []
-        tper = j.get("tx_mpps_per_second") or []
-        if len(per) == len(m):
-            for s, v in zip(m, per):
-                s["rx"] = v
-        if len(tper) == len(m):
-            for s, v in zip(m, tper):
-                s["tx"] = v
+        for key, js in (("rx", "rx_mpps_per_second"), ("tx", "tx_mpps_per_second"),
+                        ("cps", "conns_per_sec_per_second")):
+            per = j.get(js) or []
+            if len(per) == len(m):
+                for s, v in zip(m, per):
+                    s[key] = float(v)
+        if case.mode == "conn" and res.extra.get("conns_per_sec") is None:
+            res.error = "pktgen --mode conn printed no conns_per_sec (an old build?)"
         return res
 
 
@@ -537,6 +615,12 @@ class Bulwark:
         cfg = os.path.join(self.dir, "bulwark.toml")
         with open(cfg, "w") as f:
             f.write(f"[switch]\nworkers = [{a.dut_cpu}]\n\n[conntrack]\ncapacity = {CT_CAPACITY}\n")
+            if case.mode == "conn":
+                # pktgen closes every connection with a RST. A RST-closed connection otherwise
+                # stays 30 s (TIME-WAIT, tcp_closed's default) in the table, and the opener's
+                # share of it (half the capacity: 1M) fills within seconds at these rates; then
+                # new connections are refused and the figure measures a full table.
+                f.write("\n[conntrack.timeouts]\ntcp_closed = 1\n")
             for i, s in enumerate(socks):
                 f.write(f'\n[[ports]]\nname = "p{i}"\nsocket = "{s}"\nmode = "server"\nsegment = 10\n')
         shutil.copy(cfg, logdir)
@@ -885,7 +969,7 @@ class Ctx:
     pass
 
 
-def check_binaries(ctx, duts):
+def check_binaries(ctx, duts, conn=False):
     need = (["bulwarkd", "bulwarkctl"] if "bulwark" in duts else []) + (["pktgen"] if ctx.args.generator == "pktgen" else [])
     missing = [b for b in need if not os.access(os.path.join(ctx.bindir, b), os.X_OK)]
     if missing:
@@ -894,6 +978,8 @@ def check_binaries(ctx, duts):
         r = subprocess.run([os.path.join(ctx.bindir, "pktgen"), "bench", "--help"], capture_output=True, text=True)
         if "--flows" not in r.stdout + r.stderr:
             raise BenchError(f"{ctx.bindir}/pktgen has no `bench` mode (an old build?): {BUILD_HINT}")
+        if conn and "--mode" not in r.stdout + r.stderr:
+            raise BenchError(f"{ctx.bindir}/pktgen bench has no --mode conn (an old build?): {BUILD_HINT}")
     newest_bin = min([os.path.getmtime(os.path.join(ctx.bindir, b)) for b in need] or [time.time()])
     newest_src = 0.0
     for crate in ("vhost", "dataplane", "conntrack", "control", "pktgen"):
@@ -937,7 +1023,13 @@ def write_env(ctx):
 RUN_FIELDS = ["case", "round", "dut", "generator", "attempt", "rx_mpps", "clean", "rx_mpps_clean",
               "rx_mpps_all", "tx_mpps", "clean_seconds", "measured_seconds", "foreign_cpu_max",
               "rx_mpps_json", "frames_sent", "frames_received", "error", "bulwark_drops",
-              "bulwark_ct_live", "bulwark_frames_per_busy_poll", "primed_s", "unprimed_rx_mpps", "ovs_ct_conns", "ovs_pmd_idle_pct", "logdir"]
+              "bulwark_ct_live", "bulwark_frames_per_busy_poll", "primed_s", "unprimed_rx_mpps", "ovs_ct_conns", "ovs_pmd_idle_pct", "logdir",
+              # Appended later (keep the columns above in place): pktgen's latency and loss,
+              # and for conn cases the run's figure in connections per second (the rx_mpps*
+              # columns hold frames delivered for every case).
+              "latency_p50_us", "latency_p99_us", "latency_samples", "loss_pct", "frames_lost",
+              "conns_per_sec", "conns_per_sec_clean", "conns_per_sec_all", "conns_completed",
+              "handshake_unexpected", "reply_overflow"]
 
 
 def csv_line(vals):
@@ -973,7 +1065,8 @@ def run_one(ctx, dut, gen, case, rnd, warmup, duration):
         try:
             mode, socks = dut.start(case, logdir)
             res = gen.run(mode, socks, case, warmup, duration, logdir, ctx.sampler, dut.mark)
-            if res.error is None and res.warm_frames_estimate() < case.flows and a.prime_max > 0:
+            if (res.error is None and case.mode == "udp" and res.warm_frames_estimate() < case.flows
+                    and a.prime_max > 0):
                 res = prime_and_rerun(ctx, dut, gen, case, mode, socks, res, warmup, duration, logdir)
             if res.error is None:
                 extra = dut.collect(logdir)
@@ -992,16 +1085,22 @@ def run_one(ctx, dut, gen, case, rnd, warmup, duration):
         with open(os.path.join(ctx.out, "seconds.csv"), "a") as f:
             for s in res.seconds:
                 f.write(csv_line([case.name, rnd, dut.name, gen.name, attempt, s["t"], s["warmup"],
-                                  s["rx"], s["tx"], s["foreign"], s["steal"], s["clean"]]))
+                                  s["rx"], s["tx"], s["foreign"], s["steal"], s["clean"], s.get("cps")]))
+        conn = case.mode == "conn"
         with open(os.path.join(ctx.out, "runs.csv"), "a") as f:
-            f.write(csv_line([case.name, rnd, dut.name, gen.name, attempt, res.value, res.is_clean,
-                              res.value_clean, res.value_all, res.tx, res.n_clean, res.n_measured,
+            f.write(csv_line([case.name, rnd, dut.name, gen.name, attempt, res.rx_value, res.is_clean,
+                              res.rx_clean, res.rx_all, res.tx, res.n_clean, res.n_measured,
                               res.foreign_max, res.rx_json, res.extra.get("frames_sent"),
                               res.extra.get("frames_received"), (res.error or "").splitlines()[0] if res.error else None,
                               res.extra.get("bulwark_drops"), res.extra.get("bulwark_ct_live"),
                               res.extra.get("bulwark_frames_per_busy_poll"), res.extra.get("primed_s"),
                               res.extra.get("first_rx_mpps"), res.extra.get("ovs_ct_conns"),
-                              res.extra.get("ovs_pmd_idle_pct"), os.path.relpath(logdir, ctx.out)]))
+                              res.extra.get("ovs_pmd_idle_pct"), os.path.relpath(logdir, ctx.out),
+                              res.p50_us, res.p99_us, res.extra.get("latency_samples"), res.loss_pct,
+                              res.extra.get("frames_lost"), res.value if conn else None,
+                              res.value_clean if conn else None, res.value_all if conn else None,
+                              res.extra.get("conns_completed"), res.extra.get("handshake_unexpected"),
+                              res.extra.get("reply_overflow")]))
         el = int(time.monotonic() - ctx.t0)
         where = f"[{ctx.run_no}/{ctx.runs_planned} {el // 60}:{el % 60:02d}] {case.name} round {rnd}/{ctx.rounds_of(case)}"
         if res.error:
@@ -1021,9 +1120,18 @@ def run_one(ctx, dut, gen, case, rnd, warmup, duration):
             drops += f" [ct {x.get('ovs_ct_conns', '?')}, PMD idle {x.get('ovs_pmd_idle_pct', '?')} %]"
         if x.get("bulwark_drops"):
             drops += f" drops while measuring: {x['bulwark_drops']}"
-        if res.tx and res.value and res.value < 0.97 * res.tx:
-            drops += f" LOSS {1 - res.value / res.tx:.0%} of what the generator sent"
-        log(f"{where} {dut.name:7s} {fmt_mpps(res.value):>7s} Mpps (tx {fmt_mpps(res.tx)}, {res.n_clean}/{res.n_measured} clean s){note}{drops}")
+        if res.tx and res.rx_value and res.rx_value < 0.97 * res.tx:
+            drops += f" LOSS {1 - res.rx_value / res.tx:.0%} of what the generator sent"
+        if conn:
+            drops += (f" [{fmt_mpps(res.rx_value)} Mpps; handshake_unexpected {x.get('handshake_unexpected')}, "
+                      f"reply_overflow {x.get('reply_overflow')}]")
+        lat = ""
+        if res.p50_us is not None:
+            lat += f", p50/p99 {fmt_us(res.p50_us)}/{fmt_us(res.p99_us)} us"
+        if res.loss_pct is not None:
+            lat += f", loss {fmt_pct(res.loss_pct)} %"
+        log(f"{where} {dut.name:7s} {case.fmt(res.value):>7s} {case.unit} (tx {fmt_mpps(res.tx)} Mpps, "
+            f"{res.n_clean}/{res.n_measured} clean s{lat}){note}{drops}")
         if best is None or best.error or res.n_clean > best.n_clean:
             best = res
         if res.is_clean:
@@ -1083,6 +1191,11 @@ def summarize(values):
         if runs and not clean:
             s["noisy"].add(d)
         s[d] = median([x.value for x in (clean or runs)])
+        # Latency and loss: medians over the same runs (None when pktgen reported none).
+        s[f"{d}_p50_us"] = median([x.p50_us for x in (clean or runs)])
+        s[f"{d}_p99_us"] = median([x.p99_us for x in (clean or runs)])
+        s[f"{d}_loss_pct"] = median([x.loss_pct for x in (clean or runs)])
+        s[f"{d}_rx_mpps"] = median([x.rx_value for x in (clean or runs)])
     for d in ("testpmd", "ovs"):
         pairs = []
         for r in values:
@@ -1102,23 +1215,45 @@ def summarize(values):
 def write_outputs(ctx, results, xres):
     out = ctx.out
     with open(os.path.join(out, "results.csv"), "w") as f:
+        # The first 16 columns are as they always were; for conn cases the *_mpps columns are
+        # empty and the figure is in *_cps (the ratios are of the figure, whichever it is).
         f.write("case,pipeline,flows,frame_bytes,wire_bytes,bulwark_mpps,testpmd_mpps,ovs_mpps,"
                 "bulwark_testpmd_ratio,bulwark_ovs_ratio,ovs_pipeline,rounds,clean_rounds,"
-                "ratios_testpmd,ratios_ovs,noisy\n")
+                "ratios_testpmd,ratios_ovs,noisy,metric,bulwark_cps,testpmd_cps,ovs_cps,"
+                + ",".join(f"{d}_{k}" for d in DUTS for k in ("p50_us", "p99_us", "loss_pct"))
+                + ",bulwark_rx_mpps,testpmd_rx_mpps,ovs_rx_mpps\n")
         for case, s in results:
-            f.write(csv_line([case.name, case.pipe, case.flows, case.frame, case.size, s["bulwark"], s["testpmd"],
-                              s["ovs"], s["ratio_testpmd"], s["ratio_ovs"], case.ovs_pipeline, s["rounds"],
+            conn = case.mode == "conn"
+            fig = [None if conn else s[d] for d in DUTS]
+            cps = [s[d] if conn else None for d in DUTS]
+            f.write(csv_line([case.name, case.pipe, case.flows or None, case.frame, case.size, *fig,
+                              s["ratio_testpmd"], s["ratio_ovs"], case.ovs_pipeline, s["rounds"],
                               s["clean_rounds"], " ".join(f"{x:.3f}" for x in s["ratios_testpmd"]),
-                              " ".join(f"{x:.3f}" for x in s["ratios_ovs"]), " ".join(sorted(s["noisy"]))]))
+                              " ".join(f"{x:.3f}" for x in s["ratios_ovs"]), " ".join(sorted(s["noisy"])),
+                              "conns_per_sec" if conn else "mpps", *cps,
+                              *[s[f"{d}_{k}"] for d in DUTS for k in ("p50_us", "p99_us", "loss_pct")],
+                              *[s[f"{d}_rx_mpps"] for d in DUTS]]))
     lines = []
     w = max([len(c.name) for c, _ in results] + [8])
-    lines.append(f"{'case':{w}s} {'bulwark':>8s} {'testpmd':>8s} {'OVS':>8s} {'b/testpmd':>9s} {'b/OVS':>6s}  OVS pipeline  rounds (clean)")
+    lines.append(f"{'case':{w}s} {'bulwark':>8s} {'testpmd':>8s} {'OVS':>8s} {'unit':7s} {'b/testpmd':>9s} {'b/OVS':>6s}  OVS pipeline  rounds (clean)")
     for case, s in results:
         def col(k, f, wd):
             return (f(s[k]) + ("*" if k in s["noisy"] else "")).rjust(wd)
-        lines.append(f"{case.name:{w}s} {col('bulwark', fmt_mpps, 8)} {col('testpmd', fmt_mpps, 8)} "
-                     f"{col('ovs', fmt_mpps, 8)} {col('ratio_testpmd', fmt_ratio, 9)} {col('ratio_ovs', fmt_ratio, 6)}  "
+        lines.append(f"{case.name:{w}s} {col('bulwark', case.fmt, 8)} {col('testpmd', case.fmt, 8)} "
+                     f"{col('ovs', case.fmt, 8)} {case.unit:7s} {col('ratio_testpmd', fmt_ratio, 9)} {col('ratio_ovs', fmt_ratio, 6)}  "
                      f"{case.ovs_pipeline:12s}  {s['rounds']} ({s['clean_rounds']})")
+    lines.append("")
+    lines.append("Latency (one-way, us: p50/p99 of every 128th frame in the measured seconds) and loss (% of the")
+    lines.append("frames sent that never came back, whole run), median over rounds:")
+    dash = lambda v, f: "-" if v is None else f(v)  # noqa: E731
+    lines.append(f"{'case':{w}s} {'bulwark p50/p99':>16s} {'loss %':>7s}  {'testpmd p50/p99':>16s} {'loss %':>7s}  "
+                 f"{'OVS p50/p99':>16s} {'loss %':>7s}")
+    for case, s in results:
+        cols = []
+        for d in DUTS:
+            lat = f"{dash(s[d + '_p50_us'], fmt_us)}/{dash(s[d + '_p99_us'], fmt_us)}"
+            cols.append(f"{lat:>16s} {dash(s[d + '_loss_pct'], fmt_pct):>7s}")
+        lines.append(f"{case.name:{w}s} " + "  ".join(cols))
     lines.append("")
     if any(s["noisy"] for _, s in results):
         lines.append("*: no clean run (or round) for this figure: other jobs used the CPU; repeat the case.")
@@ -1128,6 +1263,11 @@ def write_outputs(ctx, results, xres):
     lines.append("OVS: port fwd for l2 cases, ct(commit)+established for ct/rules cases. bulwark l2: no policy")
     lines.append("(no firewall: plain L2 switching); ct: a small stateful policy; rulesN: N non-matching rules")
     lines.append("and a final allow on both ports' egress and ingress.")
+    if any(c.mode == "conn" for c, _ in results):
+        lines.append("conns/s (conn4k): TCP connections completed per second (pktgen --mode conn: SYN, SYN-ACK,")
+        lines.append("ACK, RST, each connection a new 5-tuple); bulwark: 4000 non-matching rules and a final allow")
+        lines.append("on both ports, tcp_closed timeout 1 s; OVS: the ct(commit)+established pipeline. No latency")
+        lines.append("is sampled in conn mode; its loss counts handshake frames.")
     if xres:
         lines.append("")
         lines.append("Cross-check with DPDK testpmd flowgen (virtio-user) as the generator (MACs fixed by testpmd:")
@@ -1156,15 +1296,23 @@ def plot(ctx, results):
     with open(dat, "w") as f:
         f.write("# case bulwark testpmd ovs b/testpmd b/ovs\n")
         for case, s in results:
-            f.write(f"{case.name} {nan(s['bulwark'])} {nan(s['testpmd'])} {nan(s['ovs'])} "
+            # conns/s do not belong on the Mpps axis: only the ratios of conn cases are drawn.
+            v = [None if case.mode == "conn" else s[d] for d in DUTS]
+            f.write(f"{case.name} {nan(v[0])} {nan(v[1])} {nan(v[2])} "
                     f"{nan(s['ratio_testpmd'])} {nan(s['ratio_ovs'])}\n")
     n = len(results)
     width = max(900, 90 * n + 200)
+    # The Mpps panel only when there is a Mpps case (gnuplot fails on a panel of NaN only).
+    has_mpps = any(case.mode != "conn" and any(s[d] is not None for d in DUTS) for case, s in results)
+    panels = 2 if has_mpps else 1
+    mpps_panel = ("set ylabel \"Mpps delivered (median of rounds)\"\n"
+                  f"plot '{dat}' using 2:xtic(1) title 'bulwark' lc rgb '#1f77b4', '' using 3 title "
+                  "'testpmd io-fwd' lc rgb '#7f7f7f', '' using 4 title 'OVS-DPDK' lc rgb '#ff7f0e'\n") if has_mpps else ""
     title = f"bulwark vs DPDK testpmd io-fwd vs OVS-DPDK 3.1 - switch on CPU {ctx.args.dut_cpu}, pktgen on CPU {ctx.args.gen_cpu} - {ctx.started_wall}"
     gp = f"""
 set terminal pngcairo size {width},900 font "sans,10"
 set output '{os.path.join(out, "bench.png")}'
-set multiplot layout 2,1 title "{title}"
+set multiplot layout {panels},1 title "{title}"
 set style data histogram
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
@@ -1176,9 +1324,7 @@ set yrange [0:*]
 set key above horizontal
 set lmargin at screen {max(0.02, 60 / width):.3f}
 set rmargin at screen 0.98
-set ylabel "Mpps delivered (median of rounds)"
-plot '{dat}' using 2:xtic(1) title 'bulwark' lc rgb '#1f77b4', '' using 3 title 'testpmd io-fwd' lc rgb '#7f7f7f', '' using 4 title 'OVS-DPDK' lc rgb '#ff7f0e'
-set ylabel "ratio (median of per-round ratios)"
+{mpps_panel}set ylabel "ratio (median of per-round ratios)"
 plot '{dat}' using 5:xtic(1) title 'bulwark / testpmd' lc rgb '#2ca02c', '' using 6 title 'bulwark / OVS' lc rgb '#d62728', 1 with lines lc rgb 'black' dt 2 notitle
 unset multiplot
 """
@@ -1198,18 +1344,35 @@ def main():
         epilog=f"""
 The matrix: pipelines l2, ct, rules1k, rules10k x flows 1k, 100k, 1m x frames 64, 1500 B
 (on the wire; the frames are 60 and 1496 B without FCS): 24 cases named PIPE-FLOWS-SIZE,
-e.g. rules1k-100k-64. For every case and round: bulwark, testpmd, OVS, each started fresh,
-each driven by `pktgen bench` for WARMUP + DURATION seconds. The full matrix with the
-defaults (3 rounds, 3 s + 8 s; 5 s warm-up with 1M flows) takes about an hour on a
+e.g. rules1k-100k-64. Outside the matrix, the connection-setup case conn4k (below); the
+full run is the 24 cases and conn4k. For every case and round: bulwark, testpmd, OVS, each
+started fresh, each driven by `pktgen bench` for WARMUP + DURATION seconds. The full run with
+the defaults (3 rounds, 3 s + 8 s; 5 s warm-up with 1M flows) takes about an hour on a
 2-CPU machine (one round of 2 s + 2 s: 9 minutes). A run whose warm-up did not send every
 flow (bulwark sets up connections at ~0.1 M/s with 10k rules) is primed and measured again.
 --quick: {', '.join(QUICK_CASES)}, 2 rounds of 2 s + 4 s, and the
 flowgen cross-check for l2-1k-64 once: about 3 minutes.
 
+conn4k: TCP connection setup. pktgen --mode conn: port 0 (10.254.0.1) opens connections to
+port 1 as fast as it can, connection c from port 1024 + c % 64000 to (10.253.0.0 + c / 64000):80,
+each one SYN, SYN-ACK, ACK and a RST that closes it; the figure is connections completed
+per second (conns/s), compared like Mpps. bulwark: 4000 filler rules (none matches this
+traffic) and a final allow-all on egress and ingress of both ports, and
+[conntrack.timeouts] tcp_closed = 1: a RST-closed connection otherwise stays 30 s (TIME-WAIT)
+in the table, and the opener's share of it (1M connections) would fill within seconds.
+testpmd: the same pktgen run through io-fwd (the generator's ceiling). OVS: the ct(commit) +
+established pipeline (protocol-independent; OVS's own conntrack timeouts unchanged).
+conn4k is not in --quick: one round of it takes a minute or more, which would take --quick
+past 5 minutes (`--cases conn4k --rounds 1`: 2-3 minutes).
+
 Figures: a run's figure is what the switch delivered (the generator's received frames per
-second, both ports together). A case reports, per switch, the median over rounds, and the
-median of the per-round ratios bulwark/testpmd and bulwark/OVS: this machine drifts by up to
-30 % within minutes, so compare the ratios. Noise filter (bench-lab.md): a second is clean
+second, both ports together; conns/s for conn4k). A case reports, per switch, the median over
+rounds, and the median of the per-round ratios bulwark/testpmd and bulwark/OVS: this machine
+drifts by up to 30 % within minutes, so compare the ratios. Also per switch, the median over
+rounds of each run's one-way latency p50 and p99 in microseconds (pktgen stamps every 128th
+frame; the measured seconds only; none in conn mode) and of its loss (frames sent that never
+came back, in % of those sent, warm-up included; the generator sends as fast as it can, so
+loss is what the switch dropped at full load, not an RFC 2544 loss-free rate). Noise filter (bench-lab.md): a second is clean
 when the CPU time used by processes not ours (/proc/stat busy minus our processes' utime +
 stime) was at most --noise-max of one CPU in it and in the second before; a run needs
 --min-clean clean seconds, else it is repeated (--retries) and, if it stays noisy, kept with
@@ -1233,10 +1396,12 @@ Output in --out (default bench-results/STAMP[-quick]/, and bench-results/latest 
 it): table.txt, results.csv (per case), runs.csv (per run, every attempt), seconds.csv
 (per second, with the foreign CPU load of the noise filter), xcheck.csv, bench.png, env.txt,
 logs/ (every process's log, bulwarkctl and OVS statistics after each run). The run ends with
-one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
+one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z` followed by
+`D_p50_us=`, `D_p99_us=` and `D_loss_pct=` for D = bulwark, testpmd, ovs ("nan": none), or for
+conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_loss_pct fields.
 """)
     ap.add_argument("--quick", action="store_true", help="a small subset in under 5 minutes")
-    ap.add_argument("--cases", help="comma-separated case names or shell patterns (default: all 24; --list)")
+    ap.add_argument("--cases", help="comma-separated case names or shell patterns (default: all 24 and conn4k; --list)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--duts", default="bulwark,testpmd,ovs", help="which switches to run (default: all three)")
     ap.add_argument("--rounds", type=int, help="rounds per case (default 3; --quick 2)")
@@ -1265,7 +1430,8 @@ one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
 
     if args.list:
         for c in all_cases():
-            print(c.name + ("  (quick)" if c.name in QUICK_CASES else ""))
+            print(c.name + ("  (quick)" if c.name in QUICK_CASES else "")
+                  + ("  (TCP connection setup, conns/s)" if c.mode == "conn" else ""))
         return 0
     q = args.quick
     args.rounds = args.rounds or (2 if q else 3)
@@ -1291,6 +1457,8 @@ one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
     for d in duts:
         if d not in DUTS:
             raise BenchError(f"unknown switch {d!r} (bulwark, testpmd, ovs)")
+    if args.generator == "flowgen" and any(c.mode == "conn" for c in cases):
+        raise BenchError("conn cases need pktgen (--mode conn); testpmd flowgen sends UDP only")
     if os.cpu_count() < 2 or args.dut_cpu == args.gen_cpu:
         raise BenchError("needs two CPUs: the switch on --dut-cpu, the generator on --gen-cpu")
 
@@ -1302,7 +1470,7 @@ one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if q else "")
     base = os.path.join(REPO, "bench-results")
     ctx.out = os.path.abspath(args.out) if args.out else os.path.join(base, stamp)
-    check_binaries(ctx, duts)
+    check_binaries(ctx, duts, any(c.mode == "conn" for c in cases))
     os.makedirs(os.path.join(ctx.out, "logs"), exist_ok=True)
     if not args.out:
         link = os.path.join(base, "latest")
@@ -1313,7 +1481,7 @@ one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
     with open(os.path.join(ctx.out, "runs.csv"), "w") as f:
         f.write(",".join(RUN_FIELDS) + "\n")
     with open(os.path.join(ctx.out, "seconds.csv"), "w") as f:
-        f.write("case,round,dut,generator,attempt,t,warmup,rx_mpps,tx_mpps,foreign_cpu,steal_cpu,clean\n")
+        f.write("case,round,dut,generator,attempt,t,warmup,rx_mpps,tx_mpps,foreign_cpu,steal_cpu,clean,conns_per_sec\n")
     write_env(ctx)
 
     # This script and everything it starts run on the generator's CPU, unless pinned elsewhere.
@@ -1366,8 +1534,8 @@ one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
                 per_round.append(r)
             s = summarize(per_round)
             results.append((case, s))
-            log(f"{case.name}: bulwark {fmt_mpps(s['bulwark'])} testpmd {fmt_mpps(s['testpmd'])} "
-                f"OVS {fmt_mpps(s['ovs'])} Mpps; bulwark/testpmd {fmt_ratio(s['ratio_testpmd'])} "
+            log(f"{case.name}: bulwark {case.fmt(s['bulwark'])} testpmd {case.fmt(s['testpmd'])} "
+                f"OVS {case.fmt(s['ovs'])} {case.unit}; bulwark/testpmd {fmt_ratio(s['ratio_testpmd'])} "
                 f"bulwark/OVS {fmt_ratio(s['ratio_ovs'])}")
         if xcases:
             fg = Flowgen(ctx)
@@ -1414,8 +1582,18 @@ one line per case: `bench: CASE bulwark_mpps=X testpmd_mpps=Y ovs_mpps=Z`.
         log(f"done in {el // 60} min {el % 60} s; {ctx.failures} failed runs; results in {ctx.out} "
             "(table.txt, results.csv, runs.csv, seconds.csv, bench.png)")
         for case, s in results:
-            print(f"bench: {case.name} bulwark_mpps={fmt_mpps(s['bulwark'])} "
-                  f"testpmd_mpps={fmt_mpps(s['testpmd'])} ovs_mpps={fmt_mpps(s['ovs'])}", flush=True)
+            # The first three fields are parsed by other tools: keep them as they are, and
+            # append anything new after them.
+            if case.mode == "conn":
+                head = (f"bench: {case.name} bulwark_cps={case.fmt(s['bulwark'])} "
+                        f"testpmd_cps={case.fmt(s['testpmd'])} ovs_cps={case.fmt(s['ovs'])}")
+                more = [f"{d}_loss_pct={fmt_pct(s[d + '_loss_pct'])}" for d in DUTS]
+            else:
+                head = (f"bench: {case.name} bulwark_mpps={fmt_mpps(s['bulwark'])} "
+                        f"testpmd_mpps={fmt_mpps(s['testpmd'])} ovs_mpps={fmt_mpps(s['ovs'])}")
+                more = [f"{d}_{k}={f(s[d + '_' + k])}" for d in DUTS
+                        for k, f in (("p50_us", fmt_us), ("p99_us", fmt_us), ("loss_pct", fmt_pct))]
+            print(" ".join([head] + more), flush=True)
     return 1 if ctx.failures else 0
 
 
