@@ -88,6 +88,8 @@ impl Default for SwitchConfig {
 
 /// Empty polls in a row before an idle worker naps (when `idle_sleep_us` > 0).
 const IDLE_SPINS: u32 = 1024;
+/// How many frames ahead of the copy `deliver` prefetches the destination guest's buffer.
+const PREFETCH_RX: u16 = 4;
 
 /// What the control plane says about one port.
 #[derive(Debug, Clone)]
@@ -765,6 +767,9 @@ impl<'a> Worker<'a> {
             self.chains[n].prefetch(hdr);
             n += 1;
         }
+        // The used entries that will complete these chains: the guest reads them, so their
+        // lines are fetched for writing now rather than stalled on at the end of the burst.
+        q.ring.prefetch_used(taken as u16);
         // Stage 1, per frame: copy the headers out of guest memory (only the Ethernet header
         // when the segment has no firewall), parse them, and start fetching the connection's
         // table lines, so that the lookups of stage 3 find them in cache instead of waiting
@@ -1012,6 +1017,17 @@ impl<'a> Worker<'a> {
             }
             return;
         };
+        // The guest's buffers for the next frames: their descriptors now, their first lines
+        // PREFETCH_RX frames ahead of the copy (each frame of a burst takes one buffer unless it
+        // is larger than the guest's buffers).
+        if q.ring.pending() < n as u16 {
+            q.ring.refresh_avail();
+        }
+        q.ring.prefetch_avail(n as u16);
+        q.ring.prefetch_used(n as u16);
+        for k in 0..PREFETCH_RX {
+            q.ring.prefetch_rx(k);
+        }
         for i in 0..n {
             match self.dest[i] {
                 Dest::Port(p) if p == m => {}
@@ -1023,6 +1039,7 @@ impl<'a> Worker<'a> {
                 }
                 _ => continue,
             }
+            q.ring.prefetch_rx(PREFETCH_RX);
             match q.ring.enqueue_frame(
                 &self.chains[i],
                 hdr,
