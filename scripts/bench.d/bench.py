@@ -53,6 +53,9 @@ SIZES = [64, 1500]  # on the wire, with FCS; the frame is 4 bytes shorter
 QUICK_CASES = ["l2-1k-64", "rules1k-100k-64", "rules1k-100k-1500"]
 # Connection-setup cases (pktgen --mode conn), outside the matrix: name -> filler rules.
 CONN_CASES = {"conn4k": 4000}
+# TCP flows (pktgen --mode tcp: a handshake per flow, then window-correct segments both ways),
+# outside the matrix: a grid case's name with "-tcp".
+TCP_CASES = ["ct-100k-64-tcp", "rules1k-100k-64-tcp", "rules1k-100k-1500-tcp"]
 DUTS = ["bulwark", "testpmd", "ovs"]
 BRIDGE = "bwbench0"  # OVS bridge; its LOCAL port is a tap of this name, deleted at exit
 OVS_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
@@ -124,13 +127,14 @@ class Case:
     mode = "udp"  # pktgen --mode
     unit = "Mpps"
 
-    def __init__(self, pipe, flows_name, size):
+    def __init__(self, pipe, flows_name, size, proto="udp"):
         self.pipe = pipe
         self.flows_name = flows_name
         self.flows = FLOWS[flows_name]
         self.size = size
         self.frame = size - 4
-        self.name = f"{pipe}-{flows_name}-{size}"
+        self.mode = proto
+        self.name = f"{pipe}-{flows_name}-{size}" + ("-tcp" if proto == "tcp" else "")
 
     @property
     def ovs_pipeline(self):
@@ -169,16 +173,16 @@ def grid_cases():
 
 
 def all_cases():
-    return grid_cases() + [ConnCase(n) for n in CONN_CASES]
+    return grid_cases() + [parse_case(n) for n in TCP_CASES] + [ConnCase(n) for n in CONN_CASES]
 
 
 def parse_case(name):
     if name in CONN_CASES:
         return ConnCase(name)
-    m = re.fullmatch(r"(l2|ct|rules1k|rules10k)-(1k|100k|1m)-(64|1500)", name)
+    m = re.fullmatch(r"(l2|ct|rules1k|rules10k)-(1k|100k|1m)-(64|1500)(-tcp)?", name)
     if not m:
         raise BenchError(f"unknown case {name!r} (see --list)")
-    return Case(m.group(1), m.group(2), int(m.group(3)))
+    return Case(m.group(1), m.group(2), int(m.group(3)), "tcp" if m.group(4) else "udp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,19 +213,20 @@ def filler_rules(n):
     return rules
 
 
-def policies(pipe):
+def policies(pipe, proto="udp"):
     """The (p0, p1) policies of a case, or None for no policy (no firewall: the segment is switched
     at L2 only). p0 opens the connections, p1 answers."""
     if pipe == "l2":
         return None
     if pipe == "ct":
-        # A small stateful policy: p0 (10.254.0.1) may open UDP to port 1001 anywhere (with 1M
-        # flows the destinations run from 10.253.0.0 to 11.12.66.63), p1 accepts it; the
-        # replies pass only because the connections are tracked (both defaults drop).
+        # A small stateful policy: p0 (10.254.0.1) may open UDP (TCP for -tcp cases) to port
+        # 1001 anywhere (with 1M flows the destinations run from 10.253.0.0 to 11.12.66.63), p1
+        # accepts it; the replies pass only because the connections are tracked (both
+        # defaults drop).
         p0 = {"egress_default": "drop", "ingress_default": "drop",
-              "egress": [{"action": "allow", "proto": "udp", "src": "10.254.0.1/32", "dst_ports": 1001}]}
+              "egress": [{"action": "allow", "proto": proto, "src": "10.254.0.1/32", "dst_ports": 1001}]}
         p1 = {"egress_default": "drop", "ingress_default": "drop",
-              "ingress": [{"action": "allow", "proto": "udp", "dst_ports": 1001}]}
+              "ingress": [{"action": "allow", "proto": proto, "dst_ports": 1001}]}
         return p0, p1
     # rulesN, and the connection-setup cases (conn4k: 4000 filler rules).
     n = {"rules1k": 1000, "rules10k": 10000, **CONN_CASES}[pipe]
@@ -430,6 +435,8 @@ class Pktgen:
             argv += ["--mode", "conn"]  # 60 B frames, a new 5-tuple per connection: no --flows/--size
         else:
             argv += ["--flows", case.flows, "--size", case.frame]
+            if case.mode == "tcp":
+                argv += ["--mode", "tcp"]  # a handshake per flow first, then data both ways
         argv += ["--duration", duration, "--warmup", warmup, "--cpu", a.gen_cpu]
         res = RunResult("cps" if case.mode == "conn" else "rx")
         errlog = open(os.path.join(logdir, "pktgen.stderr"), "w")
@@ -598,10 +605,10 @@ class Bulwark:
                            text=True, timeout=timeout)
         return r
 
-    def policy_file(self, pipe, i, pol):
-        key = (pipe, i)
+    def policy_file(self, pipe, i, pol, proto="udp"):
+        key = (pipe, i, proto)
         if key not in self.policy_files:
-            path = os.path.join(self.ctx.tmp, f"policy-{pipe}-p{i}.json")
+            path = os.path.join(self.ctx.tmp, f"policy-{pipe}-{proto}-p{i}.json")
             with open(path, "w") as f:
                 json.dump(pol, f)
             self.policy_files[key] = path
@@ -639,10 +646,11 @@ class Bulwark:
             if time.monotonic() > deadline:
                 raise BenchError("bulwarkd did not come up within 20 s:\n" + tail(log_path))
             time.sleep(0.05)
-        pols = policies(case.pipe)
+        proto = "tcp" if case.mode == "tcp" else "udp"
+        pols = policies(case.pipe, proto)
         if pols:
             for i, pol in enumerate(pols):
-                r = self.ctl("policy", "set", f"p{i}", self.policy_file(case.pipe, i, pol), timeout=60)
+                r = self.ctl("policy", "set", f"p{i}", self.policy_file(case.pipe, i, pol, proto), timeout=60)
                 if r.returncode != 0:
                     raise BenchError(f"bulwarkctl policy set p{i} failed: {r.stderr.strip() or r.stdout.strip()}")
         return "dial", socks
@@ -1344,8 +1352,11 @@ def main():
         epilog=f"""
 The matrix: pipelines l2, ct, rules1k, rules10k x flows 1k, 100k, 1m x frames 64, 1500 B
 (on the wire; the frames are 60 and 1496 B without FCS): 24 cases named PIPE-FLOWS-SIZE,
-e.g. rules1k-100k-64. Outside the matrix, the connection-setup case conn4k (below); the
-full run is the 24 cases and conn4k. For every case and round: bulwark, testpmd, OVS, each
+e.g. rules1k-100k-64. Outside the matrix, TCP flows (ct-100k-64-tcp, rules1k-100k-64-tcp,
+rules1k-100k-1500-tcp: pktgen --mode tcp, a handshake per flow, then segments both ways whose
+seq/ack a window-checking tracker accepts; any grid case name with -tcp works with --cases)
+and the connection-setup case conn4k (below); the full run is the 24 cases, the 3 TCP cases
+and conn4k. For every case and round: bulwark, testpmd, OVS, each
 started fresh, each driven by `pktgen bench` for WARMUP + DURATION seconds. The full run with
 the defaults (3 rounds, 3 s + 8 s; 5 s warm-up with 1M flows) takes about an hour on a
 2-CPU machine (one round of 2 s + 2 s: 9 minutes). A run whose warm-up did not send every
@@ -1457,8 +1468,8 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
     for d in duts:
         if d not in DUTS:
             raise BenchError(f"unknown switch {d!r} (bulwark, testpmd, ovs)")
-    if args.generator == "flowgen" and any(c.mode == "conn" for c in cases):
-        raise BenchError("conn cases need pktgen (--mode conn); testpmd flowgen sends UDP only")
+    if args.generator == "flowgen" and any(c.mode != "udp" for c in cases):
+        raise BenchError("conn and -tcp cases need pktgen (--mode conn/tcp); testpmd flowgen sends UDP only")
     if os.cpu_count() < 2 or args.dut_cpu == args.gen_cpu:
         raise BenchError("needs two CPUs: the switch on --dut-cpu, the generator on --gen-cpu")
 

@@ -1,8 +1,8 @@
 //! `pktgen bench --mode tcp`: N TCP flows, each a real connection.
 //!
 //! First every flow is opened with a three-way handshake (SYN and SYN-ACK carry a window
-//! scale of 14, so a window never stalls a flow), on pair 0, with SYNs re-sent once a second
-//! until every handshake is done. Then both ports send data segments of `--size` bytes:
+//! scale of 14, so a window never stalls a flow), on pair 0, 2048 at a time, with lost frames
+//! sent again as TCP would, until every handshake is done. Then both ports send data segments of `--size` bytes:
 //! flow i is 10.254.0.1:1000 <-> (10.253.0.0+i):1001, the same addresses as the UDP mode.
 //! Each segment's sequence number follows the bytes its port sent on that flow, and its
 //! acknowledgement number is what the port received from the other end, so a tracker that
@@ -24,6 +24,10 @@ const PAYLOAD_OFF: usize = 54;
 const WSCALE: u8 = 14;
 /// How long the handshakes may take in all.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Handshakes under way at once.
+const HANDSHAKE_WINDOW: usize = 2048;
+/// Silence after which lost handshake frames are sent again.
+const RETRY_AFTER: Duration = Duration::from_millis(300);
 const PSH: u8 = 0x08;
 
 /// A data segment template for one port and the sums of its fixed parts.
@@ -183,8 +187,10 @@ impl Tcp {
         frame_ws(&s, (flags & SYN != 0).then_some(WSCALE))
     }
 
-    /// Opens every flow: SYN, SYN-ACK, ACK, with SYNs re-sent each second until port 1 has
-    /// seen every ACK.
+    /// Opens every flow: SYN, SYN-ACK, ACK, at most `HANDSHAKE_WINDOW` at a time. When nothing
+    /// has come back for `RETRY_AFTER`, frames were lost (a generator can fall behind on its
+    /// own receive rings): flows waiting for a SYN-ACK send their SYN again, flows whose ACK
+    /// the server has not seen send the ACK again, as TCP would.
     pub(super) fn handshake(&mut self, devs: &mut [VirtioNet]) -> Result<(), String> {
         let n = self.flows as usize;
         // 0: nothing yet, 1: SYN sent, 2: ACK sent, 3: port 1 saw the ACK.
@@ -201,16 +207,14 @@ impl Tcp {
                     HANDSHAKE_TIMEOUT.as_secs()
                 ));
             }
-            if cursor == n
-                && owed.iter().all(Vec::is_empty)
-                && last_progress.elapsed() > Duration::from_millis(500)
-            {
-                // Everything was sent and nothing came back for a while: frames were lost.
-                // Start over for every flow not done.
-                for s in state.iter_mut().filter(|s| **s < 3) {
-                    *s = 0;
+            if last_progress.elapsed() > RETRY_AFTER && owed.iter().all(Vec::is_empty) {
+                for (f, s) in state.iter().enumerate() {
+                    match s {
+                        1 => owed[0].push((f as u32, SYN)),
+                        2 => owed[0].push((f as u32, ACK)),
+                        _ => {}
+                    }
                 }
-                cursor = 0;
                 last_progress = Instant::now();
             }
             for port in 0..2 {
@@ -218,18 +222,15 @@ impl Tcp {
                 dev.select_queue_pair(0);
                 let mut batch: Vec<[u8; 60]> = Vec::with_capacity(BURST);
                 while batch.len() < BURST {
-                    let Some(&(f, flags)) = owed[port].last() else {
+                    let Some((f, flags)) = owed[port].pop() else {
                         break;
                     };
-                    owed[port].pop();
                     batch.push(self.handshake_frame(port, f, flags));
                 }
                 if port == 0 {
-                    while batch.len() < BURST && cursor < n {
-                        if state[cursor] == 0 {
-                            batch.push(self.handshake_frame(0, cursor as u32, SYN));
-                            state[cursor] = 1;
-                        }
+                    while batch.len() < BURST && cursor < n && cursor - done < HANDSHAKE_WINDOW {
+                        batch.push(self.handshake_frame(0, cursor as u32, SYN));
+                        state[cursor] = 1;
                         cursor += 1;
                     }
                 }
@@ -239,15 +240,10 @@ impl Tcp {
                     i += 1;
                 });
                 for f in &batch[sent..] {
-                    // No room: SYNs are sent again after the next resend; replies retried.
+                    // No room in the ring: send it on a later pass.
                     let s = parse(f).expect("our own frame");
                     let flow = if port == 0 { s.dst } else { s.src }.wrapping_sub(IP_DST_BASE);
-                    if s.flags == SYN {
-                        state[flow as usize] = 0;
-                        cursor = cursor.min(flow as usize);
-                    } else {
-                        owed[port].push((flow, s.flags));
-                    }
+                    owed[port].push((flow, s.flags));
                 }
                 for q in 0..dev.queue_pairs() {
                     dev.select_queue_pair(q);
@@ -260,8 +256,10 @@ impl Tcp {
                                 return;
                             };
                             match (port, s.flags) {
+                                // The server answers every SYN (a retransmitted one too).
                                 (1, SYN) => owed[1].push((flow, SYN | ACK)),
-                                (0, fl) if fl == SYN | ACK && *st == 1 => {
+                                // The client acknowledges every SYN-ACK of a flow it opened.
+                                (0, fl) if fl == SYN | ACK && (*st == 1 || *st == 2) => {
                                     *st = 2;
                                     owed[0].push((flow, ACK));
                                 }
