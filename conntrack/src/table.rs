@@ -23,7 +23,7 @@
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::mem::{huge_vec, prefetch};
 use crate::qsbr::{Qsbr, Snapshot};
@@ -68,6 +68,16 @@ const PEER_SHIFT: u32 = 48;
 
 const TAG_NONE: u8 = 0;
 const TAG_CONT: u8 = 1;
+/// Tags per tag word: a bucket's 16 tags are two words.
+const TAGS_PER_WORD: usize = 8;
+const LOW_BYTES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 8i+7 set for every byte i of `x` that is zero (exact: no borrow crosses bytes).
+#[inline]
+fn zero_bytes(x: u64) -> u64 {
+    !(((x & !HIGH_BITS) + !HIGH_BITS) | x) & HIGH_BITS
+}
 
 /// The identity of a connection, in the direction of its first packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -282,7 +292,10 @@ struct Reclaim {
 #[derive(Debug)]
 pub struct Table {
     slots: Box<[Slot]>,
-    tags: Box<[AtomicU8]>,
+    /// One byte per slot, eight to a word (so a bucket's tags are compared two words at a
+    /// time): 0 empty (or being claimed, or awaiting reclamation), 1 an IPv6 continuation,
+    /// else hash bits of the connection's key.
+    tags: Box<[AtomicU64]>,
     inserting: Box<[AtomicBool]>,
     nbuckets: usize,
     seed: u64,
@@ -308,7 +321,7 @@ impl Table {
             // Huge pages: a lookup touches random lines of a table far larger than the TLB's
             // reach with 4 KiB pages.
             slots: huge_vec(n, Slot::default).into_boxed_slice(),
-            tags: huge_vec(n, || AtomicU8::new(TAG_NONE)).into_boxed_slice(),
+            tags: huge_vec(n / TAGS_PER_WORD, || AtomicU64::new(0)).into_boxed_slice(),
             inserting: (0..nbuckets).map(|_| AtomicBool::new(false)).collect(),
             nbuckets,
             seed,
@@ -398,6 +411,43 @@ impl Table {
         ((hash >> 56) as u8).max(2)
     }
 
+    /// Slot `s`'s tag.
+    #[inline]
+    fn tag_at(&self, s: usize, order: Ordering) -> u8 {
+        (self.tags[s / TAGS_PER_WORD].load(order) >> (8 * (s % TAGS_PER_WORD))) as u8
+    }
+
+    /// Tags slot `s` (untagged until now). Release: whoever sees the tag sees the slot.
+    #[inline]
+    fn set_tag(&self, s: usize, tag: u8) {
+        let shift = 8 * (s % TAGS_PER_WORD);
+        self.tags[s / TAGS_PER_WORD].fetch_or(u64::from(tag) << shift, Ordering::Release);
+    }
+
+    /// Untags slot `s`.
+    #[inline]
+    fn clear_tag(&self, s: usize) {
+        let shift = 8 * (s % TAGS_PER_WORD);
+        self.tags[s / TAGS_PER_WORD].fetch_and(!(0xff << shift), Ordering::Release);
+    }
+
+    /// The slots of bucket `b` whose tag is `tag`, as a mask over its 16 slots (bit i: slot
+    /// `b * BUCKET + i`), from two word loads and compares instead of 16 byte compares.
+    #[inline]
+    fn bucket_matches(&self, b: usize, tag: u8, order: Ordering) -> u32 {
+        let w = b * BUCKET / TAGS_PER_WORD;
+        let pattern = u64::from(tag) * LOW_BYTES;
+        let mut mask = 0u32;
+        for half in 0..2 {
+            let mut z = zero_bytes(self.tags[w + half].load(order) ^ pattern);
+            while z != 0 {
+                mask |= 1 << (z.trailing_zeros() / 8 + 8 * half as u32);
+                z &= z - 1;
+            }
+        }
+        mask
+    }
+
     /// The continuation slot of the IPv6 entry in `slot` (recorded in its address word).
     #[inline]
     fn cont(&self, slot: usize) -> usize {
@@ -444,8 +494,8 @@ impl Table {
     #[inline]
     pub fn prefetch_buckets(&self, hash: u64) {
         let [b1, b2, ..] = self.buckets(hash);
-        prefetch(&self.tags[b1 * BUCKET]);
-        prefetch(&self.tags[b2 * BUCKET]);
+        prefetch(&self.tags[b1 * BUCKET / TAGS_PER_WORD]);
+        prefetch(&self.tags[b2 * BUCKET / TAGS_PER_WORD]);
     }
 
     /// Second stage: prefetches the slots of those buckets whose tag matches (after
@@ -455,11 +505,10 @@ impl Table {
         let tag = Self::tag(hash);
         let [b1, b2, ..] = self.buckets(hash);
         for b in [b1, b2] {
-            let base = b * BUCKET;
-            for s in base..base + BUCKET {
-                if self.tags[s].load(Ordering::Relaxed) == tag {
-                    prefetch(&self.slots[s]);
-                }
+            let mut m = self.bucket_matches(b, tag, Ordering::Relaxed);
+            while m != 0 {
+                prefetch(&self.slots[b * BUCKET + m.trailing_zeros() as usize]);
+                m &= m - 1;
             }
         }
     }
@@ -469,12 +518,11 @@ impl Table {
     pub fn lookup(&self, k: &Key, hash: u64) -> Option<Found> {
         let tag = Self::tag(hash);
         for b in self.buckets(hash) {
-            let base = b * BUCKET;
-            for s in base..base + BUCKET {
-                // Acquire on the tag pairs with its Release store after the slot went LIVE.
-                if self.tags[s].load(Ordering::Acquire) != tag {
-                    continue;
-                }
+            // Acquire on the tags pairs with their Release store after the slot went LIVE.
+            let mut m = self.bucket_matches(b, tag, Ordering::Acquire);
+            while m != 0 {
+                let s = b * BUCKET + m.trailing_zeros() as usize;
+                m &= m - 1;
                 let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
                 // Doomed connections are gone for lookups (a new one may take their key).
                 if meta & STATUS_MASK != LIVE || meta & (F_CONT | F_DOOMED) != 0 {
@@ -617,11 +665,11 @@ impl Table {
             }
             // Release: the continuation's words are visible to whoever sees it LIVE.
             c[W_META].store(LIVE | F_CONT, Ordering::Release);
-            self.tags[cont].store(TAG_CONT, Ordering::Release);
+            self.set_tag(cont, TAG_CONT);
         }
         // Release: all the words above happen-before a reader's Acquire load of LIVE.
         w[W_META].store(meta, Ordering::Release);
-        self.tags[s].store(Self::tag(hash), Ordering::Release);
+        self.set_tag(s, Self::tag(hash));
         Ok((Found { slot: s, dir: 0 }, true))
     }
 
@@ -632,9 +680,8 @@ impl Table {
         // being claimed, or waiting for reclamation. Reading the slots' own words instead
         // took 32 cache misses per new connection.
         let free = |b: usize| {
-            (b * BUCKET..(b + 1) * BUCKET)
-                .filter(|&s| self.tags[s].load(Ordering::Relaxed) == TAG_NONE)
-                .count()
+            self.bucket_matches(b, TAG_NONE, Ordering::Relaxed)
+                .count_ones()
         };
         let [b1, b2, n1, n2] = self.buckets(hash);
         let order = if free(b2) > free(b1) {
@@ -643,7 +690,7 @@ impl Table {
             [b1, b2, n1, n2]
         };
         let take = |s: usize| {
-            self.tags[s].load(Ordering::Relaxed) == TAG_NONE
+            self.tag_at(s, Ordering::Relaxed) == TAG_NONE
                 && self.slots[s].w[W_META].load(Ordering::Relaxed) & STATUS_MASK == EMPTY
                 && self.slots[s].w[W_META]
                     .compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed)
@@ -819,11 +866,11 @@ impl Table {
                 Err(m) => meta = m,
             }
         }
-        self.tags[slot].store(TAG_NONE, Ordering::Release);
+        self.clear_tag(slot);
         if meta & F_WIDE != 0 {
             let c = self.cont(slot);
             self.slots[c].w[W_META].store(TOMB | F_CONT, Ordering::Release);
-            self.tags[c].store(TAG_NONE, Ordering::Release);
+            self.clear_tag(c);
         }
         let units = 1 + u32::from(meta & F_WIDE != 0);
         self.release((meta >> OWNER_SHIFT) as u16, units);
@@ -837,7 +884,7 @@ impl Table {
     /// Scanning the tags (one byte a slot) instead of the slots (64 bytes) keeps a pass over a
     /// mostly empty table from reading it all and flushing the workers' caches.
     fn tagged(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = usize> + '_ {
-        range.filter(|&s| self.tags[s].load(Ordering::Relaxed) > TAG_CONT)
+        range.filter(|&s| self.tag_at(s, Ordering::Relaxed) > TAG_CONT)
     }
 
     fn lock_reclaim(&self) -> std::sync::MutexGuard<'_, Reclaim> {
@@ -998,3 +1045,68 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `zero_bytes` flags exactly the zero bytes, whatever the neighbouring bytes hold.
+    #[test]
+    fn zero_bytes_is_exact() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Zero some bytes, and put 0x01 / 0x80 / 0xff (borrow and carry bait) in others.
+            let mut v = x;
+            for i in 0..8 {
+                match (x >> (i * 3)) & 7 {
+                    0 | 1 => v &= !(0xff << (8 * i)),
+                    2 => v = v & !(0xff << (8 * i)) | 1 << (8 * i),
+                    3 => v = v & !(0xff << (8 * i)) | 0x80 << (8 * i),
+                    4 => v |= 0xff << (8 * i),
+                    _ => {}
+                }
+            }
+            let want = (0..8)
+                .filter(|i| (v >> (8 * i)) & 0xff == 0)
+                .fold(0u64, |m, i| m | 0x80 << (8 * i));
+            assert_eq!(zero_bytes(v), want, "{v:#018x}");
+        }
+    }
+
+    /// Tags set and cleared one byte at a time are found by the word-wise bucket match, and
+    /// leave their neighbours alone.
+    #[test]
+    fn bucket_matches_sees_single_tags() {
+        let t = Table::new(&Config {
+            capacity: 1000,
+            vnics: 1,
+            workers: 1,
+            timeouts: Timeouts::default(),
+        });
+        let b = 3;
+        for i in [0usize, 1, 7, 8, 9, 15] {
+            t.set_tag(b * BUCKET + i, 0x42);
+        }
+        t.set_tag(b * BUCKET + 5, TAG_CONT);
+        assert_eq!(
+            t.bucket_matches(b, 0x42, Ordering::Relaxed),
+            0b1000_0011_1000_0011
+        );
+        assert_eq!(t.bucket_matches(b, TAG_CONT, Ordering::Relaxed), 1 << 5);
+        assert_eq!(
+            t.bucket_matches(b, TAG_NONE, Ordering::Relaxed)
+                .count_ones(),
+            9
+        );
+        t.clear_tag(b * BUCKET + 8);
+        assert_eq!(
+            t.bucket_matches(b, 0x42, Ordering::Relaxed),
+            0b1000_0010_1000_0011
+        );
+        assert_eq!(t.tag_at(b * BUCKET + 9, Ordering::Relaxed), 0x42);
+        assert_eq!(t.bucket_matches(b + 1, 0x42, Ordering::Relaxed), 0);
+    }
+}
