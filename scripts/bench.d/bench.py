@@ -189,11 +189,13 @@ def parse_case(name):
 # bulwark policies
 
 
-def filler_rules(n):
+def filler_rules(n, swap=False):
     """n rules that match neither direction of the generator's traffic (UDP 10.254.0.1:1000 <->
     10.253.x.y:1001) but look like it: near addresses, the same ports on another protocol, the
     same prefix on other ports, port ranges. Nor do they match conn4k's TCP (10.254.0.1:1024-65023
-    <-> 10.253.x.y:80): the only TCP rules (k % 4 == 1) are to destination ports 1000-1149."""
+    <-> 10.253.x.y:80): the only TCP rules (k % 4 == 1) are to destination ports 1000-1149.
+    With swap (the -tcp cases, whose flows are TCP 10.254.0.1:1000 <-> 10.253.x.y:1001), tcp and
+    udp trade places in every rule, so the rules look like that traffic in the same way."""
     rules = []
     for k in range(n):
         kind = k % 4
@@ -209,6 +211,8 @@ def filler_rules(n):
         else:
             p = 2000 + k
             r = {"action": "reject", "proto": "udp", "dst": "10.253.0.0/16", "src_ports": [p, f"{p + 20000}-{p + 20010}"]}
+        if swap:
+            r["proto"] = {"udp": "tcp", "tcp": "udp"}[r["proto"]]
         rules.append(r)
     return rules
 
@@ -230,7 +234,7 @@ def policies(pipe, proto="udp"):
         return p0, p1
     # rulesN, and the connection-setup cases (conn4k: 4000 filler rules).
     n = {"rules1k": 1000, "rules10k": 10000, **CONN_CASES}[pipe]
-    rules = filler_rules(n) + [{"action": "allow"}]
+    rules = filler_rules(n, swap=proto == "tcp") + [{"action": "allow"}]
     p = {"egress_default": "drop", "ingress_default": "drop", "egress": rules, "ingress": rules}
     return p, p
 

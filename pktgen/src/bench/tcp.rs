@@ -22,8 +22,8 @@ use super::{
 const PAYLOAD_OFF: usize = 54;
 /// Window scale advertised in the SYNs.
 const WSCALE: u8 = 14;
-/// How long the handshakes may take in all.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the handshakes may go on without one completing.
+const HANDSHAKE_STALL: Duration = Duration::from_secs(10);
 /// Handshakes under way at once.
 const HANDSHAKE_WINDOW: usize = 2048;
 /// Silence after which lost handshake frames are sent again.
@@ -199,12 +199,15 @@ impl Tcp {
         let (mut cursor, mut done) = (0usize, 0usize);
         let start = Instant::now();
         let mut last_progress = start;
+        let (mut last_done, mut last_done_at) = (0, start);
         while done < n {
-            if Instant::now() > start + HANDSHAKE_TIMEOUT {
+            if done != last_done {
+                (last_done, last_done_at) = (done, Instant::now());
+            } else if last_done_at.elapsed() > HANDSHAKE_STALL {
                 return Err(format!(
-                    "tcp: {} of {n} handshakes did not complete in {} s",
-                    n - done,
-                    HANDSHAKE_TIMEOUT.as_secs()
+                    "tcp: no handshake completed for {} s ({done} of {n} done): does the \
+switch pass TCP between 10.254.0.1:{SPORT} and 10.253.x.y:{DPORT} both ways?",
+                    HANDSHAKE_STALL.as_secs()
                 ));
             }
             if last_progress.elapsed() > RETRY_AFTER && owed.iter().all(Vec::is_empty) {
