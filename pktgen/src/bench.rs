@@ -483,7 +483,9 @@ fn run(a: &Args) -> Result<String, String> {
         Mode::Tcp => {
             let mut t = tcp::Tcp::new(a, slots);
             t.handshake(&mut devs)?;
-            drive(a, &mut devs, &mut t)
+            let json = drive(a, &mut devs, &mut t)?;
+            t.teardown(&mut devs)?;
+            Ok(json)
         }
         Mode::Conn => drive(a, &mut devs, &mut conn::Conn::new(a)),
     }

@@ -18,7 +18,7 @@ use super::{Args, Latency, Traffic, BURST, IP_DST_BASE, IP_SRC};
 /// TCP flags.
 const FIN: u8 = 0x01;
 pub(super) const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
+pub(super) const RST: u8 = 0x04;
 pub(super) const ACK: u8 = 0x10;
 /// A frame: Ethernet, IPv4 and TCP headers without options, padded to the 60-byte minimum.
 const LEN: usize = 60;

@@ -7,13 +7,16 @@
 //! Each segment's sequence number follows the bytes its port sent on that flow, and its
 //! acknowledgement number is what the port received from the other end, so a tracker that
 //! checks sequence windows (as bulwark's, pf's and Linux's do) accepts every segment.
-//! Checksums are patched incrementally from a template per port.
+//! Checksums are patched incrementally from a template per port. At the end port 0 closes
+//! every flow with a RST, so the switch's connection table is left with no open connection.
 
 use std::time::{Duration, Instant};
 
 use crate::VirtioNet;
 
-use super::conn::{client_isn, fold, frame_ws, parse, server_isn, sum16, Seg, ACK, SYN};
+use super::conn::{
+    client_isn, fold, frame, frame_ws, parse, server_isn, sum16, Seg, ACK, RST, SYN,
+};
 use super::{
     Args, Latency, Template, Traffic, BURST, DPORT, IP_DST_BASE, IP_SRC, SPORT, STAMP_SHIFT,
 };
@@ -26,6 +29,8 @@ const WSCALE: u8 = 14;
 const HANDSHAKE_STALL: Duration = Duration::from_secs(10);
 /// Handshakes under way at once.
 const HANDSHAKE_WINDOW: usize = 2048;
+/// How long the closing RSTs may take to go out.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Silence after which lost handshake frames are sent again.
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 const PSH: u8 = 0x08;
@@ -292,6 +297,64 @@ switch pass TCP between 10.254.0.1:{SPORT} and 10.253.x.y:{DPORT} both ways?",
             let cisn = client_isn(f);
             self.side[0].ack[f as usize] = server_isn(cisn).wrapping_add(1);
             self.side[1].ack[f as usize] = cisn.wrapping_add(1);
+        }
+        Ok(())
+    }
+}
+
+impl Tcp {
+    /// Closes every flow with a RST from port 0 at its current sequence number, as a client
+    /// closing with `SO_LINGER 0` does, so that a stateful switch does not keep the connections
+    /// established (and a later run with the same addresses can open them again).
+    pub(super) fn teardown(&mut self, devs: &mut [VirtioNet]) -> Result<(), String> {
+        let [client, server] = devs else {
+            return Err("tcp: two ports expected".into());
+        };
+        client.select_queue_pair(0);
+        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
+        let mut f = 0u32;
+        while f < self.flows {
+            if Instant::now() > deadline {
+                return Err(format!("tcp: only {f} of {} flows closed", self.flows));
+            }
+            let first = f;
+            let max = BURST.min((self.flows - f) as usize);
+            let n = client.send_in_place(60, max, |_, slot| {
+                let i = f as usize;
+                let rst = frame(&Seg {
+                    src_mac: self.macs[0],
+                    dst_mac: self.macs[1],
+                    src: IP_SRC,
+                    dst: IP_DST_BASE.wrapping_add(f),
+                    sport: SPORT,
+                    dport: DPORT,
+                    seq: self.side[0].seq[i],
+                    ack: self.side[0].ack[i],
+                    flags: RST | ACK,
+                });
+                slot.write(0, &rst);
+                f += 1;
+            });
+            debug_assert_eq!(f - first, n as u32);
+            if f < self.flows && n < max {
+                std::thread::yield_now();
+            }
+            // Drain port 1 so the switch has room to deliver the RSTs.
+            for q in 0..server.queue_pairs() {
+                server.select_queue_pair(q);
+                let _ = server.recv_count();
+            }
+        }
+        // Give the switch a moment to take the last ones before the devices disconnect.
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            for q in 0..server.queue_pairs() {
+                server.select_queue_pair(q);
+                let _ = server.recv_count();
+            }
+            if client.poll_tx() == 0 {
+                break;
+            }
         }
         Ok(())
     }
