@@ -625,7 +625,12 @@ class Bulwark:
         socks = [os.path.join(self.dir, f"p{i}.sock") for i in range(2)]
         cfg = os.path.join(self.dir, "bulwark.toml")
         with open(cfg, "w") as f:
-            f.write(f"[switch]\nworkers = [{a.dut_cpu}]\n\n[conntrack]\ncapacity = {CT_CAPACITY}\n")
+            # conn: 4x the table, because closed connections leave it only when the sweeper
+            # (a control thread, sharing the generator's CPU here) gets to them; at 300k+
+            # connections/s the opener's half of 2M filled up and refused new ones
+            # (ct_vnic_limit), which would measure the table size instead of setup speed.
+            cap = CT_CAPACITY * (4 if case.mode == "conn" else 1)
+            f.write(f"[switch]\nworkers = [{a.dut_cpu}]\n\n[conntrack]\ncapacity = {cap}\n")
             if case.mode == "conn":
                 # pktgen closes every connection with a RST. A RST-closed connection otherwise
                 # stays 30 s (TIME-WAIT, tcp_closed's default) in the table, and the opener's
