@@ -258,8 +258,8 @@ impl VirtioNet {
         let features = offered & wanted;
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let proto = fe.get_protocol_features()?;
-            // REPLY_ACK makes backend failures surface at the request that caused them; MQ
-            // is needed to ask for the number of queue pairs.
+            // REPLY_ACK makes backend failures surface at the request that caused them; MQ is
+            // acked, as QEMU does, when several pairs are used.
             let mut ack = proto & VhostUserProtocolFeatures::REPLY_ACK;
             if npairs > 1 {
                 ack |= proto & VhostUserProtocolFeatures::MQ;
