@@ -360,13 +360,7 @@ impl Traffic for Udp {
         lat: &Latency,
     ) -> usize {
         // One clock read per burst that holds a stamped frame.
-        let mask = (1u64 << STAMP_SHIFT) - 1;
-        let c = self.count[port];
-        let stamp = if (c + max as u64 - 1) >> STAMP_SHIFT != c >> STAMP_SHIFT || c & mask == 0 {
-            lat.stamp()
-        } else {
-            0
-        };
+        let stamp = burst_stamp(self.count[port], max, lat);
         let (tmpl, written) = (&self.tmpl[port], &mut self.written[port][q]);
         let next = &mut self.next_flow[port][q];
         let count = &mut self.count[port];
@@ -380,13 +374,10 @@ impl Traffic for Udp {
             let (a, c) = tmpl.flow(*next);
             slot.write(tmpl.addr_off, &a);
             slot.write(24, &c);
-            let ts = if *count & mask == 0 { stamp } else { 0 };
+            let ts = if is_stamped(*count) { stamp } else { 0 };
             slot.write(STAMP_OFF, &ts.to_le_bytes());
             *count += 1;
-            *next += pairs;
-            if *next >= flows {
-                *next = first;
-            }
+            next_flow(next, first, pairs, flows);
         })
     }
 
@@ -398,6 +389,34 @@ impl Traffic for Udp {
         lat: &mut Latency,
     ) -> Result<usize, crate::Error> {
         dev.recv_prefix(STAMP_OFF + 8, |f| lat.take(f))
+    }
+}
+
+/// Frame number `n` of a port carries a timestamp.
+#[inline]
+fn is_stamped(n: u64) -> bool {
+    n & ((1 << STAMP_SHIFT) - 1) == 0
+}
+
+/// The stamp for a burst of up to `max` frames numbered from `n`: the clock is read only if
+/// one of them is stamped (0 otherwise).
+#[inline]
+fn burst_stamp(n: u64, max: usize, lat: &Latency) -> u64 {
+    let last = n + max.max(1) as u64 - 1;
+    if last >> STAMP_SHIFT != n >> STAMP_SHIFT || is_stamped(n) {
+        lat.stamp()
+    } else {
+        0
+    }
+}
+
+/// Moves a pair's flow cursor on: pair `first` of `pairs` carries flows `first`,
+/// `first + pairs`, ... below `flows`.
+#[inline]
+fn next_flow(next: &mut u32, first: u32, pairs: u32, flows: u32) {
+    *next += pairs;
+    if *next >= flows {
+        *next = first;
     }
 }
 
@@ -640,6 +659,38 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst reads the clock exactly when one of its frames is stamped, and each pair's
+    /// cursor walks its own flows.
+    #[test]
+    fn stamps_and_flow_cursors() {
+        let lat = Latency {
+            start: Instant::now(),
+            recording: false,
+            samples: Vec::new(),
+        };
+        for n in [0u64, 1, 95, 96, 97, 127, 128, 129, 1000, 1023, 1024] {
+            for max in [1usize, 5, 32] {
+                let any = (n..n + max as u64).any(is_stamped);
+                assert_eq!(burst_stamp(n, max, &lat) != 0, any, "n {n} max {max}");
+            }
+        }
+        let (flows, pairs) = (10, 3);
+        for first in 0..pairs {
+            let mut next = first;
+            let mut seen = Vec::new();
+            for _ in 0..8 {
+                seen.push(next);
+                next_flow(&mut next, first, pairs, flows);
+            }
+            let want: Vec<u32> = (first..flows)
+                .step_by(pairs as usize)
+                .cycle()
+                .take(8)
+                .collect();
+            assert_eq!(seen, want, "pair {first}");
+        }
+    }
 
     /// Patched frames are valid IPv4/UDP for every flow, and port 1 sends port 0's replies.
     #[test]

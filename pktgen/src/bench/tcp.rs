@@ -18,7 +18,8 @@ use super::conn::{
     client_isn, fold, frame, frame_ws, parse, server_isn, sum16, Seg, ACK, RST, SYN,
 };
 use super::{
-    Args, Latency, Template, Traffic, BURST, DPORT, IP_DST_BASE, IP_SRC, SPORT, STAMP_SHIFT,
+    burst_stamp, is_stamped, next_flow, Args, Latency, Template, Traffic, BURST, DPORT,
+    IP_DST_BASE, IP_SRC, SPORT,
 };
 
 /// Where a TCP data segment's payload (and its timestamp) starts.
@@ -370,12 +371,8 @@ impl Traffic for Tcp {
         lat: &Latency,
     ) -> usize {
         let tmpl = &self.tmpl[port];
-        let mask = (1u64 << STAMP_SHIFT) - 1;
-        let c = self.count[port];
-        let stamp = if tmpl.stamped
-            && ((c + max as u64 - 1) >> STAMP_SHIFT != c >> STAMP_SHIFT || c & mask == 0)
-        {
-            lat.stamp()
+        let stamp = if tmpl.stamped {
+            burst_stamp(self.count[port], max, lat)
         } else {
             0
         };
@@ -394,7 +391,7 @@ impl Traffic for Tcp {
             let addr = IP_DST_BASE.wrapping_add(*next);
             let (seq, ack) = (side.seq[f], side.ack[f]);
             side.seq[f] = seq.wrapping_add(payload);
-            let ts = if tmpl.stamped && *count & mask == 0 {
+            let ts = if tmpl.stamped && is_stamped(*count) {
                 stamp
             } else {
                 0
@@ -412,10 +409,7 @@ impl Traffic for Tcp {
                 slot.write(PAYLOAD_OFF, &ts.to_be_bytes());
             }
             *count += 1;
-            *next += pairs;
-            if *next >= flows {
-                *next = first;
-            }
+            next_flow(next, first, pairs, flows);
         })
     }
 
