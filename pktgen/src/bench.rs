@@ -34,7 +34,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{Connect, DeviceConfig, VirtioNet};
+use crate::{Connect, DeviceConfig, TxSlot, VirtioNet};
 
 use crate::parse_mac;
 
@@ -107,6 +107,12 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             v.parse()
                 .map_err(|_| format!("{flag}: {v:?} is not a number"))
         };
+        // A number in lo..=hi, else "FLAG must be lo..=hi".
+        let ranged = |lo: u64, hi: u64| -> Result<u64, String> {
+            Some(num(val)?)
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| format!("{flag} must be {lo}..={hi}"))
+        };
         match flag.as_str() {
             "--dial" => a.socks.push(Connect::Dial(PathBuf::from(val))),
             "--listen" => a.socks.push(Connect::Listen(PathBuf::from(val))),
@@ -118,18 +124,9 @@ fn parse(argv: &[String]) -> Result<Args, String> {
                     _ => return Err(format!("--mode: {val:?} is not udp, tcp or conn")),
                 }
             }
-            "--flows" => {
-                a.flows = u32::try_from(num(val)?)
-                    .ok()
-                    .filter(|&n| (1..=1 << 24).contains(&n))
-                    .ok_or("--flows must be 1..=16777216")?
-            }
-            "--size" => {
-                a.size = usize::try_from(num(val)?)
-                    .ok()
-                    .filter(|n| (60..=1514).contains(n))
-                    .ok_or("--size must be 60..=1514")?
-            }
+            // Cannot truncate: each range fits its field.
+            "--flows" => a.flows = ranged(1, 1 << 24)? as u32,
+            "--size" => a.size = ranged(60, 1514)? as usize,
             "--duration" => a.duration = num(val)?.clamp(1, 3600) as u32,
             "--warmup" => a.warmup = num(val)?.min(600) as u32,
             "--rate" => {
@@ -140,12 +137,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
                     .ok_or("--rate must be a number of Mpps >= 0")?
                     * 1e6
             }
-            "--queues" => {
-                a.queues = u16::try_from(num(val)?)
-                    .ok()
-                    .filter(|n| (1..=16).contains(n))
-                    .ok_or("--queues must be 1..=16")?
-            }
+            "--queues" => a.queues = ranged(1, 16)? as u16,
             "--cpu" => a.cpu = Some(num(val)? as usize),
             "--mac0" => a.macs[0] = parse_mac(val)?,
             "--mac1" => a.macs[1] = parse_mac(val)?,
@@ -366,11 +358,7 @@ impl Traffic for Udp {
         let count = &mut self.count[port];
         let (flows, pairs, first) = (self.flows, self.pairs, q as u32);
         dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
-            let w = &mut written[usize::from(id)];
-            if !*w {
-                slot.write(0, &tmpl.frame);
-                *w = true;
-            }
+            write_template(written, id, slot, &tmpl.frame);
             let (a, c) = tmpl.flow(*next);
             slot.write(tmpl.addr_off, &a);
             slot.write(24, &c);
@@ -407,6 +395,17 @@ fn burst_stamp(n: u64, max: usize, lat: &Latency) -> u64 {
         lat.stamp()
     } else {
         0
+    }
+}
+
+/// Writes the whole template into tx slot `id` the first time the slot is used (`written`
+/// remembers), so that later frames rewrite only the bytes that change.
+#[inline]
+fn write_template(written: &mut [bool], id: u16, slot: &mut TxSlot<'_>, frame: &[u8]) {
+    let w = &mut written[usize::from(id)];
+    if !*w {
+        slot.write(0, frame);
+        *w = true;
     }
 }
 

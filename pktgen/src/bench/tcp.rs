@@ -18,8 +18,8 @@ use super::conn::{
     client_isn, fold, frame, frame_ws, parse, server_isn, sum16, Seg, ACK, RST, SYN,
 };
 use super::{
-    burst_stamp, is_stamped, next_flow, Args, Latency, Template, Traffic, BURST, DPORT,
-    IP_DST_BASE, IP_SRC, SPORT,
+    burst_stamp, is_stamped, next_flow, write_template, Args, Latency, Template, Traffic, BURST,
+    DPORT, IP_DST_BASE, IP_SRC, SPORT,
 };
 
 /// Where a TCP data segment's payload (and its timestamp) starts.
@@ -382,11 +382,7 @@ impl Traffic for Tcp {
         let side = &mut self.side[port];
         let (flows, pairs, first, payload) = (self.flows, self.pairs, q as u32, self.payload);
         dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
-            let w = &mut written[usize::from(id)];
-            if !*w {
-                slot.write(0, &tmpl.frame);
-                *w = true;
-            }
+            write_template(written, id, slot, &tmpl.frame);
             let f = *next as usize;
             let addr = IP_DST_BASE.wrapping_add(*next);
             let (seq, ack) = (side.seq[f], side.ack[f]);
