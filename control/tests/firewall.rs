@@ -273,12 +273,7 @@ fn policy_swaps_under_load() {
     );
     assert_frames(&got, &frames, "UDP flows across policy swaps");
     let port_a = sw.port("a");
-    let total: u64 = port_a["drops"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let total: u64 = total_drops(&port_a);
     assert_eq!(total, 0, "drops on a: {port_a}");
 
     // Now deny: each flow's next packet finds its connection revoked, later ones are new

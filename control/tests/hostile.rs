@@ -203,12 +203,7 @@ fn hostile_guest_is_contained() {
     // x and y saw no drops at all; the switch is alive and its API answers.
     for p in ["x", "y"] {
         let v = sw.port(p);
-        let total: u64 = v["drops"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|d| d.as_u64().unwrap())
-            .sum();
+        let total: u64 = total_drops(&v);
         assert_eq!(total, 0, "port {p} dropped frames: {v}");
     }
     let mut sw = sw;

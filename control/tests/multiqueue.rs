@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{frame, mac, send_all, Bulwarkd};
+use common::{frame, mac, send_all, total_drops, Bulwarkd};
 use pktgen::{Connect, DeviceConfig, VirtioNet};
 
 /// Receives on every queue pair of `dev` until `n` frames arrived or 10 s passed; returns
@@ -176,12 +176,7 @@ fn queue_pairs_spread_over_workers() {
     assert_eq!(at_b, back);
     for p in ["a", "b", "c"] {
         let v = sw.port(p);
-        let drops: u64 = v["drops"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|d| d.as_u64().unwrap())
-            .sum();
+        let drops: u64 = total_drops(&v);
         assert_eq!(drops, 0, "{v}");
     }
 }

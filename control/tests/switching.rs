@@ -73,12 +73,7 @@ fn million_frames_byte_exact() {
     let (pa, pb) = (sw.port("a"), sw.port("b"));
     assert_eq!(pa["rx_packets"], N, "A's rx counter: {pa}");
     assert_eq!(pb["tx_packets"], N, "B's tx counter: {pb}");
-    let drops: u64 = pb["drops"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let drops: u64 = total_drops(&pb);
     assert_eq!(drops, 0, "B dropped frames: {pb}");
     // Nothing extra arrives.
     assert!(recv_n(&mut b, 1, Duration::from_millis(200)).is_empty());
@@ -384,12 +379,7 @@ fn two_workers_cross_delivery() {
     for p in ["a", "b"] {
         let v = sw.port(p);
         assert_eq!(v["tx_packets"], N + 1, "{v}");
-        let drops: u64 = v["drops"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|d| d.as_u64().unwrap())
-            .sum();
+        let drops: u64 = total_drops(&v);
         assert_eq!(drops, 0, "{v}");
     }
 }

@@ -189,6 +189,16 @@ impl Drop for Bulwarkd {
     }
 }
 
+/// All drops of a port (`GET /v1/ports/NAME`), over every reason.
+pub fn total_drops(port: &Value) -> u64 {
+    port["drops"]
+        .as_object()
+        .expect("a drops map")
+        .values()
+        .map(|d| d.as_u64().expect("a count"))
+        .sum()
+}
+
 pub fn mac(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, last]
 }
