@@ -9,7 +9,8 @@
 //!
 //! `--mode udp` (the default): port 0 sends flow i (i = 0..N-1, round robin) as UDP
 //! 10.254.0.1:1000 -> (10.253.0.0+i):1001, MAC mac0 -> mac1; port 1 sends the replies of the
-//! same flows (addresses, ports and MACs swapped). So a stateful firewall sees N two-way
+//! same flows (addresses, ports and MACs swapped), each flow's only once it has received one
+//! of its requests. So a stateful firewall sees N two-way
 //! connections, and a learning switch sees two MACs, one per port. `--mode tcp` does the same
 //! with TCP (see `tcp.rs`): first a real three-way handshake per flow, then segments whose
 //! sequence and acknowledgement numbers advance as a TCP stream's do, so a tracker that checks
@@ -319,6 +320,12 @@ struct Udp {
     count: [u64; 2],
     flows: u32,
     pairs: u32,
+    /// Port 1 answers a flow only once it has received one of port 0's frames of it, as a
+    /// UDP server does: a reply that overtook its request would rightly be refused by a
+    /// stateful firewall. One bit per flow, until every flow has been heard.
+    heard: Vec<u64>,
+    /// Flows not heard yet (0: every flow is answered and `heard` is no longer read).
+    unheard: u32,
 }
 
 impl Udp {
@@ -338,8 +345,34 @@ impl Udp {
             count: [0; 2],
             flows: a.flows,
             pairs: a.queues.into(),
+            heard: vec![0; (a.flows as usize).div_ceil(64)],
+            unheard: a.flows,
         }
     }
+
+    fn is_heard(&self, flow: u32) -> bool {
+        self.heard[flow as usize / 64] & (1 << (flow % 64)) != 0
+    }
+
+    /// How many of the next `max` flows of port 1's pair `q` have been heard, in a row.
+    fn answerable(&self, q: usize, max: usize) -> usize {
+        let mut next = self.next_flow[1][q];
+        let mut n = 0;
+        while n < max && self.is_heard(next) {
+            n += 1;
+            next_flow(&mut next, q as u32, self.pairs, self.flows);
+        }
+        n
+    }
+}
+
+/// Port 0's flow number of a frame it sent (destination address `IP_DST_BASE + flow`).
+fn flow_of(frame: &[u8]) -> Option<u32> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let dst = u32::from_be_bytes(frame.get(30..34)?.try_into().ok()?);
+    Some(dst.wrapping_sub(IP_DST_BASE))
 }
 
 impl Traffic for Udp {
@@ -351,6 +384,14 @@ impl Traffic for Udp {
         max: usize,
         lat: &Latency,
     ) -> usize {
+        let max = if port == 1 && self.unheard > 0 {
+            self.answerable(q, max)
+        } else {
+            max
+        };
+        if max == 0 {
+            return 0;
+        }
         // One clock read per burst that holds a stamped frame.
         let stamp = burst_stamp(self.count[port], max, lat);
         let (tmpl, written) = (&self.tmpl[port], &mut self.written[port][q]);
@@ -371,12 +412,25 @@ impl Traffic for Udp {
 
     fn recv(
         &mut self,
-        _port: usize,
+        port: usize,
         _q: usize,
         dev: &mut VirtioNet,
         lat: &mut Latency,
     ) -> Result<usize, crate::Error> {
-        dev.recv_prefix(STAMP_OFF + 8, |f| lat.take(f))
+        if port == 0 || self.unheard == 0 {
+            return dev.recv_prefix(STAMP_OFF + 8, |f| lat.take(f));
+        }
+        let (heard, unheard, flows) = (&mut self.heard, &mut self.unheard, self.flows);
+        dev.recv_prefix(STAMP_OFF + 8, |f| {
+            lat.take(f);
+            if let Some(i) = flow_of(f).filter(|&i| i < flows) {
+                let (w, bit) = (&mut heard[i as usize / 64], 1u64 << (i % 64));
+                if *w & bit == 0 {
+                    *w |= bit;
+                    *unheard -= 1;
+                }
+            }
+        })
     }
 }
 
