@@ -45,7 +45,7 @@ use vhost::{Chain, NetDevice, Pop};
 use crate::counters::{bump, Counters, DropReason, PortStats, MAX_PORTS};
 use crate::filter::{Decision, Filter, Policy, RuleRef, Side};
 use crate::mac_table::{MacEntry, MacTable};
-use crate::parse::{parse, Packet, HEADROOM, L3};
+use crate::parse::{parse, Packet, ParseError, HEADROOM, L3};
 use crate::reply::{reject, MAX_REPLY};
 use crate::ruleset::{Action, Tuple};
 use crate::wire::{EthernetFrame, ETH_HEADER_LEN};
@@ -626,7 +626,7 @@ struct Worker<'a> {
     /// Each frame's headers (the first `HEADROOM` bytes), parsed packet, connection hash, and
     /// a drop decided before the L2 stage.
     hdrs: Box<[[u8; HEADROOM]]>,
-    pkts: Box<[Option<Packet>]>,
+    pkts: Box<[Result<Packet, ParseError>]>,
     hash: [Option<u64>; BURST],
     early: [Option<DropReason>; BURST],
     /// Reject answers built during the burst, for the sender.
@@ -657,7 +657,7 @@ impl<'a> Worker<'a> {
             len: [0; BURST],
             flood_check: [None; BURST],
             hdrs: vec![[0; HEADROOM]; BURST].into_boxed_slice(),
-            pkts: vec![None; BURST].into_boxed_slice(),
+            pkts: vec![Err(ParseError::Truncated); BURST].into_boxed_slice(),
             hash: [None; BURST],
             early: [None; BURST],
             replies: vec![[0u8; MAX_REPLY]; BURST].into_boxed_slice(),
@@ -778,7 +778,6 @@ impl<'a> Worker<'a> {
             let c = &self.chains[i];
             self.flood_check[i] = None;
             self.hash[i] = None;
-            self.pkts[i] = None;
             self.early[i] = if c.total < hdr + ETH_HEADER_LEN as u32 {
                 Some(DropReason::FrameTooShort)
             } else if c.total - hdr > sw.cfg.max_frame {
@@ -794,12 +793,14 @@ impl<'a> Worker<'a> {
                 } else {
                     let hl = (len as usize).min(HEADROOM);
                     c.read_at(hdr, &mut self.hdrs[i][..hl]);
-                    if let Ok(p) = parse(&self.hdrs[i][..hl], len as usize) {
-                        self.hash[i] = filter.hash_of(&p, src.segment);
+                    // Parsed in place: a 128-byte `Packet` copied from parse's stack frame
+                    // to here (and again to the filter's) cost more than the parse.
+                    self.pkts[i] = parse(&self.hdrs[i][..hl], len as usize);
+                    if let Ok(p) = &self.pkts[i] {
+                        self.hash[i] = filter.hash_of(p, src.segment);
                         if let Some(h) = self.hash[i] {
                             sw.ct.prefetch_buckets(h);
                         }
-                        self.pkts[i] = Some(p);
                     }
                 }
                 None
@@ -817,10 +818,10 @@ impl<'a> Worker<'a> {
                     let h: &[u8; ETH_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
                     match classify(sw, table, src, h, now.secs) {
                         Classified::Dest(d) if !filtering => Classified::Dest(d),
-                        Classified::Dest(d) => match self.pkts[i] {
-                            Some(p) => self.filter(table, src, i, &p, d, now, &mut nreplies),
-                            None => DropReason::BadHeader.into(),
-                        },
+                        Classified::Dest(d) if self.pkts[i].is_ok() => {
+                            self.filter(table, src, i, d, now, &mut nreplies)
+                        }
+                        Classified::Dest(_) => DropReason::BadHeader.into(),
                         drop => drop,
                     }
                 }
@@ -879,19 +880,20 @@ impl<'a> Worker<'a> {
         taken
     }
 
-    /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `p`), whose L2
-    /// destination is `d`.
-    #[allow(clippy::too_many_arguments)]
+    /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `self.pkts[n]`),
+    /// whose L2 destination is `d`.
     fn filter(
         &mut self,
         table: &PortTable,
         src: &PortEntry,
         n: usize,
-        p: &Packet,
         d: Dest,
         now: Now,
         nreplies: &mut usize,
     ) -> Classified {
+        let Ok(p) = &self.pkts[n] else {
+            return DropReason::BadHeader.into();
+        };
         let len = self.len[n];
         let hl = (len as usize).min(HEADROOM);
         let f = Filter {
