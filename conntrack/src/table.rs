@@ -403,7 +403,9 @@ impl Table {
         let reduce = |h: u64| ((u128::from(h) * u128::from(n)) >> 64) as usize;
         let b1 = reduce(hash);
         let b2 = reduce(hash.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15);
-        [b1, b2, (b1 + 1) % self.nbuckets, (b2 + 1) % self.nbuckets]
+        // A compare, not `% nbuckets`: a 64-bit division per neighbour was a tenth of `lookup`.
+        let next = |b: usize| if b + 1 == self.nbuckets { 0 } else { b + 1 };
+        [b1, b2, next(b1), next(b2)]
     }
 
     #[inline]
