@@ -346,11 +346,13 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 }
 
-/// A running loopback backend; stops its threads on drop.
+/// A running loopback backend; stops its threads on drop and removes the socket it bound.
 struct Backend {
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// The socket file it listens on (None when it dialled pktgen's).
+    bound: Option<PathBuf>,
 }
 
 impl Drop for Backend {
@@ -359,6 +361,9 @@ impl Drop for Backend {
         // The request thread exits once the frontend (dropped by the test first) disconnects.
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(p) = &self.bound {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -411,6 +416,7 @@ fn start_backend(path: &Path, dial: bool) -> Backend {
         state,
         stop,
         threads: vec![req, dev],
+        bound: (!dial).then(|| path.to_owned()),
     }
 }
 
