@@ -45,7 +45,7 @@ use vhost::{Chain, NetDevice, Pop};
 use crate::counters::{bump, Counters, DropReason, PortStats, MAX_PORTS};
 use crate::filter::{Decision, Filter, Policy, RuleRef, Side};
 use crate::mac_table::{MacEntry, MacTable};
-use crate::parse::{parse, Packet, ParseError, HEADROOM, L3};
+use crate::parse::{parse_into, Packet, ParseError, HEADROOM, L3};
 use crate::reply::{reject, MAX_REPLY};
 use crate::ruleset::{Action, Tuple};
 use crate::wire::{EthernetFrame, ETH_HEADER_LEN};
@@ -795,7 +795,7 @@ impl<'a> Worker<'a> {
                     c.read_at(hdr, &mut self.hdrs[i][..hl]);
                     // Kept where the filter reads it: re-wrapping the result in an Option and
                     // the filter's own copy were two more 124-byte copies per frame (~12 %).
-                    self.pkts[i] = parse(&self.hdrs[i][..hl], len as usize);
+                    parse_into(&self.hdrs[i][..hl], len as usize, &mut self.pkts[i]);
                     if let Ok(p) = &self.pkts[i] {
                         self.hash[i] = filter.hash_of(p, src.segment);
                         if let Some(h) = self.hash[i] {
