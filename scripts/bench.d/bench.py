@@ -1353,6 +1353,109 @@ unset multiplot
         log(f"warning: gnuplot failed: {r.stderr.strip()[:500]}")
 
 
+def new_ctx(args, duts, cases, suffix=""):
+    """The run's context: output directory with its CSV headers and env.txt, this script pinned
+    to the generator's CPU, the process table and the noise sampler."""
+    ctx = Ctx()
+    ctx.args = args
+    ctx.bindir = os.path.abspath(args.bin_dir)
+    ctx.t0 = time.monotonic()
+    ctx.started_wall = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + suffix
+    base = os.path.join(REPO, "bench-results")
+    ctx.out = os.path.abspath(args.out) if args.out else os.path.join(base, stamp)
+    check_binaries(ctx, duts, any(c.mode == "conn" for c in cases))
+    os.makedirs(os.path.join(ctx.out, "logs"), exist_ok=True)
+    if not args.out:
+        link = os.path.join(base, "latest")
+        if os.path.islink(link):
+            os.unlink(link)
+        if not os.path.exists(link):
+            os.symlink(stamp, link)
+    with open(os.path.join(ctx.out, "runs.csv"), "w") as f:
+        f.write(",".join(RUN_FIELDS) + "\n")
+    with open(os.path.join(ctx.out, "seconds.csv"), "w") as f:
+        f.write("case,round,dut,generator,attempt,t,warmup,rx_mpps,tx_mpps,foreign_cpu,steal_cpu,clean,conns_per_sec\n")
+    write_env(ctx)
+
+    # This script and everything it starts run on the generator's CPU, unless pinned elsewhere.
+    os.sched_setaffinity(0, {args.gen_cpu})
+    ctx.procs = Procs()
+    ctx.sampler = CpuSampler(ctx.procs)
+    ctx.failures = 0
+    ctx.run_no = 0
+    ctx.attempts = 0
+    ctx.tmp = tempfile.mkdtemp(prefix="bwbench.", dir="/tmp")
+    return ctx
+
+
+def run_ab(args, cases):
+    """--ab DIR_A,DIR_B: bulwark against bulwark. Each round runs both builds' bulwarkd (A then
+    B, the next round B then A, so neither always follows the other) with the same pktgen (from
+    --bin-dir); the figure is the median of the per-round ratios B/A. For changes too small to
+    see across separate runs of the matrix, which drift by a tenth on this machine."""
+    dirs = [os.path.abspath(d) for d in args.ab.split(",")]
+    if len(dirs) != 2:
+        raise BenchError("--ab takes two directories, A,B (each with bulwarkd and bulwarkctl)")
+    for d in dirs:
+        for b in ("bulwarkd", "bulwarkctl"):
+            if not os.access(os.path.join(d, b), os.X_OK):
+                raise BenchError(f"--ab: no {b} in {d}")
+    ctx = new_ctx(args, ["bulwark"], cases, "-ab")
+    ctx.rounds_of = lambda c: args.rounds  # noqa: E731
+    ctx.runs_planned = len(cases) * args.rounds * 2
+    builds = []
+    for name, d in zip(("A", "B"), dirs):
+        b = Bulwark(ctx)
+        b.name = f"bulwark-{name}"
+        b.bulwarkd, b.bulwarkctl = os.path.join(d, "bulwarkd"), os.path.join(d, "bulwarkctl")
+        builds.append(b)
+    log(f"A/B: {len(cases)} cases x {args.rounds} rounds; A = {dirs[0]}, B = {dirs[1]}; "
+        f"output in {ctx.out}")
+
+    def on_signal(sig, _frame):
+        raise Interrupted(signal.Signals(sig).name)
+
+    for sg in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sg, on_signal)
+    lines = ["case,unit,a,b,ratio_b_a,b_ahead,rounds,ratios"]
+    try:
+        gen = Pktgen(ctx)
+        for case in cases:
+            warm = max(args.warmup, 5) if case.flows >= 1_000_000 else args.warmup
+            pairs = []
+            for rnd in range(1, args.rounds + 1):
+                order = builds if rnd % 2 else builds[::-1]
+                got = {b.name: run_one(ctx, b, gen, case, rnd, warm, args.duration) for b in order}
+                a, b = got["bulwark-A"], got["bulwark-B"]
+                if a.value and b.value:
+                    pairs.append((a.value, b.value))
+            if not pairs:
+                log(f"{case.name}: no round with both figures")
+                continue
+            ratios = [b / a for a, b in pairs]
+            ahead = sum(1 for a, b in pairs if b > a)
+            ma, mb, mr = median([a for a, _ in pairs]), median([b for _, b in pairs]), median(ratios)
+            log(f"{case.name}: A {case.fmt(ma)} B {case.fmt(mb)} {case.unit}; B/A {mr:.3f} "
+                f"(rounds: {' '.join(f'{r:.3f}' for r in ratios)}); B ahead in {ahead} of {len(pairs)}")
+            lines.append(csv_line([case.name, case.unit, ma, mb, round(mr, 4), ahead, len(pairs),
+                                   " ".join(f"{r:.4f}" for r in ratios)]))
+    except Interrupted as e:
+        log(f"interrupted ({e}): stopping what was started")
+        ctx.failures += 1
+    finally:
+        for sg in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sg, signal.SIG_IGN)
+        for b in builds:
+            b.stop()
+        ctx.procs.stop_all()
+        shutil.rmtree(ctx.tmp, ignore_errors=True)
+    with open(os.path.join(ctx.out, "ab.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"results in {ctx.out}/ab.csv")
+    return 1 if ctx.failures else 0
+
+
 def main():
     ap = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -1441,6 +1544,9 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
                     help="generator of the main matrix (flowgen: for debugging the harness)")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"), help="bulwarkd, bulwarkctl, pktgen")
+    ap.add_argument("--ab", metavar="DIR_A,DIR_B",
+                    help="bulwark against bulwark: two builds' bulwarkd/bulwarkctl alternated per round, "
+                         "the same pktgen (--bin-dir); reports the median per-round ratio B/A")
     ap.add_argument("--hugepages", type=int, default=1024, help="2 MiB hugepages to have free for DPDK/OVS (1024)")
     ap.add_argument("--dut-cpu", type=int, default=0)
     ap.add_argument("--gen-cpu", type=int, default=1)
@@ -1473,6 +1579,8 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
         cases = [parse_case(n) for n in QUICK_CASES]
     else:
         cases = all_cases()
+    if args.ab:
+        return run_ab(args, cases)
     duts = [d.strip() for d in args.duts.split(",") if d.strip()]
     for d in duts:
         if d not in DUTS:
@@ -1482,36 +1590,7 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
     if os.cpu_count() < 2 or args.dut_cpu == args.gen_cpu:
         raise BenchError("needs two CPUs: the switch on --dut-cpu, the generator on --gen-cpu")
 
-    ctx = Ctx()
-    ctx.args = args
-    ctx.bindir = os.path.abspath(args.bin_dir)
-    ctx.t0 = time.monotonic()
-    ctx.started_wall = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if q else "")
-    base = os.path.join(REPO, "bench-results")
-    ctx.out = os.path.abspath(args.out) if args.out else os.path.join(base, stamp)
-    check_binaries(ctx, duts, any(c.mode == "conn" for c in cases))
-    os.makedirs(os.path.join(ctx.out, "logs"), exist_ok=True)
-    if not args.out:
-        link = os.path.join(base, "latest")
-        if os.path.islink(link):
-            os.unlink(link)
-        if not os.path.exists(link):
-            os.symlink(stamp, link)
-    with open(os.path.join(ctx.out, "runs.csv"), "w") as f:
-        f.write(",".join(RUN_FIELDS) + "\n")
-    with open(os.path.join(ctx.out, "seconds.csv"), "w") as f:
-        f.write("case,round,dut,generator,attempt,t,warmup,rx_mpps,tx_mpps,foreign_cpu,steal_cpu,clean,conns_per_sec\n")
-    write_env(ctx)
-
-    # This script and everything it starts run on the generator's CPU, unless pinned elsewhere.
-    os.sched_setaffinity(0, {args.gen_cpu})
-    ctx.procs = Procs()
-    ctx.sampler = CpuSampler(ctx.procs)
-    ctx.failures = 0
-    ctx.run_no = 0
-    ctx.attempts = 0
-    ctx.tmp = tempfile.mkdtemp(prefix="bwbench.", dir="/tmp")
+    ctx = new_ctx(args, duts, cases, "-quick" if q else "")
     huge = Hugepages()
     objs = {}
 
