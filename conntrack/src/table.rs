@@ -759,7 +759,10 @@ impl Table {
         let w = &self.slots[slot].w;
         // 2^40 packets: the count wraps to 0 instead of carrying into the creation time.
         let p = w[W_PKTS].load(Ordering::Relaxed);
-        w[W_PKTS].store(p & !PKTS_MASK | (p + 1) & PKTS_MASK, Ordering::Relaxed);
+        w[W_PKTS].store(
+            p & !PKTS_MASK | p.wrapping_add(1) & PKTS_MASK,
+            Ordering::Relaxed,
+        );
         let t = w[W_TIME].load(Ordering::Relaxed);
         if t as u32 != now {
             let _ = w[W_TIME].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {

@@ -10,7 +10,7 @@
 //! `--mode udp` (the default): port 0 sends flow i (i = 0..N-1, round robin) as UDP
 //! 10.254.0.1:1000 -> (10.253.0.0+i):1001, MAC mac0 -> mac1; port 1 sends the replies of the
 //! same flows (addresses, ports and MACs swapped), each flow's only once it has received one
-//! of its requests. So a stateful firewall sees N two-way
+//! of its requests (until then it skips that flow). So a stateful firewall sees N two-way
 //! connections, and a learning switch sees two MACs, one per port. `--mode tcp` does the same
 //! with TCP (see `tcp.rs`): first a real three-way handshake per flow, then segments whose
 //! sequence and acknowledgement numbers advance as a TCP stream's do, so a tracker that checks
@@ -354,14 +354,24 @@ impl Udp {
         self.heard[flow as usize / 64] & (1 << (flow % 64)) != 0
     }
 
-    /// How many of the next `max` flows of port 1's pair `q` have been heard, in a row.
-    fn answerable(&self, q: usize, max: usize) -> usize {
+    /// Picks up to `max` heard flows for port 1's pair `q` from its cursor on, skipping the
+    /// unheard ones (a flow the switch never delivers must not stop the others' replies), and
+    /// looking at no more than four bursts' worth of flows per call. Returns how many.
+    fn pick_heard(&mut self, q: usize, max: usize, picks: &mut [u32; BURST]) -> usize {
+        let (pairs, flows) = (self.pairs, self.flows);
         let mut next = self.next_flow[1][q];
         let mut n = 0;
-        while n < max && self.is_heard(next) {
-            n += 1;
-            next_flow(&mut next, q as u32, self.pairs, self.flows);
+        for _ in 0..4 * BURST {
+            if n == max.min(BURST) {
+                break;
+            }
+            if self.is_heard(next) {
+                picks[n] = next;
+                n += 1;
+            }
+            next_flow(&mut next, q as u32, pairs, flows);
         }
+        self.next_flow[1][q] = next;
         n
     }
 }
@@ -384,8 +394,12 @@ impl Traffic for Udp {
         max: usize,
         lat: &Latency,
     ) -> usize {
-        let max = if port == 1 && self.unheard > 0 {
-            self.answerable(q, max)
+        // Until port 1 has heard every flow, it answers the heard ones only (picked here; a
+        // pick that finds no room in the ring waits for the flow's next turn).
+        let mut picks = [0u32; BURST];
+        let picked = port == 1 && self.unheard > 0;
+        let max = if picked {
+            self.pick_heard(q, max, &mut picks)
         } else {
             max
         };
@@ -398,15 +412,23 @@ impl Traffic for Udp {
         let next = &mut self.next_flow[port][q];
         let count = &mut self.count[port];
         let (flows, pairs, first) = (self.flows, self.pairs, q as u32);
+        let mut j = 0;
         dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
             write_template(written, id, slot, &tmpl.frame);
-            let (a, c) = tmpl.flow(*next);
+            let flow = if picked {
+                j += 1;
+                picks[j - 1]
+            } else {
+                let f = *next;
+                next_flow(next, first, pairs, flows);
+                f
+            };
+            let (a, c) = tmpl.flow(flow);
             slot.write(tmpl.addr_off, &a);
             slot.write(24, &c);
             let ts = if is_stamped(*count) { stamp } else { 0 };
             slot.write(STAMP_OFF, &ts.to_le_bytes());
             *count += 1;
-            next_flow(next, first, pairs, flows);
         })
     }
 
@@ -766,6 +788,51 @@ mod tests {
             assert_eq!(t0.frame[0..6], t1.frame[6..12]);
             let dst = u32::from_be_bytes(t0.frame[30..34].try_into().unwrap());
             assert_eq!(dst, IP_DST_BASE + flow);
+            assert_eq!(flow_of(&t0.frame), Some(flow));
         }
+    }
+
+    /// Port 1 answers only flows it has heard, skips the others without stalling on them, and
+    /// stops checking once every flow was heard.
+    #[test]
+    fn port1_answers_heard_flows_only() {
+        let mut a = Args::for_test();
+        a.flows = 300;
+        a.queues = 2;
+        let mut u = Udp::new(&a, 256);
+        let hear = |u: &mut Udp, flow: u32| {
+            let (w, bit) = (&mut u.heard[flow as usize / 64], 1u64 << (flow % 64));
+            if *w & bit == 0 {
+                *w |= bit;
+                u.unheard -= 1;
+            }
+        };
+        let mut picks = [0u32; BURST];
+        assert_eq!(u.pick_heard(0, BURST, &mut picks), 0);
+        // Pair 1 carries the odd flows; 3 and 297 are heard, 5 is not: 5 is skipped.
+        for f in [3, 297, 4] {
+            hear(&mut u, f);
+        }
+        u.next_flow[1][1] = 1;
+        let n = u.pick_heard(1, BURST, &mut picks);
+        assert_eq!(&picks[..n], &[3]);
+        // The cursor moved on by four bursts' worth (odd flows 1..255), so 297 comes next.
+        assert_eq!(u.next_flow[1][1], 257);
+        // From 257 the scan wraps to the pair's first flow again: 297, then 3 once more.
+        let n = u.pick_heard(1, BURST, &mut picks);
+        assert_eq!(&picks[..n], &[297, 3]);
+        // At most `max` picks, in cursor order.
+        for f in (0..300).filter(|f| f % 2 == 1) {
+            hear(&mut u, f);
+        }
+        u.next_flow[1][1] = 1;
+        let n = u.pick_heard(1, 5, &mut picks);
+        assert_eq!(&picks[..n], &[1, 3, 5, 7, 9]);
+        assert_eq!(u.next_flow[1][1], 11);
+        assert!(u.unheard > 0);
+        for f in 0..300 {
+            hear(&mut u, f);
+        }
+        assert_eq!(u.unheard, 0);
     }
 }
