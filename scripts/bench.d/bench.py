@@ -1353,6 +1353,17 @@ unset multiplot
         log(f"warning: gnuplot failed: {r.stderr.strip()[:500]}")
 
 
+def interrupt(sig, _frame):
+    """Signal handler: unwinds the run, whose `finally` stops what it started."""
+    raise Interrupted(signal.Signals(sig).name)
+
+
+def stop_signals(handler):
+    """Installs `handler` for the signals that end a run (SIG_IGN while cleaning up)."""
+    for sg in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sg, handler)
+
+
 def new_ctx(args, duts, cases, suffix=""):
     """The run's context: output directory with its CSV headers and env.txt, this script pinned
     to the generator's CPU, the process table and the noise sampler."""
@@ -1413,11 +1424,7 @@ def run_ab(args, cases):
     log(f"A/B: {len(cases)} cases x {args.rounds} rounds; A = {dirs[0]}, B = {dirs[1]}; "
         f"output in {ctx.out}")
 
-    def on_signal(sig, _frame):
-        raise Interrupted(signal.Signals(sig).name)
-
-    for sg in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sg, on_signal)
+    stop_signals(interrupt)
     lines = ["case,unit,a,b,ratio_b_a,b_ahead,rounds,ratios"]
     try:
         gen = Pktgen(ctx)
@@ -1444,8 +1451,7 @@ def run_ab(args, cases):
         log(f"interrupted ({e}): stopping what was started")
         ctx.failures += 1
     finally:
-        for sg in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sg, signal.SIG_IGN)
+        stop_signals(signal.SIG_IGN)
         for b in builds:
             b.stop()
         ctx.procs.stop_all()
@@ -1594,11 +1600,7 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
     huge = Hugepages()
     objs = {}
 
-    def on_signal(sig, _frame):
-        raise Interrupted(signal.Signals(sig).name)
-
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    stop_signals(interrupt)
 
     xcases = []
     if args.xcheck != "off" and "bulwark" in duts and "testpmd" in duts:
@@ -1655,8 +1657,7 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
         log(f"interrupted ({e}): stopping what was started")
         ctx.failures += 1
     finally:
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, signal.SIG_IGN)
+        stop_signals(signal.SIG_IGN)
         for d in ("bulwark", "testpmd", "ovs"):
             o = objs.get(d)
             if o is not None:
