@@ -309,9 +309,8 @@ impl Latency {
     }
 }
 
-/// UDP flows (see the module docs).
-struct Udp {
-    tmpl: [Template; 2],
+/// Where each port's sending stands, for the modes that walk the flows (UDP and TCP).
+struct Cursors {
     /// Per port and pair, per tx slot: it holds the template already.
     written: [Vec<Vec<bool>>; 2],
     /// Per port and pair: the next flow (pair q carries flows q, q + pairs, ...).
@@ -320,6 +319,28 @@ struct Udp {
     count: [u64; 2],
     flows: u32,
     pairs: u32,
+}
+
+impl Cursors {
+    /// For `a.flows` flows on `a.queues` pairs whose tx rings have `slots` slots.
+    fn new(a: &Args, slots: usize) -> Cursors {
+        let pairs = usize::from(a.queues);
+        let fresh = || vec![vec![false; slots]; pairs];
+        let firsts = || (0..a.queues.into()).collect();
+        Cursors {
+            written: [fresh(), fresh()],
+            next_flow: [firsts(), firsts()],
+            count: [0; 2],
+            flows: a.flows,
+            pairs: a.queues.into(),
+        }
+    }
+}
+
+/// UDP flows (see the module docs).
+struct Udp {
+    tmpl: [Template; 2],
+    cur: Cursors,
     /// Port 1 answers a flow only once it has received one of port 0's frames of it, as a
     /// UDP server does: a reply that overtook its request would rightly be refused by a
     /// stateful firewall. One bit per flow, until every flow has been heard.
@@ -330,21 +351,12 @@ struct Udp {
 
 impl Udp {
     fn new(a: &Args, slots: usize) -> Udp {
-        let pairs = usize::from(a.queues);
-        let fresh = || vec![vec![false; slots]; pairs];
         Udp {
             tmpl: [
                 Template::new(0, a.size, &a.macs),
                 Template::new(1, a.size, &a.macs),
             ],
-            written: [fresh(), fresh()],
-            next_flow: [
-                (0..a.queues.into()).collect(),
-                (0..a.queues.into()).collect(),
-            ],
-            count: [0; 2],
-            flows: a.flows,
-            pairs: a.queues.into(),
+            cur: Cursors::new(a, slots),
             heard: vec![0; (a.flows as usize).div_ceil(64)],
             unheard: a.flows,
         }
@@ -354,12 +366,20 @@ impl Udp {
         self.heard[flow as usize / 64] & (1 << (flow % 64)) != 0
     }
 
+    /// Port 1 received a frame of `flow` (ignored past the flow count).
+    fn hear(&mut self, flow: u32) {
+        if flow < self.cur.flows && !self.is_heard(flow) {
+            self.heard[flow as usize / 64] |= 1 << (flow % 64);
+            self.unheard -= 1;
+        }
+    }
+
     /// Picks up to `max` heard flows for port 1's pair `q` from its cursor on, skipping the
     /// unheard ones (a flow the switch never delivers must not stop the others' replies), and
     /// looking at no more than four bursts' worth of flows per call. Returns how many.
     fn pick_heard(&mut self, q: usize, max: usize, picks: &mut [u32; BURST]) -> usize {
-        let (pairs, flows) = (self.pairs, self.flows);
-        let mut next = self.next_flow[1][q];
+        let (pairs, flows) = (self.cur.pairs, self.cur.flows);
+        let mut next = self.cur.next_flow[1][q];
         let mut n = 0;
         for _ in 0..4 * BURST {
             if n == max.min(BURST) {
@@ -371,7 +391,7 @@ impl Udp {
             }
             next_flow(&mut next, q as u32, pairs, flows);
         }
-        self.next_flow[1][q] = next;
+        self.cur.next_flow[1][q] = next;
         n
     }
 }
@@ -407,11 +427,11 @@ impl Traffic for Udp {
             return 0;
         }
         // One clock read per burst that holds a stamped frame.
-        let stamp = burst_stamp(self.count[port], max, lat);
-        let (tmpl, written) = (&self.tmpl[port], &mut self.written[port][q]);
-        let next = &mut self.next_flow[port][q];
-        let count = &mut self.count[port];
-        let (flows, pairs, first) = (self.flows, self.pairs, q as u32);
+        let stamp = burst_stamp(self.cur.count[port], max, lat);
+        let (tmpl, written) = (&self.tmpl[port], &mut self.cur.written[port][q]);
+        let next = &mut self.cur.next_flow[port][q];
+        let count = &mut self.cur.count[port];
+        let (flows, pairs, first) = (self.cur.flows, self.cur.pairs, q as u32);
         let mut j = 0;
         dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
             write_template(written, id, slot, &tmpl.frame);
@@ -442,15 +462,10 @@ impl Traffic for Udp {
         if port == 0 || self.unheard == 0 {
             return dev.recv_prefix(STAMP_OFF + 8, |f| lat.take(f));
         }
-        let (heard, unheard, flows) = (&mut self.heard, &mut self.unheard, self.flows);
         dev.recv_prefix(STAMP_OFF + 8, |f| {
             lat.take(f);
-            if let Some(i) = flow_of(f).filter(|&i| i < flows) {
-                let (w, bit) = (&mut heard[i as usize / 64], 1u64 << (i % 64));
-                if *w & bit == 0 {
-                    *w |= bit;
-                    *unheard -= 1;
-                }
+            if let Some(flow) = flow_of(f) {
+                self.hear(flow);
             }
         })
     }
@@ -800,38 +815,35 @@ mod tests {
         a.flows = 300;
         a.queues = 2;
         let mut u = Udp::new(&a, 256);
-        let hear = |u: &mut Udp, flow: u32| {
-            let (w, bit) = (&mut u.heard[flow as usize / 64], 1u64 << (flow % 64));
-            if *w & bit == 0 {
-                *w |= bit;
-                u.unheard -= 1;
-            }
-        };
         let mut picks = [0u32; BURST];
         assert_eq!(u.pick_heard(0, BURST, &mut picks), 0);
         // Pair 1 carries the odd flows; 3 and 297 are heard, 5 is not: 5 is skipped.
         for f in [3, 297, 4] {
-            hear(&mut u, f);
+            u.hear(f);
         }
-        u.next_flow[1][1] = 1;
+        u.cur.next_flow[1][1] = 1;
         let n = u.pick_heard(1, BURST, &mut picks);
         assert_eq!(&picks[..n], &[3]);
         // The cursor moved on by four bursts' worth (odd flows 1..255), so 297 comes next.
-        assert_eq!(u.next_flow[1][1], 257);
+        assert_eq!(u.cur.next_flow[1][1], 257);
         // From 257 the scan wraps to the pair's first flow again: 297, then 3 once more.
         let n = u.pick_heard(1, BURST, &mut picks);
         assert_eq!(&picks[..n], &[297, 3]);
         // At most `max` picks, in cursor order.
         for f in (0..300).filter(|f| f % 2 == 1) {
-            hear(&mut u, f);
+            u.hear(f);
         }
-        u.next_flow[1][1] = 1;
+        u.cur.next_flow[1][1] = 1;
         let n = u.pick_heard(1, 5, &mut picks);
         assert_eq!(&picks[..n], &[1, 3, 5, 7, 9]);
-        assert_eq!(u.next_flow[1][1], 11);
+        assert_eq!(u.cur.next_flow[1][1], 11);
         assert!(u.unheard > 0);
+        // A frame past the flow count (not ours) is no flow heard.
+        let before = u.unheard;
+        u.hear(300);
+        assert_eq!(u.unheard, before);
         for f in 0..300 {
-            hear(&mut u, f);
+            u.hear(f);
         }
         assert_eq!(u.unheard, 0);
     }

@@ -18,8 +18,8 @@ use super::conn::{
     client_isn, fold, frame, frame_ws, parse, server_isn, sum16, Seg, ACK, RST, SYN,
 };
 use super::{
-    burst_stamp, is_stamped, next_flow, write_template, Args, Latency, Template, Traffic, BURST,
-    DPORT, IP_DST_BASE, IP_SRC, SPORT,
+    burst_stamp, is_stamped, next_flow, write_template, Args, Cursors, Latency, Template, Traffic,
+    BURST, DPORT, IP_DST_BASE, IP_SRC, SPORT,
 };
 
 /// Where a TCP data segment's payload (and its timestamp) starts.
@@ -99,11 +99,7 @@ pub(super) struct Tcp {
     tmpl: [DataTemplate; 2],
     side: [Side; 2],
     payload: u32,
-    written: [Vec<Vec<bool>>; 2],
-    next_flow: [Vec<u32>; 2],
-    count: [u64; 2],
-    flows: u32,
-    pairs: u32,
+    cur: Cursors,
     /// Segments received that belong to no flow (counted, ignored).
     unexpected: u64,
 }
@@ -119,8 +115,6 @@ fn seq_gt(a: u32, b: u32) -> bool {
 impl Tcp {
     pub(super) fn new(a: &Args, slots: usize) -> Tcp {
         let n = a.flows as usize;
-        let pairs = usize::from(a.queues);
-        let fresh = || vec![vec![false; slots]; pairs];
         Tcp {
             macs: a.macs,
             tmpl: [
@@ -142,14 +136,7 @@ impl Tcp {
                 },
             ],
             payload: (a.size - PAYLOAD_OFF) as u32,
-            written: [fresh(), fresh()],
-            next_flow: [
-                (0..a.queues.into()).collect(),
-                (0..a.queues.into()).collect(),
-            ],
-            count: [0; 2],
-            flows: a.flows,
-            pairs: a.queues.into(),
+            cur: Cursors::new(a, slots),
             unexpected: 0,
         }
     }
@@ -198,7 +185,7 @@ impl Tcp {
     /// own receive rings): flows waiting for a SYN-ACK send their SYN again, flows whose ACK
     /// the server has not seen send the ACK again, as TCP would.
     pub(super) fn handshake(&mut self, devs: &mut [VirtioNet]) -> Result<(), String> {
-        let n = self.flows as usize;
+        let n = self.cur.flows as usize;
         // 0: nothing yet, 1: SYN sent, 2: ACK sent, 3: port 1 saw the ACK.
         let mut state = vec![0u8; n];
         let mut owed: [Vec<(u32, u8)>; 2] = [Vec::new(), Vec::new()];
@@ -294,7 +281,7 @@ switch pass TCP between 10.254.0.1:{SPORT} and 10.253.x.y:{DPORT} both ways?",
         for side in &mut self.side[..] {
             side.ack.fill(0);
         }
-        for f in 0..self.flows {
+        for f in 0..self.cur.flows {
             let cisn = client_isn(f);
             self.side[0].ack[f as usize] = server_isn(cisn).wrapping_add(1);
             self.side[1].ack[f as usize] = cisn.wrapping_add(1);
@@ -314,12 +301,12 @@ impl Tcp {
         client.select_queue_pair(0);
         let deadline = Instant::now() + TEARDOWN_TIMEOUT;
         let mut f = 0u32;
-        while f < self.flows {
+        while f < self.cur.flows {
             if Instant::now() > deadline {
-                return Err(format!("tcp: only {f} of {} flows closed", self.flows));
+                return Err(format!("tcp: only {f} of {} flows closed", self.cur.flows));
             }
             let first = f;
-            let max = BURST.min((self.flows - f) as usize);
+            let max = BURST.min((self.cur.flows - f) as usize);
             let n = client.send_in_place(60, max, |_, slot| {
                 let i = f as usize;
                 let rst = frame(&Seg {
@@ -337,7 +324,7 @@ impl Tcp {
                 f += 1;
             });
             debug_assert_eq!(f - first, n as u32);
-            if f < self.flows && n < max {
+            if f < self.cur.flows && n < max {
                 std::thread::yield_now();
             }
             // Drain port 1 so the switch has room to deliver the RSTs.
@@ -372,15 +359,16 @@ impl Traffic for Tcp {
     ) -> usize {
         let tmpl = &self.tmpl[port];
         let stamp = if tmpl.stamped {
-            burst_stamp(self.count[port], max, lat)
+            burst_stamp(self.cur.count[port], max, lat)
         } else {
             0
         };
-        let written = &mut self.written[port][q];
-        let next = &mut self.next_flow[port][q];
-        let count = &mut self.count[port];
+        let written = &mut self.cur.written[port][q];
+        let next = &mut self.cur.next_flow[port][q];
+        let count = &mut self.cur.count[port];
         let side = &mut self.side[port];
-        let (flows, pairs, first, payload) = (self.flows, self.pairs, q as u32, self.payload);
+        let (flows, pairs, first, payload) =
+            (self.cur.flows, self.cur.pairs, q as u32, self.payload);
         dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
             write_template(written, id, slot, &tmpl.frame);
             let f = *next as usize;
@@ -418,7 +406,7 @@ impl Traffic for Tcp {
     ) -> Result<usize, crate::Error> {
         let (side, unexpected) = (&mut self.side[port], &mut self.unexpected);
         let (payload, stamped) = (self.payload, self.tmpl[port].stamped);
-        let flows = self.flows;
+        let flows = self.cur.flows;
         dev.recv_prefix(PAYLOAD_OFF + 8, |f| {
             if f.len() < PAYLOAD_OFF || f[23] != 6 {
                 *unexpected += 1;
