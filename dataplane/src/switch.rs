@@ -819,10 +819,7 @@ impl<'a> Worker<'a> {
                     let h: &[u8; ETH_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
                     match classify(sw, table, src, h, now.secs) {
                         Classified::Dest(d) if !filtering => Classified::Dest(d),
-                        Classified::Dest(d) if self.pkts[i].is_ok() => {
-                            self.filter(table, src, i, d, now, &mut nreplies)
-                        }
-                        Classified::Dest(_) => DropReason::BadHeader.into(),
+                        Classified::Dest(d) => self.filter(table, src, i, d, now, &mut nreplies),
                         drop => drop,
                     }
                 }
@@ -881,8 +878,8 @@ impl<'a> Worker<'a> {
         taken
     }
 
-    /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `self.pkts[n]`),
-    /// whose L2 destination is `d`.
+    /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `self.pkts[n]`;
+    /// a frame that did not parse is dropped as `bad_header`), whose L2 destination is `d`.
     fn filter(
         &mut self,
         table: &PortTable,
