@@ -392,9 +392,7 @@ impl SplitRing {
         if self.pending() == 0 {
             return Pop::Empty;
         }
-        // The avail ring entry: ordered after the Acquire load of avail.idx in refresh_avail.
-        let slot = self.avail + 4 + 2 * usize::from(self.last_avail & self.mask);
-        let head = self.u16_at(slot).load(Ordering::Relaxed);
+        let head = self.avail_head(0);
         if head >= self.size {
             log::warn!(
                 "guest avail entry names descriptor {head} >= ring size {}: ring broken",
@@ -415,6 +413,15 @@ impl SplitRing {
         }
     }
 
+    /// The head the guest put in the avail ring `k` places after the next one `pop` takes, as
+    /// written (not validated). The entry is ordered after the Acquire load of avail.idx in
+    /// `refresh_avail`; callers stay below `pending()`.
+    #[inline]
+    fn avail_head(&self, k: u16) -> u16 {
+        let slot = self.avail + 4 + 2 * usize::from(self.last_avail.wrapping_add(k) & self.mask);
+        self.u16_at(slot).load(Ordering::Relaxed)
+    }
+
     /// Prefetches the descriptors of the next `n` available chains (their heads; reading the
     /// avail entries brings those in too), so that a burst of `pop`s does not wait for each
     /// descriptor line the guest wrote in turn. Call after `refresh_avail`.
@@ -424,10 +431,7 @@ impl SplitRing {
             return;
         }
         for k in 0..n.min(self.pending()) {
-            let slot =
-                self.avail + 4 + 2 * usize::from(self.last_avail.wrapping_add(k) & self.mask);
-            let head = self.u16_at(slot).load(Ordering::Relaxed);
-            prefetch(self.desc + 16 * usize::from(head & self.mask));
+            prefetch(self.desc + 16 * usize::from(self.avail_head(k) & self.mask));
         }
     }
 
@@ -440,9 +444,7 @@ impl SplitRing {
         if self.broken || k >= self.pending() {
             return;
         }
-        let slot = self.avail + 4 + 2 * usize::from(self.last_avail.wrapping_add(k) & self.mask);
-        let head = self.u16_at(slot).load(Ordering::Relaxed);
-        let (addr, _, _, _) = self.read_desc(head);
+        let (addr, _, _, _) = self.read_desc(self.avail_head(k));
         if let Some(host) = self.mem.translate(addr, 1) {
             prefetch_write(host);
         }
