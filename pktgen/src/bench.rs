@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::{Connect, DeviceConfig, TxSlot, VirtioNet};
 
+use crate::frame::{fold, sum16};
 use crate::parse_mac;
 
 mod conn;
@@ -196,10 +197,7 @@ impl Template {
         f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
         let (fixed_off, addr_off) = if port == 0 { (26, 30) } else { (30, 26) };
         f[fixed_off..fixed_off + 4].copy_from_slice(&IP_SRC.to_be_bytes());
-        let base_sum = f[14..34]
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
+        let base_sum = sum16(&f[14..34]);
         let mut t = Template {
             frame: f,
             addr_off,
@@ -215,11 +213,8 @@ impl Template {
     #[inline]
     fn flow(&self, flow: u32) -> ([u8; 4], [u8; 2]) {
         let a = IP_DST_BASE.wrapping_add(flow);
-        let mut sum = self.base_sum + (a >> 16) + (a & 0xffff);
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        (a.to_be_bytes(), (!(sum as u16)).to_be_bytes())
+        let sum = fold(self.base_sum + (a >> 16) + (a & 0xffff));
+        (a.to_be_bytes(), sum.to_be_bytes())
     }
 }
 

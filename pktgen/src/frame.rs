@@ -9,6 +9,13 @@ const UDP_LEN: usize = 8;
 
 /// The Internet checksum (RFC 1071) of `data`, as stored in a header.
 pub fn ipv4_checksum(data: &[u8]) -> u16 {
+    fold(sum16(data))
+}
+
+/// The one's-complement sum of `data` as big-endian 16-bit words (an odd last byte is the high
+/// half of a word), not yet folded: partial sums of a header add up before `fold`.
+#[inline]
+pub(crate) fn sum16(data: &[u8]) -> u32 {
     let mut sum: u32 = 0;
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
@@ -17,6 +24,12 @@ pub fn ipv4_checksum(data: &[u8]) -> u16 {
     if let [last] = chunks.remainder() {
         sum += u32::from(*last) << 8;
     }
+    sum
+}
+
+/// Folds a one's-complement sum into 16 bits and complements it: the checksum field's value.
+#[inline]
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

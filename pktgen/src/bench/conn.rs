@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use crate::frame::{fold, sum16};
 use crate::VirtioNet;
 
 use super::{Args, Latency, Traffic, BURST, IP_DST_BASE, IP_SRC};
@@ -35,19 +36,6 @@ pub(super) fn client_isn(c: u32) -> u32 {
 /// The server's initial sequence number, from the client's.
 pub(super) fn server_isn(client: u32) -> u32 {
     client.wrapping_mul(0x85eb_ca6b).rotate_left(13) ^ 0xc2b2_ae35
-}
-
-pub(super) fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-pub(super) fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// One TCP segment's header fields.

@@ -12,11 +12,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::frame::{fold, sum16};
 use crate::VirtioNet;
 
-use super::conn::{
-    client_isn, fold, frame, frame_ws, parse, server_isn, sum16, Seg, ACK, RST, SYN,
-};
+use super::conn::{client_isn, frame, frame_ws, parse, server_isn, Seg, ACK, RST, SYN};
 use super::{
     burst_stamp, is_stamped, next_flow, write_template, Args, Cursors, Latency, Template, Traffic,
     BURST, DPORT, IP_DST_BASE, IP_SRC, SPORT,
