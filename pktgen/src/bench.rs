@@ -342,6 +342,8 @@ struct Udp {
     heard: Vec<u64>,
     /// Flows not heard yet (0: every flow is answered and `heard` is no longer read).
     unheard: u32,
+    /// The flows `pick_heard` chose for port 1's next burst.
+    picks: [u32; BURST],
 }
 
 impl Udp {
@@ -354,6 +356,7 @@ impl Udp {
             cur: Cursors::new(a, slots),
             heard: vec![0; (a.flows as usize).div_ceil(64)],
             unheard: a.flows,
+            picks: [0; BURST],
         }
     }
 
@@ -371,8 +374,9 @@ impl Udp {
 
     /// Picks up to `max` heard flows for port 1's pair `q` from its cursor on, skipping the
     /// unheard ones (a flow the switch never delivers must not stop the others' replies), and
-    /// looking at no more than four bursts' worth of flows per call. Returns how many.
-    fn pick_heard(&mut self, q: usize, max: usize, picks: &mut [u32; BURST]) -> usize {
+    /// looking at no more than four bursts' worth of flows per call. Returns how many, in
+    /// `self.picks`.
+    fn pick_heard(&mut self, q: usize, max: usize) -> usize {
         let (pairs, flows) = (self.cur.pairs, self.cur.flows);
         let mut next = self.cur.next_flow[1][q];
         let mut n = 0;
@@ -381,7 +385,7 @@ impl Udp {
                 break;
             }
             if self.is_heard(next) {
-                picks[n] = next;
+                self.picks[n] = next;
                 n += 1;
             }
             next_flow(&mut next, q as u32, pairs, flows);
@@ -411,13 +415,8 @@ impl Traffic for Udp {
     ) -> usize {
         // Until port 1 has heard every flow, it answers the heard ones only (picked here; a
         // pick that finds no room in the ring waits for the flow's next turn).
-        let mut picks = [0u32; BURST];
         let picked = port == 1 && self.unheard > 0;
-        let max = if picked {
-            self.pick_heard(q, max, &mut picks)
-        } else {
-            max
-        };
+        let max = if picked { self.pick_heard(q, max) } else { max };
         if max == 0 {
             return 0;
         }
@@ -427,6 +426,7 @@ impl Traffic for Udp {
         let next = &mut self.cur.next_flow[port][q];
         let count = &mut self.cur.count[port];
         let (flows, pairs, first) = (self.cur.flows, self.cur.pairs, q as u32);
+        let picks = &self.picks;
         let mut j = 0;
         dev.send_in_place(tmpl.frame.len(), max, |id, slot| {
             write_template(written, id, slot, &tmpl.frame);
@@ -810,27 +810,26 @@ mod tests {
         a.flows = 300;
         a.queues = 2;
         let mut u = Udp::new(&a, 256);
-        let mut picks = [0u32; BURST];
-        assert_eq!(u.pick_heard(0, BURST, &mut picks), 0);
+        assert_eq!(u.pick_heard(0, BURST), 0);
         // Pair 1 carries the odd flows; 3 and 297 are heard, 5 is not: 5 is skipped.
         for f in [3, 297, 4] {
             u.hear(f);
         }
         u.cur.next_flow[1][1] = 1;
-        let n = u.pick_heard(1, BURST, &mut picks);
-        assert_eq!(&picks[..n], &[3]);
+        let n = u.pick_heard(1, BURST);
+        assert_eq!(&u.picks[..n], &[3]);
         // The cursor moved on by four bursts' worth (odd flows 1..255), so 297 comes next.
         assert_eq!(u.cur.next_flow[1][1], 257);
         // From 257 the scan wraps to the pair's first flow again: 297, then 3 once more.
-        let n = u.pick_heard(1, BURST, &mut picks);
-        assert_eq!(&picks[..n], &[297, 3]);
+        let n = u.pick_heard(1, BURST);
+        assert_eq!(&u.picks[..n], &[297, 3]);
         // At most `max` picks, in cursor order.
         for f in (0..300).filter(|f| f % 2 == 1) {
             u.hear(f);
         }
         u.cur.next_flow[1][1] = 1;
-        let n = u.pick_heard(1, 5, &mut picks);
-        assert_eq!(&picks[..n], &[1, 3, 5, 7, 9]);
+        let n = u.pick_heard(1, 5);
+        assert_eq!(&u.picks[..n], &[1, 3, 5, 7, 9]);
         assert_eq!(u.cur.next_flow[1][1], 11);
         assert!(u.unheard > 0);
         // A frame past the flow count (not ours) is no flow heard.
