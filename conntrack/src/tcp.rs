@@ -390,6 +390,27 @@ impl TcpConn {
         Update::Valid
     }
 
+    /// Whether `seq`, the sequence number of a segment from `peer[dir]` quoted by an ICMP
+    /// error, can be one that peer sent: at most its highest allowed sequence number, at
+    /// least one of the other end's (scaled) windows behind the highest it sent (pf's check of
+    /// quoted TCP headers).
+    pub fn quoted_seq_in_window(&self, dir: usize, seq: u32) -> bool {
+        let (src, dst) = if dir & 1 == 0 {
+            (&self.peer[0], &self.peer[1])
+        } else {
+            (&self.peer[1], &self.peer[0])
+        };
+        let dws = if src.wscale & WSCALE_SEEN != 0 && dst.wscale & WSCALE_SEEN != 0 {
+            dst.wscale & WSCALE_MASK
+        } else if src.wscale & WSCALE_UNKNOWN != 0 && dst.wscale & WSCALE_UNKNOWN != 0 {
+            MAX_WSCALE
+        } else {
+            0
+        };
+        let back = (u32::from(dst.max_win) << dws).max(1);
+        seq_geq(src.seqhi, seq) && seq_geq(seq, src.seqlo.wrapping_sub(back))
+    }
+
     /// Which timeout applies now.
     pub fn timeout_class(&self) -> TimeoutClass {
         let (a, b) = (self.peer[0].state, self.peer[1].state);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use conntrack::Timeouts;
 use dataplane::filter::Policy;
+use dataplane::wire::Mac;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyConfig;
@@ -76,6 +77,11 @@ pub struct PortConfig {
     /// `-device virtio-net-pci,mq=on`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u32>,
+    /// The guest's MAC address (QEMU's `-device virtio-net-pci,mac=...`). When set, the port
+    /// is bound to it: frames with any other source MAC are dropped (`src_mac_spoofed`), so a
+    /// guest cannot claim another VM's MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// The vNIC's firewall policy (default: none, the port is switched at L2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
@@ -114,6 +120,7 @@ impl PortConfig {
                 ));
             }
         }
+        self.bound_mac(at)?;
         match (self.segment, self.vlan) {
             (Some(_), Some(_)) => Err(ConfigError::new(
                 f("vlan"),
@@ -139,6 +146,24 @@ impl PortConfig {
             Some(p) => p.compile(&format!("{at}policy")).map(Arc::new),
             None => Ok(Arc::new(Policy::none())),
         }
+    }
+
+    /// The MAC the port is bound to, if any; `at` prefixes field names.
+    pub fn bound_mac(&self, at: &str) -> Result<Option<Mac>, ConfigError> {
+        let Some(m) = &self.mac else { return Ok(None) };
+        let mac: Mac = m.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{at}mac"),
+                format!("{m:?} is not a MAC address (like 52:54:00:12:34:56)"),
+            )
+        })?;
+        if mac.is_group() || mac.is_zero() {
+            return Err(ConfigError::new(
+                format!("{at}mac"),
+                format!("{m} is a multicast or zero address; a guest's MAC is unicast"),
+            ));
+        }
+        Ok(Some(mac))
     }
 
     /// Queue pairs (after `validate` succeeded).

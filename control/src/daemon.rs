@@ -110,8 +110,12 @@ pub struct PortInfo {
     pub segment: u16,
     /// Link state: stopped, connecting, listening, negotiating, running.
     pub state: &'static str,
-    /// Frontend connections so far.
-    pub connections: u64,
+    /// The MAC the port is bound to (frames from other source MACs are dropped), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// vhost-user frontend connections so far (QEMU connecting, or reconnecting after
+    /// either side restarted); not tracked firewall connections (`GET /v1/ports/NAME/conns`).
+    pub vhost_connections: u64,
     /// Negotiated virtio features, hex.
     pub features: String,
     /// Queue pairs offered (the port's `queues`).
@@ -294,6 +298,8 @@ impl Daemon {
                 segment: p.cfg.segment_id(),
                 dev: p.dev.clone(),
                 policy: p.policy.clone(),
+                // Validated when the port was added.
+                mac: p.cfg.bound_mac("").ok().flatten(),
             })
             .collect();
         if let Err(e) = self.switch.set_ports(&specs) {
@@ -328,7 +334,8 @@ impl Daemon {
             mode: p.cfg.mode,
             segment: p.cfg.segment_id(),
             state: p.dev.state().as_str(),
-            connections: p.dev.connections(),
+            mac: p.cfg.mac.clone(),
+            vhost_connections: p.dev.connections(),
             features: format!("{:#x}", p.dev.features()),
             queues: p.dev.queue_pairs(),
             queues_running: p.dev.rx_queues_running(),

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vhost::{ChainError, RxError};
 
+use crate::parse::ParseError;
+
 /// Most ports a switch holds (port ids are `0..MAX_PORTS`).
 pub const MAX_PORTS: usize = 1024;
 
@@ -42,8 +44,9 @@ drop_reasons! {
     RingBroken = "ring_broken": "guest ring indexes are inconsistent; ring stopped until reset",
     FrameTooShort = "frame_too_short": "frame shorter than an Ethernet header",
     FrameTooLong = "frame_too_long": "frame longer than the switch's maximum frame size",
-    VlanTagged = "vlan_tagged": "802.1Q-tagged frame on an access port",
+    VlanTagged = "vlan_tagged": "802.1Q-tagged frame (VLAN id other than 0) on an access port",
     BadSourceMac = "bad_source_mac": "multicast or zero source MAC address",
+    SrcMacSpoofed = "src_mac_spoofed": "source MAC is not the MAC the port is bound to",
     SamePort = "same_port": "destination MAC was learned on the ingress port",
     NoDestination = "no_destination": "no other port in the segment to flood to",
     PortDown = "port_down": "destination port's receive queue is not running",
@@ -51,7 +54,13 @@ drop_reasons! {
     RxBufferTooSmall = "rx_buffer_too_small": "destination guest's receive buffer too small",
     RxBadDesc = "rx_bad_desc": "destination guest's receive descriptor is invalid",
     RxRingBroken = "rx_ring_broken": "destination guest's receive ring is broken",
-    BadHeader = "bad_header": "malformed IP or transport header",
+    ParseTruncated = "parse_truncated": "a header does not fit in the frame or in its IP packet",
+    ParseBadIpVersion = "parse_bad_ip_version": "the IP version field disagrees with the EtherType",
+    ParseBadIhl = "parse_bad_ihl": "the IPv4 header length field is below 5 words",
+    ParseBadIpLength = "parse_bad_ip_length": "the IP length field is larger than the frame or smaller than the header",
+    ParseBadL4Header = "parse_bad_l4_header": "a transport header is malformed (TCP data offset below 5 words or beyond the segment)",
+    ParseTooManyExtHeaders = "parse_too_many_ext_headers": "the IPv6 extension-header chain is longer than the parser walks",
+    ParseExtHeaderBeyondHeadroom = "parse_ext_header_beyond_headroom": "the IPv6 extension-header chain runs past the parsing headroom",
     NonIpDenied = "non_ip_denied": "non-IP frame refused by the vNIC's non-IP rule",
     NdDenied = "nd_denied": "ICMPv6 neighbour discovery refused by the vNIC's ND rule",
     IpFragment = "ip_fragment": "non-first IP fragment (fragments after the first are not tracked)",
@@ -61,7 +70,8 @@ drop_reasons! {
     TcpBadFlags = "tcp_bad_flags": "impossible TCP flag combination",
     TcpOutOfWindow = "tcp_out_of_window": "TCP segment outside the connection's window",
     TcpNoConnection = "tcp_no_connection": "TCP segment that cannot open a connection (not a SYN)",
-    IcmpUnrelated = "icmp_unrelated": "ICMP error that quotes no tracked connection",
+    IcmpUnrelated = "icmp_unrelated": "ICMP error that quotes no tracked connection, or goes to another vNIC than the quoted packet's sender",
+    IcmpQuoteOutOfWindow = "icmp_quote_out_of_window": "ICMP error quoting a TCP sequence number outside its connection's window",
     IcmpNoConnection = "icmp_no_connection": "ICMP echo reply without a request",
     CtTableFull = "ct_table_full": "connection table full",
     CtVnicLimit = "ct_vnic_limit": "vNIC at its maximum number of connections",
@@ -83,6 +93,20 @@ impl From<ChainError> for DropReason {
     }
 }
 
+impl From<ParseError> for DropReason {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::Truncated => DropReason::ParseTruncated,
+            ParseError::BadIpVersion => DropReason::ParseBadIpVersion,
+            ParseError::BadIhl => DropReason::ParseBadIhl,
+            ParseError::BadIpLength => DropReason::ParseBadIpLength,
+            ParseError::BadL4Header => DropReason::ParseBadL4Header,
+            ParseError::TooManyExtHeaders => DropReason::ParseTooManyExtHeaders,
+            ParseError::ExtHeaderBeyondHeadroom => DropReason::ParseExtHeaderBeyondHeadroom,
+        }
+    }
+}
+
 impl From<RxError> for DropReason {
     fn from(e: RxError) -> Self {
         match e {
@@ -95,7 +119,7 @@ impl From<RxError> for DropReason {
 }
 
 /// One worker's counters for one port.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PortCounters {
     /// Frames received from the port's guest.
     pub rx_packets: AtomicU64,
@@ -115,6 +139,18 @@ pub fn bump(c: &AtomicU64, v: u64) {
     // Single writer: load + store is exact and avoids a locked read-modify-write. Relaxed: the
     // readers (control) only need an eventually consistent value.
     c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+}
+
+impl Default for PortCounters {
+    fn default() -> Self {
+        PortCounters {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl PortCounters {
@@ -148,7 +184,7 @@ impl Counters {
 }
 
 /// A plain copy of a port's counters, summed over workers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortStats {
     /// Frames received from the guest.
     pub rx_packets: u64,
@@ -160,6 +196,18 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Drops by reason.
     pub drops: [u64; N_REASONS],
+}
+
+impl Default for PortStats {
+    fn default() -> Self {
+        PortStats {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: [0; N_REASONS],
+        }
+    }
 }
 
 impl PortStats {
@@ -192,5 +240,31 @@ impl PortStats {
     /// Total drops over all reasons.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parse_error_has_its_own_reason() {
+        let mut seen = Vec::new();
+        for e in ParseError::ALL {
+            let r = DropReason::from(e);
+            assert!(r.name().starts_with("parse_"), "{e:?} counts as {r:?}");
+            assert!(!seen.contains(&r), "{e:?} shares {r:?}");
+            seen.push(r);
+        }
+    }
+
+    #[test]
+    fn reason_names_are_unique() {
+        for (i, a) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*a as usize, i, "ALL is in discriminant order");
+            for b in &DropReason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
     }
 }

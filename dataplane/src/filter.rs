@@ -188,6 +188,24 @@ fn is_echo_request(proto: u8, ty: u8) -> bool {
     matches!((proto, ty), (ip_proto::ICMP, 8) | (ip_proto::ICMPV6, 128))
 }
 
+/// The key ports of an ICMP echo packet. A request is keyed `(id, id + 1)` and a reply `(id +
+/// 1, id)`, so a reply is exactly the reversed key of its request (it finds the request's
+/// connection in direction 1), while a request from the other end is never the reverse of any
+/// request's key (`(x, x + 1)` reversed is `(x + 1, x)`, which no request has) and opens a
+/// connection of its own, judged by the rules; and a reply sent in its request's direction
+/// matches nothing. Linux conntrack gets the same from the echo type in its tuple. With the
+/// identifier alone on both ports, a request carrying the identifier of the other end's ping
+/// was taken for that ping's reply and passed the receiver's ingress policy unjudged.
+#[inline]
+fn echo_ports(id: u16, request: bool) -> (u16, u16) {
+    let next = id.wrapping_add(1);
+    if request {
+        (id, next)
+    } else {
+        (next, id)
+    }
+}
+
 fn from_insert(e: InsertError) -> DropReason {
     match e {
         InsertError::TableFull | InsertError::MixedFamilies => DropReason::CtTableFull,
@@ -298,7 +316,7 @@ impl Filter<'_> {
                 };
             }
             if icmp.is_error {
-                return self.related(p, zone, now);
+                return self.related(p, zone, dst, now);
             }
             if !is_echo(p.proto, icmp.ty) {
                 // Informational ICMP other than echo: judged each time, not tracked.
@@ -348,7 +366,7 @@ impl Filter<'_> {
 
     fn key(&self, p: &Packet, zone: u16) -> Key {
         let (sport, dport) = match p.icmp {
-            Some(i) if is_echo(p.proto, i.ty) => (i.id, i.id),
+            Some(i) if is_echo(p.proto, i.ty) => echo_ports(i.id, is_echo_request(p.proto, i.ty)),
             _ => (p.sport, p.dport),
         };
         Key {
@@ -490,19 +508,33 @@ impl Filter<'_> {
         };
         if p.tcp.is_some() {
             let seg = segment(p);
+            // A stranger's segment is checked against the window like any other, but the
+            // result is never stored: a RST or FIN forged by a third vNIC cannot close the
+            // connection, nor can its segments move the window.
             match self.table.with_tcp(f.slot, |c| {
-                let u = c.update(&seg, f.dir);
-                (u == Update::Valid, u)
+                if stranger {
+                    (false, { *c }.update(&seg, f.dir))
+                } else {
+                    let u = c.update(&seg, f.dir);
+                    (u == Update::Valid, u)
+                }
             }) {
                 Update::Valid => {}
                 Update::Invalid(e) => return Hit::Done(Decision::Drop(from_tcp(e), None)),
+                // Only the connection's own pair may start it over.
+                Update::Restart if stranger => {
+                    return Hit::Done(Decision::Drop(DropReason::TcpNoConnection, None))
+                }
                 Update::Restart => {
                     self.table.expire_now(f.slot);
                     return Hit::Restart;
                 }
             }
         }
-        self.table.touch(f.slot, f.dir, now);
+        // Nor does a stranger's packet keep the connection alive or mark it replied.
+        if !stranger {
+            self.table.touch(f.slot, f.dir, now);
+        }
         Hit::Done(Decision::Pass {
             conn: Some(f.slot),
             created: false,
@@ -554,18 +586,25 @@ impl Filter<'_> {
         })
     }
 
-    /// An ICMP error passes only if the packet it quotes belongs to a tracked connection and
-    /// the error goes back to that packet's sender.
-    fn related(&self, p: &Packet, zone: u16, now: u32) -> Decision {
+    /// An ICMP error passes only if the packet it quotes belongs to a tracked connection, the
+    /// error goes back to that packet's sender (its address, and its vNIC where the receiver
+    /// is known), and, for TCP, the quoted sequence number lies in the sender's window (pf's
+    /// check), so that a third VM cannot forge "fragmentation needed" or "unreachable" errors
+    /// for a connection by naming its addresses and ports alone. An error never changes the
+    /// connection's state.
+    fn related(&self, p: &Packet, zone: u16, dst: Option<Side<'_>>, now: u32) -> Decision {
         let Some(inner) = p.icmp.and_then(|i| i.inner) else {
             return Decision::Drop(DropReason::IcmpUnrelated, None);
         };
         if inner.src != p.dst {
             return Decision::Drop(DropReason::IcmpUnrelated, None);
         }
-        // A quoted echo is keyed by its identifier, like the echo connection itself.
+        // A quoted echo is keyed as the echo connection itself is.
         let (sport, dport) = if matches!(inner.proto, ip_proto::ICMP | ip_proto::ICMPV6) {
-            (inner.icmp_id, inner.icmp_id)
+            if !is_echo(inner.proto, inner.icmp_ty) {
+                return Decision::Drop(DropReason::IcmpUnrelated, None);
+            }
+            echo_ports(inner.icmp_id, is_echo_request(inner.proto, inner.icmp_ty))
         } else {
             (inner.sport, inner.dport)
         };
@@ -577,13 +616,30 @@ impl Filter<'_> {
             sport,
             dport,
         };
-        match self.table.lookup(&key, self.table.hash(&key)) {
-            Some(f) if !self.table.expired(f.slot, now) => Decision::Pass {
-                conn: Some(f.slot),
-                created: false,
-                rules: [None, None],
-            },
-            _ => Decision::Drop(DropReason::IcmpUnrelated, None),
+        let Some(f) = self.table.lookup(&key, self.table.hash(&key)) else {
+            return Decision::Drop(DropReason::IcmpUnrelated, None);
+        };
+        if self.table.expired(f.slot, now) {
+            return Decision::Drop(DropReason::IcmpUnrelated, None);
+        }
+        // The quoted packet went in direction `f.dir`: its sender is the owner (0) or the
+        // peer (1); the error must be delivered to that vNIC.
+        let (owner, peer) = self.table.endpoints(f.slot);
+        let sender = if f.dir == 0 { owner } else { peer };
+        if dst.is_some_and(|d| d.vnic != sender) && owner != peer {
+            return Decision::Drop(DropReason::IcmpUnrelated, None);
+        }
+        if inner.proto == ip_proto::TCP
+            && !self.table.with_tcp(f.slot, |c| {
+                (false, c.quoted_seq_in_window(f.dir, inner.tcp_seq()))
+            })
+        {
+            return Decision::Drop(DropReason::IcmpQuoteOutOfWindow, None);
+        }
+        Decision::Pass {
+            conn: Some(f.slot),
+            created: false,
+            rules: [None, None],
         }
     }
 }

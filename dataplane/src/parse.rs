@@ -62,6 +62,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::counters::DropReason;
 use crate::wire::{ETHERTYPE_QINQ, ETHERTYPE_VLAN, ETH_HEADER_LEN};
 
 /// How many bytes of each frame the worker copies for parsing.
@@ -204,6 +205,20 @@ pub struct Inner {
     pub dport: u16,
     /// Identifier of a quoted ICMP echo request/reply, else 0.
     pub icmp_id: u16,
+    /// Type of a quoted ICMP/ICMPv6 message, else 0.
+    pub icmp_ty: u8,
+    /// Sequence number of a quoted TCP segment as it is on the wire (big-endian), else 0;
+    /// `Inner::tcp_seq` reads it. Bytes, not a `u32`, so that `Packet` stays within 128
+    /// bytes (a 4-byte alignment would pad it past that).
+    pub seq: [u8; 4],
+}
+
+impl Inner {
+    /// The quoted TCP sequence number (checked against the connection's window, so that a
+    /// forged error cannot pass by naming a connection alone).
+    pub fn tcp_seq(&self) -> u32 {
+        u32::from_be_bytes(self.seq)
+    }
 }
 
 /// The one-pass summary of a frame, in host byte order.
@@ -274,38 +289,15 @@ impl ParseError {
         ParseError::ExtHeaderBeyondHeadroom,
     ];
 
-    /// A snake_case name, usable as a drop-reason counter name.
+    /// A snake_case name: its drop reason's name without the `parse_` prefix.
     pub fn name(&self) -> &'static str {
-        match self {
-            ParseError::Truncated => "truncated",
-            ParseError::BadIpVersion => "bad_ip_version",
-            ParseError::BadIhl => "bad_ihl",
-            ParseError::BadIpLength => "bad_ip_length",
-            ParseError::BadL4Header => "bad_l4_header",
-            ParseError::TooManyExtHeaders => "too_many_ext_headers",
-            ParseError::ExtHeaderBeyondHeadroom => "ext_header_beyond_headroom",
-        }
+        let n = DropReason::from(*self).name();
+        n.strip_prefix("parse_").unwrap_or(n)
     }
 
-    /// The variant's doc comment, for display.
+    /// A one-line description (its drop reason's: one definition, in `counters`).
     pub fn description(&self) -> &'static str {
-        match self {
-            ParseError::Truncated => "a header does not fit in the frame or in its IP packet",
-            ParseError::BadIpVersion => "the IP version field disagrees with the EtherType",
-            ParseError::BadIhl => "the IPv4 header length field is below 5 words",
-            ParseError::BadIpLength => {
-                "the IP length field is larger than the frame or smaller than the header"
-            }
-            ParseError::BadL4Header => {
-                "a transport header is malformed (TCP data offset below 5 words or beyond the segment)"
-            }
-            ParseError::TooManyExtHeaders => {
-                "the IPv6 extension-header chain is longer than the parser walks"
-            }
-            ParseError::ExtHeaderBeyondHeadroom => {
-                "the IPv6 extension-header chain runs past the parsing headroom"
-            }
-        }
+        DropReason::from(*self).description()
     }
 }
 
@@ -708,8 +700,8 @@ fn inner_v4(q: &[u8]) -> Option<Inner> {
     }
     let proto = h[9];
     let later = be16([h[6], h[7]]) & 0x1fff != 0;
-    let (sport, dport, icmp_id) = if later {
-        (0, 0, 0)
+    let l4 = if later {
+        L4Quote::default()
     } else {
         inner_l4(proto, q.get(ihl..)?, false)?
     };
@@ -717,9 +709,11 @@ fn inner_v4(q: &[u8]) -> Option<Inner> {
         src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
         dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
         proto,
-        sport,
-        dport,
-        icmp_id,
+        sport: l4.sport,
+        dport: l4.dport,
+        icmp_id: l4.icmp_id,
+        icmp_ty: l4.icmp_ty,
+        seq: l4.seq,
     })
 }
 
@@ -730,8 +724,8 @@ fn inner_v6(q: &[u8]) -> Option<Inner> {
         return None;
     }
     let (off, proto, frag) = walk_v6_exts(q, 40, q.len(), h[6]).ok()?;
-    let (sport, dport, icmp_id) = if frag == Frag::Later {
-        (0, 0, 0)
+    let l4 = if frag == Frag::Later {
+        L4Quote::default()
     } else {
         inner_l4(proto, q.get(off..)?, true)?
     };
@@ -739,39 +733,61 @@ fn inner_v6(q: &[u8]) -> Option<Inner> {
         src: IpAddr::V6(Ipv6Addr::from(v6_addr(h, 8))),
         dst: IpAddr::V6(Ipv6Addr::from(v6_addr(h, 24))),
         proto,
-        sport,
-        dport,
-        icmp_id,
+        sport: l4.sport,
+        dport: l4.dport,
+        icmp_id: l4.icmp_id,
+        icmp_ty: l4.icmp_ty,
+        seq: l4.seq,
     })
 }
 
-/// Ports and echo identifier from the first 8 quoted transport bytes; `None` if a protocol we
-/// read has fewer than 8 bytes quoted.
-fn inner_l4(proto: u8, t: &[u8], v6: bool) -> Option<(u16, u16, u16)> {
+/// What the first 8 quoted transport bytes tell.
+#[derive(Default)]
+struct L4Quote {
+    sport: u16,
+    dport: u16,
+    icmp_id: u16,
+    icmp_ty: u8,
+    seq: [u8; 4],
+}
+
+/// Ports, TCP sequence number, ICMP type and echo identifier from the first 8 quoted
+/// transport bytes; `None` if a protocol we read has fewer than 8 bytes quoted.
+fn inner_l4(proto: u8, t: &[u8], v6: bool) -> Option<L4Quote> {
+    let ports = |b: &[u8; 8]| (be16([b[0], b[1]]), be16([b[2], b[3]]));
     match proto {
-        ip_proto::TCP | ip_proto::UDP | ip_proto::UDPLITE | ip_proto::SCTP => {
+        ip_proto::TCP => {
             let b: &[u8; 8] = t.first_chunk()?;
-            Some((be16([b[0], b[1]]), be16([b[2], b[3]]), 0))
+            let (sport, dport) = ports(b);
+            Some(L4Quote {
+                sport,
+                dport,
+                seq: [b[4], b[5], b[6], b[7]],
+                ..L4Quote::default()
+            })
         }
-        ip_proto::ICMP if !v6 => {
+        ip_proto::UDP | ip_proto::UDPLITE | ip_proto::SCTP => {
+            let (sport, dport) = ports(t.first_chunk()?);
+            Some(L4Quote {
+                sport,
+                dport,
+                ..L4Quote::default()
+            })
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 if (proto == ip_proto::ICMPV6) == v6 => {
             let b: &[u8; 8] = t.first_chunk()?;
-            let id = if matches!(b[0], 0 | 8) {
-                be16([b[4], b[5]])
+            let echo = if v6 {
+                matches!(b[0], 128 | 129)
             } else {
-                0
+                matches!(b[0], 0 | 8)
             };
-            Some((0, 0, id))
+            Some(L4Quote {
+                icmp_ty: b[0],
+                icmp_id: if echo { be16([b[4], b[5]]) } else { 0 },
+                ..L4Quote::default()
+            })
         }
-        ip_proto::ICMPV6 if v6 => {
-            let b: &[u8; 8] = t.first_chunk()?;
-            let id = if matches!(b[0], 128 | 129) {
-                be16([b[4], b[5]])
-            } else {
-                0
-            };
-            Some((0, 0, id))
-        }
-        _ => Some((0, 0, 0)),
+        _ => Some(L4Quote::default()),
     }
 }
 
@@ -1210,6 +1226,8 @@ mod tests {
                             sport: 33000,
                             dport: 53,
                             icmp_id: 0,
+                            icmp_ty: 0,
+                            seq: [0; 4],
                         }),
                     }),
                     ..base(L3::Ipv4, v4(V4_B), v4(V4_A), ip_proto::ICMP)
@@ -1285,6 +1303,8 @@ mod tests {
                             sport: 50000,
                             dport: 443,
                             icmp_id: 0,
+                            icmp_ty: 0,
+                            seq: 1000u32.to_be_bytes(),
                         }),
                     }),
                     ..base(L3::Ipv6, v6(V6_R), v6(V6_A), ip_proto::ICMPV6)
@@ -1548,6 +1568,7 @@ mod tests {
         fix_len4(&mut f);
         let i = frame(&f).unwrap().icmp.unwrap().inner.unwrap();
         assert_eq!((i.proto, i.icmp_id, i.sport), (ip_proto::ICMP, 0x1234, 0));
+        assert_eq!((i.icmp_ty, i.tcp_seq()), (8, 0), "the quoted echo's type");
         // A quoted IPv6 packet with a destination-options header is walked.
         let mut f = ICMPV6_PTB[..62].to_vec();
         let mut q = ICMPV6_PTB[62..102].to_vec();
@@ -1558,6 +1579,11 @@ mod tests {
         fix_len6(&mut f);
         let i = frame(&f).unwrap().icmp.unwrap().inner.unwrap();
         assert_eq!((i.proto, i.sport, i.dport), (ip_proto::TCP, 50000, 443));
+        assert_eq!(
+            (i.tcp_seq(), i.icmp_ty),
+            (1000, 0),
+            "the quoted TCP sequence number"
+        );
         // ... and a quote cut inside the extension header is None.
         let cut = &f[..f.len() - 12];
         let mut cut = cut.to_vec();
@@ -2002,6 +2028,12 @@ mod tests {
                         sport: if has_ports { sport } else { 0 },
                         dport: if has_ports { dport } else { 0 },
                         icmp_id: 0,
+                        icmp_ty: 0,
+                        seq: if inner_proto == 6 {
+                            [0, 0, 0, 1]
+                        } else {
+                            [0; 4]
+                        },
                     });
                 }
                 let (ty, code) = if is_v6 {

@@ -48,7 +48,7 @@ use crate::mac_table::{MacEntry, MacTable};
 use crate::parse::{parse_into, Packet, ParseError, HEADROOM, L3};
 use crate::reply::{reject, MAX_REPLY};
 use crate::ruleset::{Action, Tuple};
-use crate::wire::{EthernetFrame, ETH_HEADER_LEN};
+use crate::wire::{EthernetFrame, Mac, ETHERTYPE_QINQ, ETHERTYPE_VLAN, ETH_HEADER_LEN};
 
 /// Most frames taken from one queue per poll.
 pub const BURST: usize = 32;
@@ -102,12 +102,16 @@ pub struct PortSpec {
     pub dev: Arc<NetDevice>,
     /// Its firewall policy. Publishing a different `Arc` starts a new policy epoch.
     pub policy: Arc<Policy>,
+    /// The guest's MAC, when the port is bound to it: frames from any other source MAC are
+    /// dropped (`src_mac_spoofed`).
+    pub mac: Option<Mac>,
 }
 
 #[derive(Debug)]
 struct PortEntry {
     id: u16,
     segment: u16,
+    mac: Option<Mac>,
     dev: Arc<NetDevice>,
     policy: Arc<Policy>,
     /// Counters of the rules of `policy` (kept while the policy stays the same `Arc`).
@@ -418,6 +422,7 @@ impl Switch {
             table.ports[idx] = Some(PortEntry {
                 id: p.id,
                 segment: p.segment,
+                mac: p.mac,
                 dev: p.dev.clone(),
                 policy: p.policy.clone(),
                 rules,
@@ -788,8 +793,10 @@ impl<'a> Worker<'a> {
                 bump(&sc.rx_packets, 1);
                 bump(&sc.rx_bytes, u64::from(len));
                 if !filtering {
-                    // L2 only: the Ethernet header is all the switch reads.
-                    c.read_at(hdr, &mut self.hdrs[i][..ETH_HEADER_LEN]);
+                    // L2 only: the Ethernet header (and a priority tag's four bytes) is all
+                    // the switch reads.
+                    let hl = (len as usize).min(L2_HEADER_LEN);
+                    c.read_at(hdr, &mut self.hdrs[i][..hl]);
                 } else {
                     let hl = (len as usize).min(HEADROOM);
                     c.read_at(hdr, &mut self.hdrs[i][..hl]);
@@ -811,13 +818,15 @@ impl<'a> Worker<'a> {
         for h in self.hash[..n].iter().flatten() {
             sw.ct.prefetch_slots(*h);
         }
-        // Stage 3: L2 decision, then the filter, frame by frame.
+        // Stage 3: L2 decision, then the filter, frame by frame. The source MAC is learned
+        // only from a frame that passed both: a frame the sender's policy (or the port's MAC
+        // binding) drops must not teach the table that another VM's MAC lives here.
         for i in 0..n {
             let dest = match self.early[i] {
                 Some(r) => r.into(),
                 None => {
-                    let h: &[u8; ETH_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
-                    match classify(sw, table, src, h, now.secs) {
+                    let h: &[u8; L2_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
+                    match classify(sw, table, src, h, self.len[i], now.secs) {
                         Classified::Dest(d) if !filtering => Classified::Dest(d),
                         Classified::Dest(d) => self.filter(table, src, i, d, now, &mut nreplies),
                         drop => drop,
@@ -830,6 +839,10 @@ impl<'a> Worker<'a> {
                     Dest::Drop
                 }
                 Classified::Dest(d) => {
+                    let smac = EthernetFrame::new_checked(&self.hdrs[i][..]).map(|e| e.src());
+                    if let Some(m) = smac {
+                        sw.macs.learn(src.segment, m, src.id, now.secs);
+                    }
                     flood |= d == Dest::Flood;
                     d
                 }
@@ -879,7 +892,7 @@ impl<'a> Worker<'a> {
     }
 
     /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `self.pkts[n]`;
-    /// a frame that did not parse is dropped as `bad_header`), whose L2 destination is `d`.
+    /// a frame that did not parse is dropped under its `ParseError`'s reason), whose L2 destination is `d`.
     fn filter(
         &mut self,
         table: &PortTable,
@@ -889,8 +902,9 @@ impl<'a> Worker<'a> {
         now: Now,
         nreplies: &mut usize,
     ) -> Classified {
-        let Ok(p) = &self.pkts[n] else {
-            return DropReason::BadHeader.into();
+        let p = match &self.pkts[n] {
+            Ok(p) => p,
+            Err(e) => return DropReason::from(*e).into(),
         };
         let len = self.len[n];
         let hl = (len as usize).min(HEADROOM);
@@ -1076,26 +1090,33 @@ impl From<DropReason> for Classified {
     }
 }
 
-/// L2 decision for one frame from `src`: learn its source, find its destination.
+/// What the L2 stage reads of a frame: the Ethernet header and one 802.1Q tag.
+const L2_HEADER_LEN: usize = ETH_HEADER_LEN + 4;
+
+/// L2 decision for one frame of `len` bytes from `src`: check its source, find its
+/// destination. (Its source is learned once the frame has passed the filter too.)
 #[inline]
 fn classify(
     sw: &Switch,
     table: &PortTable,
     src: &PortEntry,
-    h: &[u8; ETH_HEADER_LEN],
+    h: &[u8; L2_HEADER_LEN],
+    len: u32,
     now: u32,
 ) -> Classified {
     let Some(eth) = EthernetFrame::new_checked(&h[..]) else {
         return DropReason::FrameTooShort.into();
     };
-    if eth.is_tagged() {
+    if eth.is_tagged() && !priority_tagged(h, len) {
         return DropReason::VlanTagged.into();
     }
     let (smac, dmac) = (eth.src(), eth.dst());
     if smac.is_group() || smac.is_zero() {
         return DropReason::BadSourceMac.into();
     }
-    sw.macs.learn(src.segment, smac, src.id, now);
+    if src.mac.is_some_and(|m| m != smac) {
+        return DropReason::SrcMacSpoofed.into();
+    }
     if dmac.is_group() {
         return Classified::Dest(Dest::Flood);
     }
@@ -1110,6 +1131,21 @@ fn classify(
     }
 }
 
+/// A priority-tagged frame: one 802.1Q tag with VLAN id 0 (only a priority), which 802.1Q
+/// treats as untagged. It is switched as it is; the parser looks past the tag, so the
+/// firewall judges what it carries.
+#[inline]
+fn priority_tagged(h: &[u8; L2_HEADER_LEN], len: u32) -> bool {
+    let ethertype = u16::from_be_bytes([h[12], h[13]]);
+    let tci = u16::from_be_bytes([h[14], h[15]]);
+    let inner = u16::from_be_bytes([h[16], h[17]]);
+    len as usize >= L2_HEADER_LEN
+        && ethertype == ETHERTYPE_VLAN
+        && tci & 0x0fff == 0
+        && inner != ETHERTYPE_VLAN
+        && inner != ETHERTYPE_QINQ
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1119,6 +1155,7 @@ mod tests {
             id,
             segment: 1,
             dev: Arc::new(NetDevice::default()),
+            mac: None,
             policy: Arc::new(Policy {
                 max_connections: max.unwrap_or(u32::MAX),
                 new_connections_per_sec: 7,

@@ -789,3 +789,401 @@ fn connections_belong_to_their_vnic_pair() {
         Decision::Drop(DropReason::PolicyRevoked, None)
     );
 }
+
+const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+fn echo6(src: [u8; 16], dst: [u8; 16], id: u16, request: bool) -> Packet {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(src, dst, 64);
+    let b = if request {
+        b.icmpv6_echo_request(id, 1)
+    } else {
+        b.icmpv6_echo_reply(id, 1)
+    };
+    b.write(&mut out, b"ping").unwrap();
+    pkt(&out)
+}
+
+/// ICMP "fragmentation needed, MTU 576" from `from` to `to`, quoting a TCP segment `to` ->
+/// `quoted_dst` with sequence number `seq`.
+fn frag_needed(
+    from: [u8; 4],
+    to: [u8; 4],
+    quoted_dst: [u8; 4],
+    ports: (u16, u16),
+    seq: u32,
+) -> Packet {
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(to, quoted_dst, 64)
+        .tcp(ports.0, ports.1, seq, 1000)
+        .ack(1)
+        .write(&mut quoted, b"")
+        .unwrap();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(from, to, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 576 },
+        ))
+        .write(&mut out, &quoted)
+        .unwrap();
+    pkt(&out)
+}
+
+/// An echo connection is keyed with its direction, as Linux conntrack's tuple has it: a
+/// request from the peer that carries the identifier of the opener's running ping is a new
+/// connection, judged by the opener's ingress rules (identical guests often pick the same
+/// identifier); an echo reply sent in the opener's direction belongs to no connection.
+#[test]
+fn echo_identifiers_do_not_cross_directions() {
+    let t = table();
+    // A accepts nothing; B accepts echo requests.
+    let pa = policy(&[], &[], Action::Drop);
+    let pa = Policy {
+        egress: policy(&[], &[], Action::Allow).egress,
+        ..pa
+    };
+    let mut req = rule(1, Some(1), "", vec![], Action::Allow);
+    req.icmp_type = Some(8);
+    let mut req6 = rule(2, Some(58), "", vec![], Action::Allow);
+    req6.icmp_type = Some(128);
+    let pb = policy(&[], &[req, req6], Action::Drop);
+    let pb = Policy {
+        egress: pa.egress.clone(),
+        ..pb
+    };
+    let a = Side {
+        vnic: 1,
+        policy: &pa,
+    };
+    let b = Side {
+        vnic: 2,
+        policy: &pb,
+    };
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    for v6 in [false, true] {
+        let ping = |src_a: bool, id: u16, request: bool| {
+            if v6 {
+                let (s, d) = if src_a { (A6, B6) } else { (B6, A6) };
+                echo6(s, d, id, request)
+            } else {
+                let (s, d) = if src_a { (A, B) } else { (B, A) };
+                echo(s, d, id, request)
+            }
+        };
+        let id = if v6 { 0x4242 } else { 0x1234 };
+        // A pings B: B's ingress allows the request, the reply flows back.
+        let d = f.decide(&ping(true, id, true), ZONE, a, Some(b), 1, 1000);
+        assert!(passes(d), "v6 {v6}: {d:?}");
+        let d = f.decide(&ping(false, id, false), ZONE, b, Some(a), 1, 1000);
+        assert!(passes(d), "v6 {v6}: the reply: {d:?}");
+        // B pings A with A's identifier: a new connection, refused by A's ingress.
+        assert_eq!(
+            f.decide(&ping(false, id, true), ZONE, b, Some(a), 1, 1000),
+            Decision::Drop(DropReason::PolicyDrop, None),
+            "v6 {v6}: a request from the peer is not a reply"
+        );
+        // Nor with the identifier next to it (the key's other port).
+        assert_eq!(
+            f.decide(
+                &ping(false, id.wrapping_add(1), true),
+                ZONE,
+                b,
+                Some(a),
+                1,
+                1000
+            ),
+            Decision::Drop(DropReason::PolicyDrop, None),
+            "v6 {v6}: id + 1"
+        );
+        assert_eq!(
+            f.decide(
+                &ping(false, id.wrapping_sub(1), true),
+                ZONE,
+                b,
+                Some(a),
+                1,
+                1000
+            ),
+            Decision::Drop(DropReason::PolicyDrop, None),
+            "v6 {v6}: id - 1"
+        );
+        // A sends a reply in its own request's direction: no connection has it.
+        assert_eq!(
+            f.decide(&ping(true, id, false), ZONE, a, Some(b), 1, 1000),
+            Decision::Drop(DropReason::IcmpNoConnection, None),
+            "v6 {v6}: a reply in the opener's direction"
+        );
+        // The real ping still works.
+        assert!(passes(f.decide(
+            &ping(true, id, true),
+            ZONE,
+            a,
+            Some(b),
+            1,
+            1000
+        )));
+        assert!(passes(f.decide(
+            &ping(false, id, false),
+            ZONE,
+            b,
+            Some(a),
+            1,
+            1000
+        )));
+    }
+    // The identifiers 0 and 0xffff wrap like any other.
+    for id in [0, 0xffff] {
+        assert!(passes(f.decide(
+            &echo(A, B, id, true),
+            ZONE,
+            a,
+            Some(b),
+            1,
+            1000
+        )));
+        assert!(passes(f.decide(
+            &echo(B, A, id, false),
+            ZONE,
+            b,
+            Some(a),
+            1,
+            1000
+        )));
+        assert_eq!(
+            f.decide(&echo(B, A, id, true), ZONE, b, Some(a), 1, 1000),
+            Decision::Drop(DropReason::PolicyDrop, None)
+        );
+    }
+}
+
+/// A third vNIC's segments on a connection between two others (here a RST with the right
+/// sequence number and the opener's addresses) are judged, never applied: the connection
+/// stays established and outlives the closed-state timeout.
+#[test]
+fn a_third_vnic_cannot_reset_a_connection() {
+    let t = table();
+    let open = policy(&[], &[], Action::Allow);
+    let (a, b, c) = (
+        Side {
+            vnic: 1,
+            policy: &open,
+        },
+        Side {
+            vnic: 2,
+            policy: &open,
+        },
+        Side {
+            vnic: 3,
+            policy: &open,
+        },
+    );
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    // B opens to A's port 22.
+    let d = f.decide(
+        &tcp(B, A, 40000, 22, 500, 0, "S", 0),
+        ZONE,
+        b,
+        Some(a),
+        1,
+        1000,
+    );
+    let slot = d.conn().expect("tracked");
+    assert!(passes(f.decide(
+        &tcp(A, B, 22, 40000, 7000, 501, "SA", 0),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    assert!(passes(f.decide(
+        &tcp(B, A, 40000, 22, 501, 7001, "A", 0),
+        ZONE,
+        b,
+        Some(a),
+        1,
+        1000
+    )));
+    let state = |now| t.connections(None, now)[0].class.name();
+    assert_eq!(state(1), "established");
+    // B sends 10 bytes; A acknowledges them (its rcv_nxt is 511).
+    for (p, from_b) in [
+        (tcp(B, A, 40000, 22, 501, 7001, "PA", 10), true),
+        (tcp(A, B, 22, 40000, 7001, 511, "A", 0), false),
+    ] {
+        let d = if from_b {
+            f.decide(&p, ZONE, b, Some(a), 1, 1000)
+        } else {
+            f.decide(&p, ZONE, a, Some(b), 1, 1000)
+        };
+        assert!(passes(d), "{d:?}");
+    }
+    // C forges B's RST at rcv_nxt + 1 and at rcv_nxt (both inside what the RST check
+    // accepts), a FIN, and data that would move the window.
+    for (seq, flags, len) in [
+        (512, "R", 0),
+        (511, "R", 0),
+        (511, "FA", 0),
+        (511, "PA", 100),
+    ] {
+        let d = f.decide(
+            &tcp(B, A, 40000, 22, seq, 7001, flags, len),
+            ZONE,
+            c,
+            Some(a),
+            1,
+            1000,
+        );
+        // Judged by C's and A's rules (both open here) and by the window, but not applied.
+        assert!(passes(d), "{flags}: {d:?}");
+        assert_eq!(state(1), "established", "after C's {flags}");
+    }
+    // C's RST in the reply direction (A's addresses, to B) changes nothing either.
+    let _ = f.decide(
+        &tcp(A, B, 22, 40000, 7001, 501, "R", 0),
+        ZONE,
+        c,
+        Some(b),
+        1,
+        1000,
+    );
+    assert_eq!(state(1), "established");
+    // Past the closed-state timeout both ends still talk: B's data and A's answer pass.
+    let later = 1 + Timeouts::default().tcp[5] + 10;
+    let d = f.decide(
+        &tcp(B, A, 40000, 22, 511, 7001, "PA", 10),
+        ZONE,
+        b,
+        Some(a),
+        later,
+        1000,
+    );
+    assert_eq!(d.conn(), Some(slot), "{d:?}");
+    let d = f.decide(
+        &tcp(A, B, 22, 40000, 7001, 521, "A", 0),
+        ZONE,
+        a,
+        Some(b),
+        later,
+        1000,
+    );
+    assert_eq!(d.conn(), Some(slot), "{d:?}");
+    // The connection's own RST still closes it.
+    assert!(passes(f.decide(
+        &tcp(B, A, 40000, 22, 521, 7001, "R", 0),
+        ZONE,
+        b,
+        Some(a),
+        later,
+        1000
+    )));
+    assert_eq!(state(later), "closed");
+}
+
+/// ICMP errors that quote a connection pass only towards the quoted packet's sender and, for
+/// TCP, only with a quoted sequence number in that sender's window (pf's check): a third VM
+/// cannot lower a connection's path MTU by naming its addresses and ports.
+#[test]
+fn icmp_errors_must_quote_the_window() {
+    let t = table();
+    let open = policy(&[], &[], Action::Allow);
+    let (a, b, c) = (
+        Side {
+            vnic: 1,
+            policy: &open,
+        },
+        Side {
+            vnic: 2,
+            policy: &open,
+        },
+        Side {
+            vnic: 3,
+            policy: &open,
+        },
+    );
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    let slot = f
+        .decide(
+            &tcp(A, B, 40000, 80, 100, 0, "S", 0),
+            ZONE,
+            a,
+            Some(b),
+            1,
+            1000,
+        )
+        .conn()
+        .expect("tracked");
+    assert!(passes(f.decide(
+        &tcp(B, A, 80, 40000, 900, 101, "SA", 0),
+        ZONE,
+        b,
+        Some(a),
+        1,
+        1000
+    )));
+    assert!(passes(f.decide(
+        &tcp(A, B, 40000, 80, 101, 901, "A", 0),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    const C: [u8; 4] = [10, 0, 0, 3];
+    let ports = (40000, 80);
+    // In window: a router (here C) may tell A about the path.
+    assert_eq!(
+        f.decide(&frag_needed(C, A, B, ports, 101), ZONE, c, Some(a), 1, 1000),
+        Decision::Pass {
+            conn: Some(slot),
+            created: false,
+            rules: [None, None]
+        }
+    );
+    // Far outside A's window, ahead or behind.
+    for seq in [5_000_000, 101u32.wrapping_sub(50_000), 101 + 0x8000_0000] {
+        assert_eq!(
+            f.decide(&frag_needed(C, A, B, ports, seq), ZONE, c, Some(a), 1, 1000),
+            Decision::Drop(DropReason::IcmpQuoteOutOfWindow, None),
+            "seq {seq}"
+        );
+    }
+    // Addressed to A, but delivered to B's vNIC: not the quoted packet's sender.
+    assert_eq!(
+        f.decide(&frag_needed(C, A, B, ports, 101), ZONE, c, Some(b), 1, 1000),
+        Decision::Drop(DropReason::IcmpUnrelated, None)
+    );
+    // Quoting ports no connection has.
+    assert_eq!(
+        f.decide(
+            &frag_needed(C, A, B, (40001, 80), 101),
+            ZONE,
+            c,
+            Some(a),
+            1,
+            1000
+        ),
+        Decision::Drop(DropReason::IcmpUnrelated, None)
+    );
+    // The connection is untouched.
+    assert!(passes(f.decide(
+        &tcp(A, B, 40000, 80, 101, 901, "PA", 10),
+        ZONE,
+        a,
+        Some(b),
+        1,
+        1000
+    )));
+    assert_eq!(t.connections(None, 1)[0].class.name(), "established");
+}

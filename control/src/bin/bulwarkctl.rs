@@ -12,6 +12,7 @@ commands:
   ports                                  ports, state and counters
   port show NAME                         one port, with its drop counters
   port add NAME --socket PATH (--segment N | --vlan N) [--mode client|server] [--queues N]
+                                         [--mac MAC]  (bind the port to the guest's MAC)
   port del NAME
   policy NAME                            its firewall rules with per-rule counters
   policy set NAME FILE                   replace its policy (FILE: JSON, or TOML if *.toml;
@@ -83,6 +84,7 @@ fn run() -> Result<(), String> {
                 match *o {
                     "--socket" => body["socket"] = json!(val),
                     "--mode" => body["mode"] = json!(val),
+                    "--mac" => body["mac"] = json!(val),
                     "--segment" | "--vlan" | "--queues" => {
                         let n: u64 = val
                             .parse()
