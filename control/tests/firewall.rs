@@ -6,77 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use serde_json::{json, Value};
-
-const IP_A: [u8; 4] = [10, 0, 0, 1];
-const IP_B: [u8; 4] = [10, 0, 0, 2];
-const IP_C: [u8; 4] = [10, 0, 0, 3];
-
-fn udp(src: ([u8; 6], [u8; 4], u16), dst: ([u8; 6], [u8; 4], u16), payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src.0, dst.0)
-        .ipv4(src.1, dst.1, 64)
-        .udp(src.2, dst.2)
-        .write(&mut out, payload)
-        .unwrap();
-    out
-}
-
-/// A TCP segment; `flags` from "S", "A", "F", "R", "P".
-fn tcp(
-    src: ([u8; 6], [u8; 4], u16),
-    dst: ([u8; 6], [u8; 4], u16),
-    seq: u32,
-    ack: u32,
-    flags: &str,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src.0, dst.0)
-        .ipv4(src.1, dst.1, 64)
-        .tcp(src.2, dst.2, seq, 64000);
-    for c in flags.chars() {
-        b = match c {
-            'S' => b.syn(),
-            'A' => b.ack(ack),
-            'F' => b.fin(),
-            'R' => b.rst(),
-            'P' => b.psh(),
-            _ => panic!("flag {c}"),
-        };
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
-}
-
-/// Sends one frame and returns what `to` receives within `wait`.
-fn exchange(
-    from: &mut pktgen::VirtioNet,
-    to: &mut pktgen::VirtioNet,
-    f: &[u8],
-    wait: Duration,
-) -> Vec<Vec<u8>> {
-    send_all(from, &[f.to_vec()]);
-    recv_n(to, 1, wait)
-}
-
-fn set_policy(sw: &Bulwarkd, port: &str, p: &Value) {
-    let (status, v) = sw.api(
-        "PUT",
-        &format!("/v1/ports/{port}/policy"),
-        Some(&p.to_string()),
-    );
-    assert_eq!(status, 200, "{v}");
-}
-
-/// Both guests announce themselves so the switch knows their MACs (non-IP frames pass).
-fn learn(a: &mut pktgen::VirtioNet, b: &mut pktgen::VirtioNet, ma: [u8; 6], mb: [u8; 6]) {
-    send_all(a, &[frame([0xff; 6], ma, 1)]);
-    assert_eq!(recv_n(b, 1, Duration::from_secs(5)).len(), 1, "flood");
-    send_all(b, &[frame([0xff; 6], mb, 1)]);
-    assert_eq!(recv_n(a, 1, Duration::from_secs(5)).len(), 1, "flood");
-}
+use etherparse::{SlicedPacket, TransportSlice};
+use serde_json::json;
 
 /// A may open UDP/53 and TCP/80 to B, not UDP/54; TCP/23 is rejected with a RST; B's replies
 /// flow; B cannot open anything to A; counters, connection list and flush work.

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use etherparse::PacketBuilder;
 use pktgen::{Connect, DeviceConfig, VirtioNet};
 use serde_json::Value;
 
@@ -305,4 +306,75 @@ pub fn assert_frames(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
             want[i].len()
         );
     }
+}
+
+// Frames and policies for the firewall tests.
+
+pub const IP_A: [u8; 4] = [10, 0, 0, 1];
+pub const IP_B: [u8; 4] = [10, 0, 0, 2];
+pub const IP_C: [u8; 4] = [10, 0, 0, 3];
+
+pub fn udp(src: ([u8; 6], [u8; 4], u16), dst: ([u8; 6], [u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, 64)
+        .udp(src.2, dst.2)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// A TCP segment; `flags` from "S", "A", "F", "R", "P".
+pub fn tcp(
+    src: ([u8; 6], [u8; 4], u16),
+    dst: ([u8; 6], [u8; 4], u16),
+    seq: u32,
+    ack: u32,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, 64)
+        .tcp(src.2, dst.2, seq, 64000);
+    for c in flags.chars() {
+        b = match c {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => panic!("flag {c}"),
+        };
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// Sends one frame and returns what `to` receives within `wait`.
+pub fn exchange(
+    from: &mut pktgen::VirtioNet,
+    to: &mut pktgen::VirtioNet,
+    f: &[u8],
+    wait: Duration,
+) -> Vec<Vec<u8>> {
+    send_all(from, &[f.to_vec()]);
+    recv_n(to, 1, wait)
+}
+
+pub fn set_policy(sw: &Bulwarkd, port: &str, p: &Value) {
+    let (status, v) = sw.api(
+        "PUT",
+        &format!("/v1/ports/{port}/policy"),
+        Some(&p.to_string()),
+    );
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Both guests announce themselves so the switch knows their MACs (non-IP frames pass).
+pub fn learn(a: &mut pktgen::VirtioNet, b: &mut pktgen::VirtioNet, ma: [u8; 6], mb: [u8; 6]) {
+    send_all(a, &[frame([0xff; 6], ma, 1)]);
+    assert_eq!(recv_n(b, 1, Duration::from_secs(5)).len(), 1, "flood");
+    send_all(b, &[frame([0xff; 6], mb, 1)]);
+    assert_eq!(recv_n(a, 1, Duration::from_secs(5)).len(), 1, "flood");
 }
