@@ -74,10 +74,12 @@ fn bench(c: &mut Criterion) {
         Side {
             vnic: 1,
             policy: &policy,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &policy,
+            epoch: 0,
         },
     );
     let table = Table::new(&Config {
@@ -134,15 +136,17 @@ fn bench(c: &mut Criterion) {
             black_box(f.decide(&p, 10, a, Some(b), 1, 1))
         })
     });
-    // Each iteration sees a new epoch, so every packet re-validates.
-    let mut epoch = 1u16;
+    // Each iteration sees a new epoch in which A's policy changed, so every packet
+    // re-validates.
+    let mut epoch = 1u64;
     g.bench_function("revalidate", |bn| {
         bn.iter(|| {
-            epoch = epoch.wrapping_add(1);
+            epoch += 1;
             let fe = Filter {
                 table: &table,
                 epoch,
             };
+            let a = Side { epoch, ..a };
             black_box(fe.decide(&pkts[next()], 10, a, Some(b), 1, 1))
         })
     });

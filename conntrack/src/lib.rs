@@ -15,5 +15,8 @@ pub mod qsbr;
 pub mod table;
 pub mod tcp;
 
-pub use table::{Config, ConnInfo, Found, InsertError, Key, NewConn, SweepStats, Table, Timeouts};
+pub use table::{
+    full_epoch, Config, ConnInfo, Found, InsertError, Key, NewConn, SweepStats, Table, Timeouts,
+    RESTAMP_AGE, RESTAMP_EVERY,
+};
 pub use tcp::{Segment, TcpConn, TimeoutClass};

@@ -62,7 +62,18 @@ pub const F_PICKUP: u64 = 1 << 6;
 /// Flag: expired by a worker (`expire_now`); the next sweep removes it.
 const F_DOOMED: u64 = 1 << 7;
 const CLASS_SHIFT: u32 = 8;
+/// The timeout class takes bits 8-14 (values 0-5 today).
+const CLASS_MASK: u64 = 0x7f;
+/// Flag (bit 15): the connection must be re-validated whatever its epoch says (`restamp`
+/// found it validated before a policy change, too long ago for its 16-bit stamp to tell).
+const F_STALE: u64 = 1 << 15;
 const EPOCH_SHIFT: u32 = 16;
+/// How far behind the current epoch a stamp may fall before `restamp` renews it or marks it
+/// stale: half the 16-bit range, so with `RESTAMP_EVERY` more epochs between passes no stamp
+/// is ever 2^16 old (where it would read as new again).
+pub const RESTAMP_AGE: u64 = 1 << 15;
+/// Epochs between two `restamp` passes, at most (the publisher's side of the bound).
+pub const RESTAMP_EVERY: u64 = 1 << 14;
 const OWNER_SHIFT: u32 = 32;
 const PEER_SHIFT: u32 = 48;
 
@@ -72,6 +83,13 @@ const TAG_CONT: u8 = 1;
 const TAGS_PER_WORD: usize = 8;
 const LOW_BYTES: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The full epoch whose low 16 bits are `low`, at most `current` and less than 2^16 before it
+/// (what a connection's stamp means, given the current epoch).
+#[inline]
+pub fn full_epoch(current: u64, low: u16) -> u64 {
+    current.wrapping_sub(u64::from((current as u16).wrapping_sub(low)))
+}
 
 /// Bit 8i+7 set for every byte i of `x` that is zero (exact: no borrow crosses bytes).
 #[inline]
@@ -258,8 +276,10 @@ pub struct ConnInfo {
     pub rule_egress: u16,
     /// Rule that admitted it on the peer's ingress side.
     pub rule_ingress: u16,
-    /// Policy epoch it was last validated under.
+    /// Policy epoch it was last validated under (low 16 bits; `full_epoch` widens it).
     pub epoch: u16,
+    /// Marked for re-validation by `Table::restamp`, whatever `epoch` says.
+    pub stale: bool,
     /// The reply direction has been seen.
     pub replied: bool,
     /// TCP window state, for TCP.
@@ -738,7 +758,7 @@ impl Table {
             }
             let class = c.timeout_class() as u64;
             let _ = w[W_META].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-                Some(m & !(0xff << CLASS_SHIFT) | class << CLASS_SHIFT)
+                Some(m & !(CLASS_MASK << CLASS_SHIFT) | class << CLASS_SHIFT)
             });
         }
         // Release: our TCP words happen-before the next holder's Acquire.
@@ -777,10 +797,60 @@ impl Table {
         }
     }
 
-    /// The policy epoch a connection was last validated under.
+    /// The policy epoch a connection was last validated under (its low 16 bits).
     #[inline]
     pub fn epoch(&self, slot: usize) -> u16 {
         (self.slots[slot].w[W_META].load(Ordering::Relaxed) >> EPOCH_SHIFT) as u16
+    }
+
+    /// The full epoch the connection was last validated under, given the `current` one, or
+    /// `None` when it must be re-validated regardless (`restamp` marked it stale). Exact as
+    /// long as `restamp` runs at least every `RESTAMP_EVERY` epochs (the switch's publisher
+    /// does): no live stamp is then 2^16 epochs old.
+    #[inline]
+    pub fn validated_at(&self, slot: usize, current: u64) -> Option<u64> {
+        let m = self.slots[slot].w[W_META].load(Ordering::Relaxed);
+        if m & F_STALE != 0 {
+            return None;
+        }
+        Some(full_epoch(current, (m >> EPOCH_SHIFT) as u16))
+    }
+
+    /// Keeps every connection's 16-bit epoch stamp meaningful across wrap-around. For each
+    /// connection validated `RESTAMP_AGE` or more epochs before `current`: if neither of its
+    /// vNICs' policies changed since (`changed_at(vnic)`: the epoch of the vNIC's last policy
+    /// change), its stamp is renewed to `current` (it is as valid now as it was); otherwise it
+    /// is marked stale, so that its next packet re-validates it whatever the stamp reads.
+    /// Returns (renewed, marked stale). A full pass over the table, on the control thread;
+    /// racing workers' re-validations win (the update is a CAS that re-checks the stamp).
+    pub fn restamp(&self, current: u64, changed_at: impl Fn(u16) -> u64) -> (usize, usize) {
+        let (mut renewed, mut marked) = (0, 0);
+        for s in self.tagged(0..self.slots.len()) {
+            let mut stale = false;
+            let r =
+                self.slots[s].w[W_META].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                    if m & STATUS_MASK != LIVE || m & F_CONT != 0 || m & F_STALE != 0 {
+                        return None;
+                    }
+                    let at = full_epoch(current, (m >> EPOCH_SHIFT) as u16);
+                    if current - at < RESTAMP_AGE {
+                        return None;
+                    }
+                    let (owner, peer) = ((m >> OWNER_SHIFT) as u16, (m >> PEER_SHIFT) as u16);
+                    stale = changed_at(owner).max(changed_at(peer)) > at;
+                    Some(if stale {
+                        m | F_STALE
+                    } else {
+                        m & !(0xffff << EPOCH_SHIFT) | (current & 0xffff) << EPOCH_SHIFT
+                    })
+                });
+            match (r, stale) {
+                (Err(_), _) => {}
+                (Ok(_), false) => renewed += 1,
+                (Ok(_), true) => marked += 1,
+            }
+        }
+        (renewed, marked)
     }
 
     /// Records a re-validation under `epoch` with the rules that now admit the connection,
@@ -789,7 +859,7 @@ impl Table {
     pub fn revalidated(&self, slot: usize, epoch: u16, rules: (u16, u16), peer: Option<u16>) {
         let w = &self.slots[slot].w;
         let _ = w[W_META].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-            let m = m & !(0xffff << EPOCH_SHIFT) | u64::from(epoch) << EPOCH_SHIFT;
+            let m = m & !(0xffff << EPOCH_SHIFT | F_STALE) | u64::from(epoch) << EPOCH_SHIFT;
             Some(match peer {
                 Some(p) => m & !(0xffff << PEER_SHIFT) | u64::from(p) << PEER_SHIFT,
                 None => m,
@@ -825,7 +895,7 @@ impl Table {
     fn timeout(&self, meta: u64, proto: u8) -> u32 {
         let t = &self.timeouts;
         match proto {
-            6 => t.tcp[((meta >> CLASS_SHIFT) & 0xff).min(5) as usize],
+            6 => t.tcp[((meta >> CLASS_SHIFT) & CLASS_MASK).min(5) as usize],
             17 if meta & F_REPLIED != 0 => t.udp_replied,
             17 => t.udp_first,
             1 | 58 => t.icmp,
@@ -1005,7 +1075,7 @@ impl Table {
             };
             let time = w[W_TIME].load(Ordering::Relaxed);
             let pkts = w[W_PKTS].load(Ordering::Relaxed);
-            let class = match (meta >> CLASS_SHIFT) & 0xff {
+            let class = match (meta >> CLASS_SHIFT) & CLASS_MASK {
                 0 => TimeoutClass::FirstPacket,
                 1 => TimeoutClass::Opening,
                 2 => TimeoutClass::Established,
@@ -1031,6 +1101,7 @@ impl Table {
                 rule_egress: (time >> 32) as u16,
                 rule_ingress: (time >> 48) as u16,
                 epoch: (meta >> EPOCH_SHIFT) as u16,
+                stale: meta & F_STALE != 0,
                 replied: meta & F_REPLIED != 0,
                 expired: self.expired(s, now),
                 tcp: (proto == 6).then(|| {

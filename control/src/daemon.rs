@@ -492,11 +492,20 @@ impl Daemon {
                 })
                 .flatten()
         };
+        let now_epoch = self.switch.policy_epoch();
         let mut out: Vec<ConnView> = self
             .switch
             .connections(id)
             .into_iter()
             .map(|c| {
+                // The recorded rule positions name rules of the rulesets the connection was
+                // validated under; they are shown (as rule ids) only while those are the
+                // current ones, never as whatever rule moved into the old position.
+                let at = conntrack::full_epoch(now_epoch, c.epoch);
+                let current = |vnic: u16| {
+                    !c.stale && self.switch.port_policy_epoch(vnic).is_some_and(|e| at >= e)
+                };
+                let (fresh_owner, fresh_peer) = (current(c.owner), current(c.peer));
                 let owner = ports.values().find(|p| p.id == c.owner);
                 let peer = (c.peer != c.owner)
                     .then(|| ports.values().find(|p| p.id == c.peer))
@@ -507,7 +516,12 @@ impl Daemon {
                     src: c.key.src.to_string(),
                     sport: c.key.sport,
                     dst: c.key.dst.to_string(),
-                    dport: c.key.dport,
+                    // An echo connection is keyed (id, id + 1): both "ports" show the id.
+                    dport: if matches!(c.key.proto, 1 | 58) {
+                        c.key.sport
+                    } else {
+                        c.key.dport
+                    },
                     owner: name_of(c.owner),
                     peer: if c.peer == c.owner {
                         None
@@ -522,10 +536,13 @@ impl Daemon {
                     age_secs: c.age_secs,
                     idle_secs: c.idle_secs,
                     packets: c.packets,
-                    rule_egress: ids(c.rule_egress, owner.map(|p| &*p.policy.egress)),
-                    rule_ingress: ids(c.rule_ingress, peer.map(|p| &*p.policy.ingress)),
+                    rule_egress: ids(c.rule_egress, owner.map(|p| &*p.policy.egress))
+                        .filter(|_| fresh_owner),
+                    rule_ingress: ids(c.rule_ingress, peer.map(|p| &*p.policy.ingress))
+                        .filter(|_| fresh_peer),
                     replied: c.replied,
-                    epoch: c.epoch,
+                    epoch: at,
+                    revalidate: !(fresh_owner && fresh_peer),
                 }
             })
             .collect();
@@ -551,7 +568,7 @@ pub struct PolicyInfo {
     /// Port name.
     pub port: String,
     /// The switch's current policy epoch.
-    pub epoch: u16,
+    pub epoch: u64,
     /// The policy as written (`None`: no firewall on this port).
     pub policy: Option<PolicyConfig>,
     /// Counters per rule (they restart when the policy is replaced).
@@ -618,7 +635,10 @@ pub struct ConnView {
     /// A reply was seen.
     pub replied: bool,
     /// Policy epoch it was last validated under.
-    pub epoch: u16,
+    pub epoch: u64,
+    /// Validated before the latest policy change of one of its vNICs: its next packet is
+    /// judged by the current rules (and `rule_egress`/`rule_ingress` are unknown until then).
+    pub revalidate: bool,
 }
 
 /// A MAC table entry as the API shows it.

@@ -281,7 +281,7 @@ fn frontend_reconnects() {
         drop(b);
         sw.wait_for(|| sw.port("b")["state"] == "listening", "b listening again");
     }
-    assert_eq!(sw.port("b")["connections"], 3);
+    assert_eq!(sw.port("b")["vhost_connections"], 3);
 }
 
 /// Client mode: bulwarkd dials a frontend that listens (as QEMU with `server=on`), keeps
@@ -310,7 +310,7 @@ fn client_mode_redials() {
         drop(b);
         sw.wait_for(|| sw.port("b")["state"] == "connecting", "b re-dialing");
     }
-    assert_eq!(sw.port("b")["connections"], 2);
+    assert_eq!(sw.port("b")["vhost_connections"], 2);
 }
 
 /// Two workers, each polling one port and delivering into the other's guest at the same time:

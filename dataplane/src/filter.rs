@@ -18,9 +18,11 @@
 //!   ICMP messages are judged by the rulesets each time, untracked.
 //! - ICMP errors (unreachable, packet too big, time exceeded, parameter problem) pass only as
 //!   *related* to the connection they quote, and only towards that connection's endpoint.
-//! - A connection validated under an older policy epoch is re-checked on its next packet: still
-//!   allowed, it continues (the rules it now matches are recorded); denied, it is cut
-//!   (`policy_revoked`) and removed.
+//! - A connection validated before the latest policy change of one of its vNICs is re-checked
+//!   on its next packet: still allowed, it continues (the rules it now matches are recorded);
+//!   denied, it is cut (`policy_revoked`) and removed. A change of another vNIC's policy does
+//!   not touch it. Epochs are 64-bit; the table keeps 16 bits of each, made exact by its
+//!   restamp pass (`conntrack::Table::restamp`).
 //! - A connection belongs to its pair of vNICs (owner and peer). A packet of it between other
 //!   vNICs (a spoofer, an address that moved) is judged by those vNICs' rules and never changes
 //!   or cuts the connection. One opened by a flood (receiver unknown) records its far end when
@@ -96,6 +98,10 @@ pub struct Side<'a> {
     pub vnic: u16,
     /// Its policy.
     pub policy: &'a Policy,
+    /// The policy epoch at which this vNIC's policy last changed: a connection of this vNIC
+    /// validated before it is re-validated on its next packet; the connections of vNICs
+    /// whose policies did not change are not.
+    pub epoch: u64,
 }
 
 /// Which rule decided, for per-rule counters: the vNIC, which of its rulesets, and the index
@@ -149,8 +155,10 @@ enum Hit {
 pub struct Filter<'a> {
     /// The shared connection table.
     pub table: &'a Table,
-    /// The current policy epoch (bumped on every policy publish).
-    pub epoch: u16,
+    /// The current policy epoch (bumped on every publish that changes some vNIC's policy;
+    /// 64 bits, never wraps). Connections record its low 16 bits; see
+    /// `conntrack::Table::validated_at` for why that is exact.
+    pub epoch: u64,
 }
 
 /// The classifier's view of a packet.
@@ -415,7 +423,7 @@ impl Filter<'_> {
             owner: src.vnic,
             peer,
             tcp,
-            epoch: self.epoch,
+            epoch: self.epoch as u16,
             rules: ids,
         };
         match self.table.insert(key, hash, &n, now, now_ms) {
@@ -459,7 +467,13 @@ impl Filter<'_> {
             (dst.map(|d| d.vnic), Some(src.vnic))
         };
         let owner_ok = owner_side.is_none_or(|v| v == owner);
-        let stale = self.table.epoch(f.slot) != self.epoch;
+        // Stale: validated before the last policy change of either vNIC the packet passes
+        // (or marked stale by the table's restamp pass).
+        let changed = dst.map_or(src.epoch, |d| d.epoch.max(src.epoch));
+        let stale = self
+            .table
+            .validated_at(f.slot, self.epoch)
+            .is_none_or(|at| at < changed);
         // A packet between other vNICs than the recorded pair (a spoofer, an address that
         // moved) is judged by the rules of the vNICs it really passes. It never changes or cuts
         // the connection, so a VM cannot break others' connections by spoofing their packets.
@@ -476,7 +490,8 @@ impl Filter<'_> {
                 Ok(r) => {
                     // Both ends were judged by the current rules: a full re-validation.
                     let ids = (rule_id(r[0]), rule_id(r[1]));
-                    self.table.revalidated(f.slot, self.epoch, ids, Some(v));
+                    self.table
+                        .revalidated(f.slot, self.epoch as u16, ids, Some(v));
                     r
                 }
                 Err(r) => return Hit::Done(Decision::Drop(DropReason::PolicyDrop, r)),
@@ -489,7 +504,7 @@ impl Filter<'_> {
                 Ok(r) => {
                     if owner_side.is_some() && far_side.is_some() {
                         let ids = (rule_id(r[0]), rule_id(r[1]));
-                        self.table.revalidated(f.slot, self.epoch, ids, None);
+                        self.table.revalidated(f.slot, self.epoch as u16, ids, None);
                     }
                     r
                 }

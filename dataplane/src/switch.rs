@@ -116,6 +116,8 @@ struct PortEntry {
     policy: Arc<Policy>,
     /// Counters of the rules of `policy` (kept while the policy stays the same `Arc`).
     rules: Arc<RuleCounters>,
+    /// The epoch at which `policy` was published (kept while it stays the same `Arc`).
+    policy_epoch: u64,
     /// Index into `PortTable::members`.
     group: usize,
 }
@@ -125,6 +127,7 @@ impl PortEntry {
         Side {
             vnic: self.id,
             policy: &self.policy,
+            epoch: self.policy_epoch,
         }
     }
 }
@@ -214,8 +217,8 @@ impl RuleCounters {
 #[derive(Debug, Default)]
 struct PortTable {
     generation: u64,
-    /// Policy epoch: bumped whenever a port's policy changes.
-    epoch: u16,
+    /// Policy epoch: bumped whenever a port's policy changes (64 bits: never wraps).
+    epoch: u64,
     /// Indexed by port id.
     ports: Vec<Option<PortEntry>>,
     /// Port ids per segment (flood lists).
@@ -278,12 +281,21 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The publisher's state (`set_ports` calls are serialized by its mutex).
+#[derive(Debug, Default)]
+struct Publish {
+    /// Generation of the last published port table.
+    generation: u64,
+    /// Policy epoch of the last `conntrack::Table::restamp` pass.
+    restamped: u64,
+}
+
 /// The switch data plane.
 #[derive(Debug)]
 pub struct Switch {
     cfg: SwitchConfig,
     table: ArcSwap<PortTable>,
-    publish: Mutex<u64>,
+    publish: Mutex<Publish>,
     macs: MacTable,
     workers: Vec<WorkerSlot>,
     ct: Table,
@@ -302,7 +314,7 @@ impl Switch {
                 polled: vec![Vec::new(); n],
                 ..Default::default()
             }),
-            publish: Mutex::new(0),
+            publish: Mutex::new(Publish::default()),
             ct: Table::new(&conntrack::Config {
                 capacity: cfg.ct_capacity,
                 vnics: MAX_PORTS,
@@ -412,11 +424,12 @@ impl Switch {
             for q in 0..p.dev.queue_pairs() {
                 table.polled[(idx + q) % nworkers].push((p.id, q as u16));
             }
-            let rules = match old.port(p.id) {
-                Some(o) if Arc::ptr_eq(&o.policy, &p.policy) => o.rules.clone(),
+            // A new policy's epoch is set below, once the table's epoch is known.
+            let (rules, policy_epoch) = match old.port(p.id) {
+                Some(o) if Arc::ptr_eq(&o.policy, &p.policy) => (o.rules.clone(), o.policy_epoch),
                 o => {
                     policy_changed |= o.is_some();
-                    Arc::new(RuleCounters::new(&p.policy, nworkers))
+                    (Arc::new(RuleCounters::new(&p.policy, nworkers)), u64::MAX)
                 }
             };
             table.ports[idx] = Some(PortEntry {
@@ -426,24 +439,41 @@ impl Switch {
                 dev: p.dev.clone(),
                 policy: p.policy.clone(),
                 rules,
+                policy_epoch,
                 group,
             });
         }
-        let mut gen = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let mut publish = self.publish.lock().unwrap_or_else(|e| e.into_inner());
         // Re-read under the lock: set_ports calls are serialized from here on.
         let cur_epoch = self.table.load().epoch;
-        table.epoch = if policy_changed {
-            cur_epoch.wrapping_add(1)
-        } else {
-            cur_epoch
-        };
+        table.epoch = cur_epoch + u64::from(policy_changed);
+        for e in table.ports.iter_mut().flatten() {
+            if e.policy_epoch == u64::MAX {
+                e.policy_epoch = table.epoch;
+            }
+        }
+        // Connections keep 16 bits of their epoch: renew (or mark stale) the old stamps before
+        // they could wrap (`conntrack::RESTAMP_EVERY`).
+        if table.epoch - publish.restamped >= conntrack::RESTAMP_EVERY {
+            let t0 = Instant::now();
+            let (renewed, stale) = self.ct.restamp(table.epoch, |v| {
+                table.port(v).map_or(table.epoch, |p| p.policy_epoch)
+            });
+            publish.restamped = table.epoch;
+            log::info!(
+                "policy epoch {}: {renewed} connection stamps renewed, {stale} marked stale ({:?})",
+                table.epoch,
+                t0.elapsed()
+            );
+        }
         for (id, max, rate) in vnic_limits(self.cfg.ct_capacity, ports) {
             self.ct.set_vnic_limits(id, max, rate);
         }
-        *gen += 1;
-        table.generation = *gen;
+        publish.generation += 1;
+        let gen = publish.generation;
+        table.generation = gen;
         self.table.store(Arc::new(table));
-        self.wait_quiescent(*gen);
+        self.wait_quiescent(gen);
         Ok(())
     }
 
@@ -513,8 +543,13 @@ impl Switch {
     }
 
     /// The current policy epoch.
-    pub fn policy_epoch(&self) -> u16 {
+    pub fn policy_epoch(&self) -> u64 {
         self.table.load().epoch
+    }
+
+    /// The epoch at which port `id`'s current policy was published.
+    pub fn port_policy_epoch(&self, id: u16) -> Option<u64> {
+        self.table.load().port(id).map(|p| p.policy_epoch)
     }
 
     /// Live connections of port `id` (either end), or all of them (slow path: scans the
@@ -1162,6 +1197,67 @@ mod tests {
                 ..Policy::allow_all()
             }),
         }
+    }
+
+    fn udp(src: [u8; 4], dst: [u8; 4]) -> Packet {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .udp(1000, 53)
+            .write(&mut f, b"q")
+            .unwrap();
+        crate::parse::parse(&f, f.len()).unwrap()
+    }
+
+    /// A connection validated before its vNIC's policy changed stays stale however many
+    /// epochs later its next packet comes, even when the epoch's low 16 bits (all a
+    /// connection stores) have come round to its stamp again: the publisher's restamp pass
+    /// marks it. Connections of vNICs whose policies did not change are renewed, not cut.
+    #[test]
+    fn epochs_cannot_wrap_around_a_revoked_rule() {
+        let sw = Switch::new(SwitchConfig {
+            ct_capacity: 1024,
+            ..SwitchConfig::default()
+        });
+        let mut specs: Vec<PortSpec> = (0..4).map(|i| spec(i, None)).collect();
+        sw.set_ports(&specs).unwrap();
+        let (a, b, d) = ([10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 4]);
+        let decide = |p: &Packet, from: u16, to: u16| {
+            let t = sw.table.load();
+            let f = Filter {
+                table: &sw.ct,
+                epoch: t.epoch,
+            };
+            let side = |i: u16| t.port(i).unwrap().side();
+            f.decide(p, 1, side(from), Some(side(to)), 1, 1)
+        };
+        assert!(decide(&udp(a, b), 0, 1).conn().is_some());
+        assert!(decide(&udp(b, d), 1, 3).conn().is_some());
+        // A's policy now drops everything it sends.
+        specs[0].policy = Arc::new(Policy {
+            egress: Arc::new(crate::ruleset::Ruleset::compile(&[], Action::Drop).unwrap()),
+            ..Policy::allow_all()
+        });
+        sw.set_ports(&specs).unwrap();
+        let changed = sw.policy_epoch();
+        // 2^16 - 1 more policy changes, on port 2 only: the epoch's low 16 bits read as
+        // they did when A's connection was validated.
+        for _ in 0..u16::MAX {
+            specs[2].policy = Arc::new(Policy::allow_all());
+            sw.set_ports(&specs).unwrap();
+        }
+        assert_eq!(sw.policy_epoch() - changed, u64::from(u16::MAX));
+        assert_eq!(sw.policy_epoch() as u16, (changed - 1) as u16);
+        assert_eq!(
+            decide(&udp(a, b), 0, 1),
+            Decision::Drop(DropReason::PolicyRevoked, None),
+            "A's connection outlived its rule"
+        );
+        // B-D's connection was validated under rules that did not change: it continues.
+        assert!(matches!(
+            decide(&udp(b, d), 1, 3),
+            Decision::Pass { created: false, .. }
+        ));
     }
 
     #[test]

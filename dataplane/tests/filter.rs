@@ -185,10 +185,12 @@ fn tcp_allowed_one_way() {
         Side {
             vnic: 1,
             policy: &pa,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &pb,
+            epoch: 0,
         },
     );
     let f = Filter {
@@ -267,10 +269,12 @@ fn ingress_side_and_reject() {
         Side {
             vnic: 1,
             policy: &pa,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &pb,
+            epoch: 0,
         },
     );
     let f = Filter {
@@ -307,10 +311,12 @@ fn udp_icmp_and_related_errors() {
         Side {
             vnic: 1,
             policy: &pa,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &pb,
+            epoch: 0,
         },
     );
     let f = Filter {
@@ -391,10 +397,12 @@ fn policy_epochs() {
         Side {
             vnic: 1,
             policy: &pa,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &pb,
+            epoch: 0,
         },
     );
     for (sp, dp) in [(40000, 80), (40001, 22)] {
@@ -440,6 +448,7 @@ fn policy_epochs() {
     let a2 = Side {
         vnic: 1,
         policy: &pa2,
+        epoch: 2,
     };
     assert!(passes(f2.decide(
         &tcp(A, B, 40000, 80, 101, 901, "PA", 10),
@@ -470,6 +479,7 @@ fn policy_epochs() {
     let a3 = Side {
         vnic: 1,
         policy: &pa3,
+        epoch: 3,
     };
     assert_eq!(
         f3.decide(
@@ -521,16 +531,19 @@ fn non_ip_and_limits() {
         Side {
             vnic: 1,
             policy: &open,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &open,
+            epoch: 0,
         },
     );
     assert!(passes(f.decide(&arp(), ZONE, a, Some(b), 1, 1000)));
     let bc = Side {
         vnic: 2,
         policy: &closed,
+        epoch: 0,
     };
     assert_eq!(
         f.decide(&arp(), ZONE, a, Some(bc), 1, 1000),
@@ -583,10 +596,12 @@ fn fragments() {
         Side {
             vnic: 1,
             policy: &open,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &open,
+            epoch: 0,
         },
     );
     // A later fragment: IPv4 header with offset 8 (64 bytes) and proto UDP.
@@ -625,10 +640,12 @@ fn echo_revalidation_and_tcp_restart() {
         Side {
             vnic: 1,
             policy: &pa,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &pb,
+            epoch: 0,
         },
     );
     let f1 = Filter {
@@ -648,8 +665,10 @@ fn echo_revalidation_and_tcp_restart() {
         table: &t,
         epoch: 2,
     };
-    let r = f2.decide(&echo(B, A, 9, false), ZONE, b, Some(a), 1, 1000);
+    let a_new = Side { epoch: 2, ..a };
+    let r = f2.decide(&echo(B, A, 9, false), ZONE, b, Some(a_new), 1, 1000);
     assert!(passes(r), "{r:?}");
+    assert_eq!(t.epoch(r.conn().unwrap()), 2, "re-validated");
 
     // A full TCP connection, closed with FINs both ways, then the same 4-tuple again.
     let go = |p: &Packet, from_a: bool| {
@@ -697,14 +716,17 @@ fn connections_belong_to_their_vnic_pair() {
     let a = Side {
         vnic: 1,
         policy: &open,
+        epoch: 0,
     };
     let b = Side {
         vnic: 2,
         policy: &pb,
+        epoch: 0,
     };
     let c = Side {
         vnic: 3,
         policy: &closed,
+        epoch: 0,
     };
     let f = Filter {
         table: &t,
@@ -754,6 +776,7 @@ fn connections_belong_to_their_vnic_pair() {
     let d4 = Side {
         vnic: 4,
         policy: &open,
+        epoch: 0,
     };
     let d = f.decide(&udp(B, A, 53, 1000), ZONE, d4, Some(a), 1, 1000);
     assert!(passes(d), "{d:?}");
@@ -776,6 +799,7 @@ fn connections_belong_to_their_vnic_pair() {
     let b2 = Side {
         vnic: 2,
         policy: &pb2,
+        epoch: 2,
     };
     let f2 = Filter {
         table: &t,
@@ -856,10 +880,12 @@ fn echo_identifiers_do_not_cross_directions() {
     let a = Side {
         vnic: 1,
         policy: &pa,
+        epoch: 0,
     };
     let b = Side {
         vnic: 2,
         policy: &pb,
+        epoch: 0,
     };
     let f = Filter {
         table: &t,
@@ -972,14 +998,17 @@ fn a_third_vnic_cannot_reset_a_connection() {
         Side {
             vnic: 1,
             policy: &open,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &open,
+            epoch: 0,
         },
         Side {
             vnic: 3,
             policy: &open,
+            epoch: 0,
         },
     );
     let f = Filter {
@@ -1099,14 +1128,17 @@ fn icmp_errors_must_quote_the_window() {
         Side {
             vnic: 1,
             policy: &open,
+            epoch: 0,
         },
         Side {
             vnic: 2,
             policy: &open,
+            epoch: 0,
         },
         Side {
             vnic: 3,
             policy: &open,
+            epoch: 0,
         },
     );
     let f = Filter {
@@ -1186,4 +1218,95 @@ fn icmp_errors_must_quote_the_window() {
         1000
     )));
     assert_eq!(t.connections(None, 1)[0].class.name(), "established");
+}
+
+/// Each vNIC has its own policy epoch: after A's policy changes, A's connections are
+/// re-validated on their next packet, while a connection between C and D (whose policies did
+/// not change) is not judged again.
+#[test]
+fn a_policy_change_revalidates_only_that_vnics_connections() {
+    let t = table();
+    let open = policy(&[], &[], Action::Allow);
+    let side = |vnic, epoch| Side {
+        vnic,
+        policy: &open,
+        epoch,
+    };
+    const C: [u8; 4] = [10, 0, 0, 3];
+    const D: [u8; 4] = [10, 0, 0, 4];
+    let f1 = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    let ab = f1
+        .decide(
+            &udp(A, B, 1000, 53),
+            ZONE,
+            side(1, 1),
+            Some(side(2, 1)),
+            1,
+            1000,
+        )
+        .conn()
+        .unwrap();
+    let cd = f1
+        .decide(
+            &udp(C, D, 1000, 53),
+            ZONE,
+            side(3, 1),
+            Some(side(4, 1)),
+            1,
+            1000,
+        )
+        .conn()
+        .unwrap();
+    // Epoch 2 changes A's policy only (here to the same rules: a re-validation passes).
+    let f2 = Filter {
+        table: &t,
+        epoch: 2,
+    };
+    let d = f2.decide(
+        &udp(C, D, 1000, 53),
+        ZONE,
+        side(3, 1),
+        Some(side(4, 1)),
+        1,
+        1000,
+    );
+    assert!(passes(d));
+    assert_eq!(t.epoch(cd), 1, "C-D was judged again");
+    let d = f2.decide(
+        &udp(B, A, 53, 1000),
+        ZONE,
+        side(2, 1),
+        Some(side(1, 2)),
+        1,
+        1000,
+    );
+    assert!(passes(d));
+    assert_eq!(t.epoch(ab), 2, "A-B was not re-validated");
+    // A revoking change (epoch 3, A's egress now drops everything) cuts A-B only.
+    let closed = policy(&[], &[], Action::Drop);
+    let a3 = Side {
+        vnic: 1,
+        policy: &closed,
+        epoch: 3,
+    };
+    let f3 = Filter {
+        table: &t,
+        epoch: 3,
+    };
+    assert_eq!(
+        f3.decide(&udp(A, B, 1000, 53), ZONE, a3, Some(side(2, 1)), 1, 1000),
+        Decision::Drop(DropReason::PolicyRevoked, None)
+    );
+    assert!(passes(f3.decide(
+        &udp(C, D, 1000, 53),
+        ZONE,
+        side(3, 1),
+        Some(side(4, 1)),
+        1,
+        1000
+    )));
+    assert_eq!(t.epoch(cd), 1);
 }
