@@ -111,13 +111,13 @@ fn echo_identifiers_cannot_be_borrowed() {
             "v6 {v6}"
         );
         // B pings A with the same identifier: refused by A's ingress policy.
-        let before = sw.drops("b", "policy_drop");
+        let before = sw.drops("a", "policy_drop_ingress");
         let borrowed = echo(mb, ma, v6, false, id, true);
         assert!(
             exchange(&mut b, &mut a, &borrowed, SHORT).is_empty(),
             "v6 {v6}: B's request reached A"
         );
-        assert_eq!(sw.drops("b", "policy_drop"), before + 1, "v6 {v6}");
+        assert_eq!(sw.drops("a", "policy_drop_ingress"), before + 1, "v6 {v6}");
         // A sends a reply in its request's direction: no connection has it.
         let before = sw.drops("a", "icmp_no_connection");
         let wrong_way = echo(ma, mb, v6, true, id, false);
@@ -297,7 +297,7 @@ fn a_spoofed_source_mac_does_not_divert_traffic() {
     // C claims B's MAC with an IP frame its egress policy drops.
     let claim = udp((mb, IP_B, 53), (ma, IP_A, 1000), b"i am b");
     assert!(exchange(&mut c, &mut a, &claim, SHORT).is_empty());
-    assert_eq!(sw.drops("c", "policy_drop"), 1);
+    assert_eq!(sw.drops("c", "policy_drop_egress"), 1);
     assert_eq!(
         exchange(&mut a, &mut b, &to_b, LONG),
         vec![to_b.clone()],
@@ -352,7 +352,7 @@ fn priority_tagged_frames_are_untagged() {
     assert_eq!(exchange(&mut a, &mut b, &ok, LONG), vec![ok.clone()]);
     let denied = tagged(&udp((ma, IP_A, 1000), (mb, IP_B, 54), b"x"), 0);
     assert!(exchange(&mut a, &mut b, &denied, SHORT).is_empty());
-    assert_eq!(sw.drops("a", "policy_drop"), 1);
+    assert_eq!(sw.drops("b", "policy_drop_ingress"), 1);
     let vlan5 = tagged(&frame(mb, ma, 4), 5);
     assert!(exchange(&mut a, &mut b, &vlan5, SHORT).is_empty());
     assert_eq!(sw.drops("a", "vlan_tagged"), 1);

@@ -52,10 +52,12 @@ fn allow_drop_reject_replies_and_operator_view() {
     assert_eq!(exchange(&mut b, &mut a, &r, long), vec![r.clone()]);
     let denied = udp((ma, IP_A, 4000), (mb, IP_B, 54), b"x");
     assert!(exchange(&mut a, &mut b, &denied, short).is_empty());
-    assert_eq!(sw.drops("a", "policy_drop"), 1);
+    assert_eq!(sw.drops("a", "policy_drop_egress"), 1);
     let from_b = udp((mb, IP_B, 5000), (ma, IP_A, 53), b"x");
     assert!(exchange(&mut b, &mut a, &from_b, short).is_empty());
-    assert_eq!(sw.drops("b", "policy_drop"), 1);
+    // Refused by A's ingress default: counted on A, as an ingress drop.
+    assert_eq!(sw.drops("a", "policy_drop_ingress"), 1);
+    assert_eq!(sw.drops("b", "policy_drop_egress"), 0);
 
     // TCP/23: rejected, A gets a RST for its SYN.
     let syn23 = tcp((ea.0, ea.1, 40023), (eb.0, eb.1, 23), 1000, 0, "S", b"");
@@ -73,7 +75,7 @@ fn allow_drop_reject_replies_and_operator_view() {
         recv_n(&mut b, 1, short).is_empty(),
         "B saw the rejected SYN"
     );
-    assert_eq!(sw.drops("a", "policy_reject"), 1);
+    assert_eq!(sw.drops("a", "policy_reject_egress"), 1);
 
     // TCP/80: handshake and data both ways.
     let (sa, sb) = (7000u32, 90000u32);
@@ -223,11 +225,16 @@ fn policy_swaps_under_load() {
     send_all(&mut a, &after);
     assert!(recv_n(&mut b, 1, Duration::from_millis(500)).is_empty());
     sw.wait_for(
-        || sw.drops("a", "policy_revoked") + sw.drops("a", "policy_drop") == 1000,
+        || sw.drops("b", "policy_revoked_ingress") + sw.drops("b", "policy_drop_ingress") == 1000,
         "all 1000 counted",
     );
-    assert_eq!(sw.drops("a", "policy_revoked"), u64::from(FLOWS));
-    assert_eq!(sw.drops("a", "policy_drop"), 1000 - u64::from(FLOWS));
+    // B's ingress rules made the drops: they count on B.
+    assert_eq!(sw.drops("b", "policy_revoked_ingress"), u64::from(FLOWS));
+    assert_eq!(
+        sw.drops("b", "policy_drop_ingress"),
+        1000 - u64::from(FLOWS)
+    );
+    assert_eq!(total_drops(&sw.port("a")), 0);
 }
 
 /// Per-vNIC connection limits: A's flood of SYNs stops at its maximum, and C can still open
@@ -291,14 +298,14 @@ fn floods_are_judged_per_member() {
     send_all(&mut a, std::slice::from_ref(&bcast));
     assert_eq!(recv_n(&mut b, 1, Duration::from_secs(5)), vec![bcast]);
     assert!(recv_n(&mut c, 1, short).is_empty());
-    assert_eq!(sw.drops("c", "non_ip_denied"), 1);
+    assert_eq!(sw.drops("c", "non_ip_denied_ingress"), 1);
 
     // Unknown unicast UDP/53 (B's MAC is not learned yet): only B's ingress allows it.
     let q = udp((ma, IP_A, 4000), (mb, IP_B, 53), b"query");
     send_all(&mut a, std::slice::from_ref(&q));
     assert_eq!(recv_n(&mut b, 1, Duration::from_secs(5)), vec![q]);
     assert!(recv_n(&mut c, 1, short).is_empty());
-    assert_eq!(sw.drops("c", "policy_drop"), 1);
+    assert_eq!(sw.drops("c", "policy_drop_ingress"), 1);
 
     // B answers (now A's and B's MACs are known); the connection learns B as its far end.
     let r = udp((mb, IP_B, 53), (ma, IP_A, 4000), b"answer");
@@ -318,7 +325,11 @@ fn floods_are_judged_per_member() {
     send_all(&mut a, std::slice::from_ref(&q2));
     assert_eq!(recv_n(&mut b, 1, Duration::from_secs(5)), vec![q2]);
     assert!(recv_n(&mut c, 1, short).is_empty());
-    assert_eq!(sw.drops("c", "policy_drop"), 1, "C was not even asked");
+    assert_eq!(
+        sw.drops("c", "policy_drop_ingress"),
+        1,
+        "C was not even asked"
+    );
 }
 
 /// Ports without a policy have no firewall: between them frames are switched at L2 only
@@ -351,7 +362,7 @@ fn ports_without_policy_are_not_filtered() {
     set_policy(&sw, "c", &json!({ "ingress_default": "drop" }));
     let to_c = udp((ma, IP_A, 1000), (mc, IP_C, 53), b"x");
     assert!(exchange(&mut a, &mut c, &to_c, Duration::from_millis(300)).is_empty());
-    assert_eq!(sw.drops("a", "policy_drop"), 1);
+    assert_eq!(sw.drops("c", "policy_drop_ingress"), 1);
     let to_b = udp((ma, IP_A, 1000), (mb, IP_B, 53), b"x");
     assert_eq!(
         exchange(&mut a, &mut b, &to_b, Duration::from_secs(5)),

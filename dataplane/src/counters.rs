@@ -61,12 +61,17 @@ drop_reasons! {
     ParseBadL4Header = "parse_bad_l4_header": "a transport header is malformed (TCP data offset below 5 words or beyond the segment)",
     ParseTooManyExtHeaders = "parse_too_many_ext_headers": "the IPv6 extension-header chain is longer than the parser walks",
     ParseExtHeaderBeyondHeadroom = "parse_ext_header_beyond_headroom": "the IPv6 extension-header chain runs past the parsing headroom",
-    NonIpDenied = "non_ip_denied": "non-IP frame refused by the vNIC's non-IP rule",
-    NdDenied = "nd_denied": "ICMPv6 neighbour discovery refused by the vNIC's ND rule",
+    NonIpDenied = "non_ip_denied_egress": "non-IP frame the vNIC sent, refused by its non-IP rule",
+    NonIpDeniedIngress = "non_ip_denied_ingress": "non-IP frame for the vNIC, refused by its non-IP rule",
+    NdDenied = "nd_denied_egress": "ICMPv6 neighbour discovery the vNIC sent, refused by its ND rule",
+    NdDeniedIngress = "nd_denied_ingress": "ICMPv6 neighbour discovery for the vNIC, refused by its ND rule",
     IpFragment = "ip_fragment": "non-first IP fragment (fragments after the first are not tracked)",
-    PolicyDrop = "policy_drop": "a rule (or the default) drops it",
-    PolicyReject = "policy_reject": "a rule rejects it (the sender is answered)",
-    PolicyRevoked = "policy_revoked": "its connection is no longer allowed by the current policy",
+    PolicyDrop = "policy_drop_egress": "the vNIC's egress rule (or default) drops what it sent",
+    PolicyDropIngress = "policy_drop_ingress": "the vNIC's ingress rule (or default) drops what was sent to it",
+    PolicyReject = "policy_reject_egress": "the vNIC's egress rule rejects what it sent (the sender is answered)",
+    PolicyRejectIngress = "policy_reject_ingress": "the vNIC's ingress rule rejects what was sent to it (the sender is answered)",
+    PolicyRevoked = "policy_revoked_egress": "the vNIC's egress rules no longer allow the connection",
+    PolicyRevokedIngress = "policy_revoked_ingress": "the vNIC's ingress rules no longer allow the connection",
     TcpBadFlags = "tcp_bad_flags": "impossible TCP flag combination",
     TcpOutOfWindow = "tcp_out_of_window": "TCP segment outside the connection's window",
     TcpNoConnection = "tcp_no_connection": "TCP segment that cannot open a connection (not a SYN)",
@@ -76,6 +81,23 @@ drop_reasons! {
     CtTableFull = "ct_table_full": "connection table full",
     CtVnicLimit = "ct_vnic_limit": "vNIC at its maximum number of connections",
     CtVnicRate = "ct_vnic_rate": "vNIC opening connections faster than its limit",
+}
+
+impl DropReason {
+    /// The reason as counted on a vNIC whose *ingress* policy made the drop. The filter
+    /// reports policy drops in their egress form, with the rule (and so the vNIC and
+    /// direction) that refused; the switch counts them on that vNIC, in this form for an
+    /// ingress rule. Reasons that have no direction are returned as they are.
+    pub fn ingress(self) -> DropReason {
+        match self {
+            DropReason::NonIpDenied => DropReason::NonIpDeniedIngress,
+            DropReason::NdDenied => DropReason::NdDeniedIngress,
+            DropReason::PolicyDrop => DropReason::PolicyDropIngress,
+            DropReason::PolicyReject => DropReason::PolicyRejectIngress,
+            DropReason::PolicyRevoked => DropReason::PolicyRevokedIngress,
+            r => r,
+        }
+    }
 }
 
 /// Number of drop reasons.

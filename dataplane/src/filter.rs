@@ -114,6 +114,25 @@ pub enum RuleRef {
     Ingress(u16, u32),
 }
 
+impl RuleRef {
+    /// The index that names no rule of the ruleset: its default action (or, for a non-IP or
+    /// ND frame, the vNIC's `non_ip` / `nd` action). A refusal always names the vNIC and the
+    /// direction that refused, so the drop is counted on that vNIC.
+    pub const DEFAULT: u32 = u32::MAX;
+
+    /// The vNIC whose policy the rule belongs to.
+    pub fn vnic(self) -> u16 {
+        match self {
+            RuleRef::Egress(v, _) | RuleRef::Ingress(v, _) => v,
+        }
+    }
+
+    /// Whether it is an ingress rule (of what the vNIC receives).
+    pub fn is_ingress(self) -> bool {
+        matches!(self, RuleRef::Ingress(..))
+    }
+}
+
 /// What to do with the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -127,9 +146,10 @@ pub enum Decision {
         /// end's ingress rule), for per-rule counters.
         rules: [Option<RuleRef>; 2],
     },
-    /// Drop it, for this reason.
+    /// Drop it, for this reason. A drop by a policy names the vNIC, direction and rule (or
+    /// `RuleRef::DEFAULT`) that refused it; other drops name none.
     Drop(DropReason, Option<RuleRef>),
-    /// Drop it and answer the sender (TCP RST, or ICMP unreachable).
+    /// Drop it and answer the sender (TCP RST, or ICMP unreachable), by this rule.
     Reject(Option<RuleRef>),
 }
 
@@ -237,25 +257,53 @@ fn judge(
     receiver: Option<Side<'_>>,
 ) -> Result<[Option<RuleRef>; 2], Decision> {
     let e = sender.policy.egress.lookup(t);
+    refuse(
+        e,
+        RuleRef::Egress(sender.vnic, e.rule.unwrap_or(RuleRef::DEFAULT)),
+    )?;
     let er = e.rule.map(|i| RuleRef::Egress(sender.vnic, i));
-    refuse(e, er)?;
     let ir = match receiver {
         Some(r) => {
             let i = r.policy.ingress.lookup(t);
-            let ir = i.rule.map(|i| RuleRef::Ingress(r.vnic, i));
-            refuse(i, ir)?;
-            ir
+            refuse(
+                i,
+                RuleRef::Ingress(r.vnic, i.rule.unwrap_or(RuleRef::DEFAULT)),
+            )?;
+            i.rule.map(|i| RuleRef::Ingress(r.vnic, i))
         }
         None => None,
     };
     Ok([er, ir])
 }
 
-fn refuse(v: Verdict, rule: Option<RuleRef>) -> Result<(), Decision> {
+/// `Err` with the decision when `v` does not allow; `by` names who decided.
+fn refuse(v: Verdict, by: RuleRef) -> Result<(), Decision> {
     match v.action {
         Action::Allow => Ok(()),
-        Action::Drop => Err(Decision::Drop(DropReason::PolicyDrop, rule)),
-        Action::Reject => Err(Decision::Reject(rule)),
+        Action::Drop => Err(Decision::Drop(DropReason::PolicyDrop, Some(by))),
+        Action::Reject => Err(Decision::Reject(Some(by))),
+    }
+}
+
+/// A non-IP or ND frame: each side's action for that kind of frame.
+fn special(
+    src: Side<'_>,
+    dst: Option<Side<'_>>,
+    action: fn(&Policy) -> Action,
+    reason: DropReason,
+) -> Decision {
+    if action(src.policy) != Action::Allow {
+        return Decision::Drop(reason, Some(RuleRef::Egress(src.vnic, RuleRef::DEFAULT)));
+    }
+    match dst {
+        Some(d) if action(d.policy) != Action::Allow => {
+            Decision::Drop(reason, Some(RuleRef::Ingress(d.vnic, RuleRef::DEFAULT)))
+        }
+        _ => Decision::Pass {
+            conn: None,
+            created: false,
+            rules: [None, None],
+        },
     }
 }
 
@@ -296,32 +344,15 @@ impl Filter<'_> {
         now_ms: u32,
         hash: Option<u64>,
     ) -> Decision {
-        let pass = Decision::Pass {
-            conn: None,
-            created: false,
-            rules: [None, None],
-        };
         if p.l3 == L3::NonIp {
-            let ok = src.policy.non_ip == Action::Allow
-                && dst.is_none_or(|d| d.policy.non_ip == Action::Allow);
-            return if ok {
-                pass
-            } else {
-                Decision::Drop(DropReason::NonIpDenied, None)
-            };
+            return special(src, dst, |p| p.non_ip, DropReason::NonIpDenied);
         }
         if p.frag == Frag::Later {
             return Decision::Drop(DropReason::IpFragment, None);
         }
         if let Some(icmp) = p.icmp {
             if icmp.is_nd {
-                let ok = src.policy.nd == Action::Allow
-                    && dst.is_none_or(|d| d.policy.nd == Action::Allow);
-                return if ok {
-                    pass
-                } else {
-                    Decision::Drop(DropReason::NdDenied, None)
-                };
+                return special(src, dst, |p| p.nd, DropReason::NdDenied);
             }
             if icmp.is_error {
                 return self.related(p, zone, dst, now);
@@ -589,8 +620,11 @@ impl Filter<'_> {
             None => match other {
                 Some(o) => {
                     let i = o.policy.ingress.lookup(&t);
-                    let r = i.rule.map(|i| RuleRef::Ingress(o.vnic, i));
-                    refuse(i, r).map(|()| [None, r])
+                    refuse(
+                        i,
+                        RuleRef::Ingress(o.vnic, i.rule.unwrap_or(RuleRef::DEFAULT)),
+                    )
+                    .map(|()| [None, i.rule.map(|i| RuleRef::Ingress(o.vnic, i))])
                 }
                 None => Ok([None, None]),
             },

@@ -643,10 +643,12 @@ impl FloodCheck {
             return Ok(());
         }
         match self {
-            FloodCheck::NonIp if policy.non_ip != Action::Allow => Err(DropReason::NonIpDenied),
-            FloodCheck::Nd if policy.nd != Action::Allow => Err(DropReason::NdDenied),
+            FloodCheck::NonIp if policy.non_ip != Action::Allow => {
+                Err(DropReason::NonIpDeniedIngress)
+            }
+            FloodCheck::Nd if policy.nd != Action::Allow => Err(DropReason::NdDeniedIngress),
             FloodCheck::Ingress(t) if policy.ingress.lookup(t).action != Action::Allow => {
-                Err(DropReason::PolicyDrop)
+                Err(DropReason::PolicyDropIngress)
             }
             _ => Ok(()),
         }
@@ -873,6 +875,7 @@ impl<'a> Worker<'a> {
                     sc.drop(r);
                     Dest::Drop
                 }
+                Classified::Counted => Dest::Drop,
                 Classified::Dest(d) => {
                     let smac = EthernetFrame::new_checked(&self.hdrs[i][..]).map(|e| e.src());
                     if let Some(m) = smac {
@@ -998,7 +1001,7 @@ impl<'a> Worker<'a> {
             }
             Decision::Drop(r, rule) => {
                 self.count_rules(table, &[rule, None], len, false);
-                r.into()
+                self.refused(src, r, rule)
             }
             Decision::Reject(rule) => {
                 self.count_rules(table, &[rule, None], len, false);
@@ -1006,8 +1009,23 @@ impl<'a> Worker<'a> {
                     self.reply_len[*nreplies] = l;
                     *nreplies += 1;
                 }
-                DropReason::PolicyReject.into()
+                self.refused(src, DropReason::PolicyReject, rule)
             }
+        }
+    }
+
+    /// A drop decided by a policy is counted on the vNIC whose rule (or default) made it, in
+    /// its direction: a frame the receiver's ingress policy refuses counts on the receiver,
+    /// as `*_ingress`. Other drops count on the sender (by the caller).
+    #[inline]
+    fn refused(&self, src: &PortEntry, r: DropReason, by: Option<RuleRef>) -> Classified {
+        match by {
+            Some(rr) if rr.vnic() != src.id || rr.is_ingress() => {
+                let r = if rr.is_ingress() { r.ingress() } else { r };
+                self.sw.workers[self.me].counters.port(rr.vnic()).drop(r);
+                Classified::Counted
+            }
+            _ => r.into(),
         }
     }
 
@@ -1116,6 +1134,8 @@ impl<'a> Worker<'a> {
 
 enum Classified {
     Drop(DropReason),
+    /// Dropped, and already counted (on the vNIC whose policy refused it).
+    Counted,
     Dest(Dest),
 }
 
@@ -1250,7 +1270,10 @@ mod tests {
         assert_eq!(sw.policy_epoch() as u16, (changed - 1) as u16);
         assert_eq!(
             decide(&udp(a, b), 0, 1),
-            Decision::Drop(DropReason::PolicyRevoked, None),
+            Decision::Drop(
+                DropReason::PolicyRevoked,
+                Some(RuleRef::Egress(0, RuleRef::DEFAULT))
+            ),
             "A's connection outlived its rule"
         );
         // B-D's connection was validated under rules that did not change: it continues.

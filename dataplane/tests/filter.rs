@@ -233,12 +233,18 @@ fn tcp_allowed_one_way() {
     // B opening a connection to A is refused by B's egress default.
     assert_eq!(
         go(&tcp(B, A, 5555, 22, 1, 0, "S", 0), false),
-        Decision::Drop(DropReason::PolicyDrop, None)
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Egress(2, RuleRef::DEFAULT))
+        )
     );
     // A to port 81: no rule, default drop.
     assert_eq!(
         go(&tcp(A, B, 40001, 81, 1, 0, "S", 0), true),
-        Decision::Drop(DropReason::PolicyDrop, None)
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Egress(1, RuleRef::DEFAULT))
+        )
     );
     // Out of window, bad flags, and a stray ACK with no connection.
     assert_eq!(
@@ -337,7 +343,10 @@ fn udp_icmp_and_related_errors() {
     );
     assert_eq!(
         f.decide(&udp(B, A, 53, 1001), ZONE, b, Some(a), 1, 1000),
-        Decision::Drop(DropReason::PolicyDrop, None)
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Egress(2, RuleRef::DEFAULT))
+        )
     );
     assert!(passes(f.decide(
         &echo(A, B, 77, true),
@@ -376,7 +385,10 @@ fn udp_icmp_and_related_errors() {
     // Zones are separate: the same flow in another segment is unknown.
     assert_eq!(
         f.decide(&udp(B, A, 53, 1000), ZONE + 1, b, Some(a), 1, 1000),
-        Decision::Drop(DropReason::PolicyDrop, None)
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Egress(2, RuleRef::DEFAULT))
+        )
     );
 }
 
@@ -490,7 +502,10 @@ fn policy_epochs() {
             3,
             3000
         ),
-        Decision::Drop(DropReason::PolicyRevoked, None)
+        Decision::Drop(
+            DropReason::PolicyRevoked,
+            Some(RuleRef::Egress(1, RuleRef::DEFAULT))
+        )
     );
     assert_eq!(
         f3.decide(
@@ -547,7 +562,10 @@ fn non_ip_and_limits() {
     };
     assert_eq!(
         f.decide(&arp(), ZONE, a, Some(bc), 1, 1000),
-        Decision::Drop(DropReason::NonIpDenied, None)
+        Decision::Drop(
+            DropReason::NonIpDenied,
+            Some(RuleRef::Ingress(2, RuleRef::DEFAULT))
+        )
     );
     assert_eq!(t.len(), 0, "non-IP is not tracked");
 
@@ -761,7 +779,10 @@ fn connections_belong_to_their_vnic_pair() {
     // touched: B's next reply passes as before.
     assert_eq!(
         f.decide(&udp(B, A, 53, 1000), ZONE, c, Some(a), 1, 1000),
-        Decision::Drop(DropReason::PolicyDrop, None)
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Ingress(3, RuleRef::DEFAULT))
+        )
     );
     assert_eq!(t.endpoints(slot), (1, 2));
     assert!(passes(f.decide(
@@ -788,7 +809,10 @@ fn connections_belong_to_their_vnic_pair() {
     let s54 = d.conn().expect("tracked");
     assert_eq!(
         f.decide(&udp(B, A, 54, 1001), ZONE, b, Some(a), 1, 1000),
-        Decision::Drop(DropReason::PolicyDrop, None)
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Ingress(2, RuleRef::DEFAULT))
+        )
     );
     assert_eq!(t.endpoints(s54), (1, 1));
 
@@ -810,7 +834,10 @@ fn connections_belong_to_their_vnic_pair() {
     assert_eq!(t.epoch(slot), 1);
     assert_eq!(
         f2.decide(&udp(A, B, 1000, 53), ZONE, a, Some(b2), 1, 1000),
-        Decision::Drop(DropReason::PolicyRevoked, None)
+        Decision::Drop(
+            DropReason::PolicyRevoked,
+            Some(RuleRef::Ingress(2, RuleRef::DEFAULT))
+        )
     );
 }
 
@@ -910,7 +937,10 @@ fn echo_identifiers_do_not_cross_directions() {
         // B pings A with A's identifier: a new connection, refused by A's ingress.
         assert_eq!(
             f.decide(&ping(false, id, true), ZONE, b, Some(a), 1, 1000),
-            Decision::Drop(DropReason::PolicyDrop, None),
+            Decision::Drop(
+                DropReason::PolicyDrop,
+                Some(RuleRef::Ingress(1, RuleRef::DEFAULT))
+            ),
             "v6 {v6}: a request from the peer is not a reply"
         );
         // Nor with the identifier next to it (the key's other port).
@@ -923,7 +953,10 @@ fn echo_identifiers_do_not_cross_directions() {
                 1,
                 1000
             ),
-            Decision::Drop(DropReason::PolicyDrop, None),
+            Decision::Drop(
+                DropReason::PolicyDrop,
+                Some(RuleRef::Ingress(1, RuleRef::DEFAULT))
+            ),
             "v6 {v6}: id + 1"
         );
         assert_eq!(
@@ -935,7 +968,10 @@ fn echo_identifiers_do_not_cross_directions() {
                 1,
                 1000
             ),
-            Decision::Drop(DropReason::PolicyDrop, None),
+            Decision::Drop(
+                DropReason::PolicyDrop,
+                Some(RuleRef::Ingress(1, RuleRef::DEFAULT))
+            ),
             "v6 {v6}: id - 1"
         );
         // A sends a reply in its own request's direction: no connection has it.
@@ -982,7 +1018,10 @@ fn echo_identifiers_do_not_cross_directions() {
         )));
         assert_eq!(
             f.decide(&echo(B, A, id, true), ZONE, b, Some(a), 1, 1000),
-            Decision::Drop(DropReason::PolicyDrop, None)
+            Decision::Drop(
+                DropReason::PolicyDrop,
+                Some(RuleRef::Ingress(1, RuleRef::DEFAULT))
+            )
         );
     }
 }
@@ -1298,7 +1337,10 @@ fn a_policy_change_revalidates_only_that_vnics_connections() {
     };
     assert_eq!(
         f3.decide(&udp(A, B, 1000, 53), ZONE, a3, Some(side(2, 1)), 1, 1000),
-        Decision::Drop(DropReason::PolicyRevoked, None)
+        Decision::Drop(
+            DropReason::PolicyRevoked,
+            Some(RuleRef::Egress(1, RuleRef::DEFAULT))
+        )
     );
     assert!(passes(f3.decide(
         &udp(C, D, 1000, 53),
