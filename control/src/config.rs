@@ -77,6 +77,10 @@ pub struct PortConfig {
     /// `-device virtio-net-pci,mq=on`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u32>,
+    /// The vNIC's UUID, its durable name (default: generated when the vNIC is first seen and
+    /// kept in `<run-dir>/vnics.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
     /// The guest's MAC address (QEMU's `-device virtio-net-pci,mac=...`). When set, the port
     /// is bound to it: frames with any other source MAC are dropped (`src_mac_spoofed`), so a
     /// guest cannot claim another VM's MAC.
@@ -121,6 +125,7 @@ impl PortConfig {
             }
         }
         self.bound_mac(at)?;
+        self.uuid(at)?;
         match (self.segment, self.vlan) {
             (Some(_), Some(_)) => Err(ConfigError::new(
                 f("vlan"),
@@ -146,6 +151,18 @@ impl PortConfig {
             Some(p) => p.compile(&format!("{at}policy")).map(Arc::new),
             None => Ok(Arc::new(Policy::none())),
         }
+    }
+
+    /// The UUID the port names, if any; `at` prefixes field names.
+    pub fn uuid(&self, at: &str) -> Result<Option<uuid::Uuid>, ConfigError> {
+        self.uuid
+            .as_deref()
+            .map(|u| {
+                u.parse().map_err(|_| {
+                    ConfigError::new(format!("{at}uuid"), format!("{u:?} is not a UUID"))
+                })
+            })
+            .transpose()
     }
 
     /// The MAC the port is bound to, if any; `at` prefixes field names.

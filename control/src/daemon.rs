@@ -13,9 +13,11 @@ use dataplane::filter::Policy;
 use dataplane::switch::RuleStat;
 use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
 use serde::Serialize;
+use uuid::Uuid;
 use vhost::{NetDevice, PortConn, SocketMode};
 
 use crate::config::{check_ports, ConfigError, Mode, PortConfig};
+use crate::identity::{write_atomically, Identities, Identity, IdentityError};
 use crate::policy::{ActionName, PolicyConfig};
 
 /// An API-level error: an HTTP status and a message naming the field when there is one.
@@ -87,6 +89,8 @@ struct PortRecord {
     /// `cfg.policy`, compiled.
     policy: Arc<Policy>,
     id: u16,
+    /// The vNIC's durable identity (`identity`).
+    uuid: Uuid,
     dev: Arc<NetDevice>,
     conn: Option<PortConn>,
     base: PortStats,
@@ -100,7 +104,9 @@ struct PortRecord {
 pub struct PortInfo {
     /// Port name.
     pub name: String,
-    /// Internal port id.
+    /// The vNIC's UUID: its durable name (kept across restarts, with its port id).
+    pub uuid: Uuid,
+    /// Internal port id (the data plane's index; kept across restarts too).
     pub id: u16,
     /// vhost-user socket path.
     pub socket: PathBuf,
@@ -142,6 +148,8 @@ pub struct PortInfo {
 pub struct Daemon {
     switch: Arc<Switch>,
     ports: Mutex<BTreeMap<String, PortRecord>>,
+    /// Locked only while `ports` is held.
+    identities: Mutex<Identities>,
     state_file: Option<PathBuf>,
 }
 
@@ -154,13 +162,19 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    /// A daemon over `switch`; API-added ports persist to `state_file` when given.
-    pub fn new(switch: Arc<Switch>, state_file: Option<PathBuf>) -> Self {
+    /// A daemon over `switch`; API-added ports persist to `state_file` when given; vNICs get
+    /// their UUIDs and port ids from `identities`.
+    pub fn new(switch: Arc<Switch>, state_file: Option<PathBuf>, identities: Identities) -> Self {
         Daemon {
             switch,
             ports: Mutex::new(BTreeMap::new()),
+            identities: Mutex::new(identities),
             state_file,
         }
+    }
+
+    fn identities(&self) -> std::sync::MutexGuard<'_, Identities> {
+        self.identities.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The switch.
@@ -210,15 +224,35 @@ impl Daemon {
                 ),
             ));
         }
-        let used: Vec<u16> = ports.values().map(|p| p.id).collect();
-        let id = (0..MAX_PORTS as u16)
-            .find(|i| !used.contains(i))
-            .ok_or_else(|| {
-                ApiError::conflict(
+        let uuid = cfg.uuid("")?;
+        let live: Vec<(&str, Identity)> = ports
+            .values()
+            .map(|p| {
+                (
+                    p.cfg.name.as_str(),
+                    Identity {
+                        uuid: p.uuid,
+                        id: p.id,
+                    },
+                )
+            })
+            .collect();
+        let ident = self
+            .identities()
+            .assign(&cfg.name, uuid, &live)
+            .map_err(|e| match e {
+                IdentityError::UuidInUse(u, other) => {
+                    ApiError::conflict("uuid", format!("{u} is already port {other:?}'s"))
+                }
+                IdentityError::NoFreeId => ApiError::conflict(
                     "name",
                     format!("the switch holds at most {MAX_PORTS} ports"),
-                )
+                ),
             })?;
+        let id = ident.id;
+        let mut cfg = cfg;
+        // Persisted with an API-added port, so that ports.json alone also names it.
+        cfg.uuid = Some(ident.uuid.to_string());
         let dev = Arc::new(NetDevice::new(cfg.queue_pairs()));
         let mode = match cfg.mode {
             Mode::Client => SocketMode::Client,
@@ -243,6 +277,7 @@ impl Daemon {
             cfg,
             policy,
             id,
+            uuid: ident.uuid,
             dev,
             conn: Some(conn),
             persisted: persist,
@@ -284,8 +319,11 @@ impl Daemon {
         let n = self.switch.flush_macs(rec.id);
         let c = self.switch.flush_connections(rec.id);
         log::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
-        if persist && rec.persisted {
-            self.save(&ports);
+        if persist {
+            self.identities().forget(name);
+            if rec.persisted {
+                self.save(&ports);
+            }
         }
         Ok(())
     }
@@ -315,12 +353,7 @@ impl Daemon {
             .filter(|p| p.persisted)
             .map(|p| &p.cfg)
             .collect();
-        let tmp = path.with_extension("json.tmp");
-        let res = serde_json::to_vec_pretty(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = res {
+        if let Err(e) = write_atomically(path, &list) {
             log::error!("cannot save port state to {}: {e}", path.display());
         }
     }
@@ -329,6 +362,7 @@ impl Daemon {
         let s = self.switch.port_stats(p.id).since(&p.base);
         PortInfo {
             name: p.cfg.name.clone(),
+            uuid: p.uuid,
             id: p.id,
             socket: p.cfg.socket.clone(),
             mode: p.cfg.mode,

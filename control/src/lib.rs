@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod identity;
 pub mod logger;
 pub mod policy;
 pub mod sys;

@@ -299,7 +299,6 @@ pub struct Switch {
     macs: MacTable,
     workers: Vec<WorkerSlot>,
     ct: Table,
-    epoch: Instant,
     stop: AtomicBool,
 }
 
@@ -321,7 +320,6 @@ impl Switch {
                 workers: n,
                 timeouts: cfg.ct_timeouts,
             }),
-            epoch: Instant::now(),
             stop: AtomicBool::new(false),
             cfg,
         })
@@ -332,9 +330,10 @@ impl Switch {
         &self.cfg
     }
 
-    /// The switch clock in seconds, never 0 (0 marks "never seen" in the MAC table).
+    /// The switch clock in seconds, never 0 (0 marks "never seen" in the MAC table): seconds
+    /// since boot (`sys::boot_clock`), a time base a later process continues.
     pub fn now_secs(&self) -> u32 {
-        secs(self.epoch.elapsed())
+        secs(crate::sys::boot_clock())
     }
 
     /// Starts the workers, one per configured CPU, and the connection sweeper.
@@ -676,7 +675,7 @@ struct Worker<'a> {
     reply_len: [usize; BURST],
 }
 
-/// Switch-clock seconds for `elapsed` since start, never 0 (0 marks "never seen").
+/// Switch-clock seconds for `elapsed` since boot, never 0 (0 marks "never seen").
 fn secs(elapsed: Duration) -> u32 {
     u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX - 1) + 1
 }
@@ -728,7 +727,7 @@ impl<'a> Worker<'a> {
             }
             // One clock read per loop: seconds for timeouts and aging, milliseconds (wrapping
             // after 49 days) for the connection rate limits.
-            let elapsed = self.sw.epoch.elapsed();
+            let elapsed = crate::sys::boot_clock();
             let now = Now {
                 secs: secs(elapsed),
                 ms: elapsed.as_millis() as u32,

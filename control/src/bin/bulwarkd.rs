@@ -14,7 +14,7 @@ use control::daemon::Daemon;
 
 const USAGE: &str = "usage: bulwarkd [--run-dir DIR] [--config FILE] [--workers CPU[,CPU...]]
 
-  --run-dir DIR   API socket (DIR/api.sock) and state (DIR/ports.json); default /run/bulwark
+  --run-dir DIR   API socket (DIR/api.sock) and state (DIR/ports.json, DIR/vnics.json); default /run/bulwark
   --config FILE   TOML configuration: [switch] settings and [[ports]]; see README
   --workers LIST  CPU ids for poll-mode workers (overrides [switch] workers)
 Environment: BULWARK_LOG=error|warn|info|debug|trace (default info)";
@@ -90,7 +90,9 @@ fn run() -> Result<(), String> {
     let workers = switch
         .spawn_workers()
         .map_err(|e| format!("cannot start workers: {e}"))?;
-    let daemon = Arc::new(Daemon::new(switch.clone(), Some(state_path)));
+    let identities = control::identity::Identities::load(Some(run_dir.join("vnics.json")))
+        .map_err(|e| format!("state: {e} (move it away to start with new vNIC identities)"))?;
+    let daemon = Arc::new(Daemon::new(switch.clone(), Some(state_path), identities));
 
     for p in cfg.ports {
         let name = p.name.clone();

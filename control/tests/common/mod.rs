@@ -63,16 +63,7 @@ impl Bulwarkd {
         }
         std::fs::write(dir.join("bulwark.toml"), cfg).unwrap();
         let run = dir.join("run");
-        let log = std::fs::File::create(dir.join("bulwarkd.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
-            .arg("--run-dir")
-            .arg(&run)
-            .arg("--config")
-            .arg(dir.join("bulwark.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bulwarkd");
+        let child = Self::spawn(&dir, &run);
         let d = Bulwarkd {
             child,
             dir,
@@ -84,6 +75,39 @@ impl Bulwarkd {
             "API to come up",
         );
         d
+    }
+
+    fn spawn(dir: &Path, run: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("bulwarkd.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
+            .arg("--run-dir")
+            .arg(run)
+            .arg("--config")
+            .arg(dir.join("bulwark.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bulwarkd")
+    }
+
+    /// Stops bulwarkd (SIGTERM, a graceful stop) and starts it again on the same config and
+    /// run directory.
+    pub fn restart(&mut self) {
+        // std's Child::kill is SIGKILL only: ask for the graceful stop with kill(1).
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, &self.run);
+        self.wait_for(
+            || self.try_api("GET", "/v1/health", None).is_some(),
+            "API to come up again",
+        );
     }
 
     pub fn sock(&self, name: &str) -> PathBuf {
