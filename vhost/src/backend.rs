@@ -301,12 +301,34 @@ impl NetBackend {
         }
     }
 
-    fn queue(&mut self, index: u32) -> VuResult<(usize, &mut VringSetup)> {
+    /// The setup of virtqueue `index`, for `request`; a frontend naming a queue the port does
+    /// not have (more queue pairs than it offers) is refused with a log line that says so.
+    fn queue(&mut self, request: &str, index: u32) -> VuResult<(usize, &mut VringSetup)> {
         let i = index as usize;
-        self.vrings
-            .get_mut(i)
-            .map(|v| (i, v))
-            .ok_or(VuError::InvalidParam)
+        let n = self.vrings.len();
+        if i >= n {
+            return Err(self.refuse(
+                request,
+                index,
+                format_args!(
+                    "the port has {} queue pairs (virtqueues 0-{}); set `queues` on the port \
+                     to offer more",
+                    n / 2,
+                    n.saturating_sub(1)
+                ),
+            ));
+        }
+        Ok((i, &mut self.vrings[i]))
+    }
+
+    /// Logs a refused request with its queue and what was wrong; the answer (with REPLY_ACK)
+    /// is a failure, and the connection goes on.
+    fn refuse(&self, request: &str, queue: u32, why: std::fmt::Arguments<'_>) -> VuError {
+        log::warn!(
+            "{}: {request} for virtqueue {queue} refused: {why}",
+            self.name
+        );
+        VuError::InvalidParam
     }
 
     fn hdr_len(&self) -> u32 {
@@ -471,10 +493,17 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        let (i, _) = self.queue(index)?;
+        let (i, _) = self.queue("SET_VRING_NUM", index)?;
         self.stop(i);
+        let Some(size) = u16::try_from(num).ok().filter(|n| n.is_power_of_two()) else {
+            return Err(self.refuse(
+                "SET_VRING_NUM",
+                index,
+                format_args!("size {num} is not a power of two up to 32768"),
+            ));
+        };
         let v = &mut self.vrings[i];
-        v.cfg.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
+        v.cfg.size = size;
         v.num_set = true;
         Ok(())
     }
@@ -488,7 +517,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
-        let (i, _) = self.queue(index)?;
+        let (i, _) = self.queue("SET_VRING_ADDR", index)?;
         self.stop(i);
         let v = &mut self.vrings[i];
         v.cfg.desc_uva = descriptor;
@@ -500,15 +529,22 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
-        let (i, _) = self.queue(index)?;
+        let (i, _) = self.queue("SET_VRING_BASE", index)?;
         self.stop(i);
-        self.vrings[i].cfg.base = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
+        let Ok(base) = u16::try_from(base) else {
+            return Err(self.refuse(
+                "SET_VRING_BASE",
+                index,
+                format_args!("base {base} does not fit a 16-bit ring index"),
+            ));
+        };
+        self.vrings[i].cfg.base = base;
         Ok(())
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         // A reply is owed even for a bad index, or the frontend would wait for ever.
-        let Ok((i, _)) = self.queue(index) else {
+        let Ok((i, _)) = self.queue("GET_VRING_BASE", index) else {
             return Ok(VhostUserVringState::new(index, 0));
         };
         self.stop(i);
@@ -519,7 +555,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let (i, _) = self.queue(u32::from(index))?;
+        let (i, _) = self.queue("SET_VRING_KICK", u32::from(index))?;
         // We poll and never read the kick fd, but its arrival is what starts a ring. A missing fd
         // (the "polling" flag) starts it too.
         let fd = match fd {
@@ -532,7 +568,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let (i, _) = self.queue(u32::from(index))?;
+        let (i, _) = self.queue("SET_VRING_CALL", u32::from(index))?;
         let call = fd.map(Arc::new);
         self.vrings[i].cfg.call = call.clone();
         if let Some(q) = self.dev.slot(i).lock().as_mut() {
@@ -542,7 +578,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        self.queue(u32::from(index)).map(|_| ())
+        self.queue("SET_VRING_ERR", u32::from(index)).map(|_| ())
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
@@ -561,7 +597,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        let (i, _) = self.queue(index)?;
+        let (i, _) = self.queue("SET_VRING_ENABLE", index)?;
         self.vrings[i].enabled = enable;
         if enable {
             self.try_start(i);
@@ -633,5 +669,36 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> VuResult<()> {
         Err(invalid("LOG_SHMFD not offered"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests for queues the port does not have, ring sizes that are not powers of two and
+    /// bases beyond 16 bits are refused (and logged with the request, queue and value); valid
+    /// ones are taken.
+    #[test]
+    fn bad_ring_requests_are_refused() {
+        let dev = Arc::new(NetDevice::new(1));
+        let mut b = NetBackend::new(dev, "t");
+        assert!(
+            b.set_vring_num(7, 256).is_err(),
+            "queue 7 of a one-pair port"
+        );
+        assert!(b.set_vring_enable(2, true).is_err());
+        assert!(
+            b.set_vring_num(0, 300).is_err(),
+            "300 is not a power of two"
+        );
+        assert!(b.set_vring_num(0, 0).is_err());
+        assert!(b.set_vring_base(1, 70_000).is_err());
+        assert!(b.set_vring_num(0, 256).is_ok());
+        assert!(b.set_vring_base(1, 5).is_ok());
+        assert_eq!(b.vrings[0].cfg.size, 256);
+        assert_eq!(b.vrings[1].cfg.base, 5);
+        // GET_VRING_BASE owes a reply even for a queue it does not have.
+        assert!(b.get_vring_base(9).is_ok());
     }
 }

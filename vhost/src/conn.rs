@@ -244,9 +244,10 @@ fn serve(ctx: &Ctx<'_>, s: UnixStream) -> bool {
             // QEMU sends SET_VRING_ENABLE before SET_FEATURES; the vhost crate refuses those
             // (see `VringSetup::enabled` for why that is harmless).
             Err(e @ VuError::InactiveFeature(_)) => log::debug!("{name}: request refused: {e}"),
+            // Our handlers log what they refuse, with the request, queue and value.
+            Err(e @ VuError::InvalidParam) => log::debug!("{name}: request refused: {e}"),
             Err(
-                e @ (VuError::InvalidParam
-                | VuError::InvalidOperation(_)
+                e @ (VuError::InvalidOperation(_)
                 | VuError::InactiveOperation(_)
                 | VuError::ReqHandlerError(_)),
             ) => log::warn!("{name}: request refused: {e}"),
