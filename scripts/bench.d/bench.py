@@ -1005,7 +1005,11 @@ def check_binaries(ctx, duts, conn=False):
                 newest_src = max(newest_src, os.path.getmtime(os.path.join(root, fn)))
     if newest_src > newest_bin:
         log(f"warning: sources are newer than the binaries in {ctx.bindir} ({BUILD_HINT})")
-    for tool in (TESTPMD, OVS_VSWITCHD, "ovsdb-server", "ovs-vsctl", "ovs-ofctl", "gnuplot"):
+    # Only the tools of the switches being run: an --ab or --duts bulwark run needs neither
+    # DPDK nor OVS.
+    tools = ([TESTPMD] if "testpmd" in duts or ctx.args.generator == "flowgen" else []) + \
+        ([OVS_VSWITCHD, "ovsdb-server", "ovs-vsctl", "ovs-ofctl"] if "ovs" in duts else []) + ["gnuplot"]
+    for tool in tools:
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} not found: run scripts/setup-bench (or scripts/bench without --no-install)")
 
