@@ -76,6 +76,20 @@ fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
     out
 }
 
+/// Attaches pktgen devices to ports a, b and c (MACs `mac(1..=3)`) and lets the switch learn
+/// all three.
+fn attach_three(sw: &Bulwarkd) -> [pktgen::VirtioNet; 3] {
+    let (ma, mb, mc) = (mac(1), mac(2), mac(3));
+    let mut a = sw.attach("a", ma);
+    let mut b = sw.attach("b", mb);
+    let mut c = sw.attach("c", mc);
+    learn(&mut a, &mut b, ma, mb);
+    send_all(&mut c, &[frame([0xff; 6], mc, 1)]);
+    assert_eq!(recv_n(&mut a, 1, LONG).len(), 1);
+    assert_eq!(recv_n(&mut b, 1, LONG).len(), 1);
+    [a, b, c]
+}
+
 /// A ping from A to B with an identifier B reuses: B's request to A is a new connection,
 /// refused by A's ingress (which lets nothing in), not a reply of A's; A's echo *reply* sent
 /// towards B (whose ingress allows only requests) belongs to no connection. IPv4 and IPv6.
@@ -159,13 +173,7 @@ fn a_third_port_cannot_cut_a_connection() {
         &[worker_cpu()],
     );
     let (ma, mb, mc) = (mac(1), mac(2), mac(3));
-    let mut a = sw.attach("a", ma);
-    let mut b = sw.attach("b", mb);
-    let mut c = sw.attach("c", mc);
-    learn(&mut a, &mut b, ma, mb);
-    send_all(&mut c, &[frame([0xff; 6], mc, 1)]);
-    assert_eq!(recv_n(&mut a, 1, LONG).len(), 1);
-    assert_eq!(recv_n(&mut b, 1, LONG).len(), 1);
+    let [mut a, mut b, mut c] = attach_three(&sw);
     set_policy(
         &sw,
         "a",
@@ -228,13 +236,7 @@ fn a_third_port_cannot_cut_a_connection() {
 fn forged_icmp_errors_are_dropped() {
     let sw = Bulwarkd::start(&[("a", 10), ("b", 10), ("c", 10)]);
     let (ma, mb, mc) = (mac(1), mac(2), mac(3));
-    let mut a = sw.attach("a", ma);
-    let mut b = sw.attach("b", mb);
-    let mut c = sw.attach("c", mc);
-    learn(&mut a, &mut b, ma, mb);
-    send_all(&mut c, &[frame([0xff; 6], mc, 1)]);
-    assert_eq!(recv_n(&mut a, 1, LONG).len(), 1);
-    assert_eq!(recv_n(&mut b, 1, LONG).len(), 1);
+    let [mut a, mut b, mut c] = attach_three(&sw);
     for p in ["a", "b", "c"] {
         set_policy(&sw, p, &json!({}));
     }

@@ -1033,23 +1033,11 @@ fn echo_identifiers_do_not_cross_directions() {
 fn a_third_vnic_cannot_reset_a_connection() {
     let t = table();
     let open = policy(&[], &[], Action::Allow);
-    let (a, b, c) = (
-        Side {
-            vnic: 1,
-            policy: &open,
-            epoch: 0,
-        },
-        Side {
-            vnic: 2,
-            policy: &open,
-            epoch: 0,
-        },
-        Side {
-            vnic: 3,
-            policy: &open,
-            epoch: 0,
-        },
-    );
+    let [a, b, c] = [1, 2, 3].map(|vnic| Side {
+        vnic,
+        policy: &open,
+        epoch: 0,
+    });
     let f = Filter {
         table: &t,
         epoch: 1,
@@ -1163,23 +1151,11 @@ fn a_third_vnic_cannot_reset_a_connection() {
 fn icmp_errors_must_quote_the_window() {
     let t = table();
     let open = policy(&[], &[], Action::Allow);
-    let (a, b, c) = (
-        Side {
-            vnic: 1,
-            policy: &open,
-            epoch: 0,
-        },
-        Side {
-            vnic: 2,
-            policy: &open,
-            epoch: 0,
-        },
-        Side {
-            vnic: 3,
-            policy: &open,
-            epoch: 0,
-        },
-    );
+    let [a, b, c] = [1, 2, 3].map(|vnic| Side {
+        vnic,
+        policy: &open,
+        epoch: 0,
+    });
     let f = Filter {
         table: &t,
         epoch: 1,
