@@ -2,12 +2,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use conntrack::Timeouts;
-use dataplane::filter::Policy;
 use dataplane::wire::Mac;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::policy::PolicyConfig;
 
@@ -45,7 +43,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Who opens a port's vhost-user socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// QEMU listens (`-chardev socket,server=on`); bulwarkd dials and re-dials.
@@ -56,35 +54,42 @@ pub enum Mode {
 }
 
 /// One port, as written in the config file or an API request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
     /// Unique name: 1-32 characters from `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,32}$")]
     pub name: String,
     /// Absolute path of the vhost-user socket.
+    #[schema(value_type = String, pattern = "^/", max_length = 107)]
     pub socket: PathBuf,
     /// Socket mode (default client).
     #[serde(default)]
     pub mode: Mode,
     /// Logical segment id, 1-65535. Exactly one of `segment` and `vlan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub segment: Option<u32>,
     /// Access VLAN, 1-4094 (the same id space as `segment`: `vlan = 10` is segment 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4094)]
     pub vlan: Option<u32>,
     /// Queue pairs offered to the guest (virtio-net multiqueue), 1-16 (default 1). QEMU must
     /// ask for the same number or fewer: `-netdev vhost-user,queues=N` with
     /// `-device virtio-net-pci,mq=on`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 16)]
     pub queues: Option<u32>,
     /// The vNIC's UUID, its durable name (default: generated when the vNIC is first seen and
     /// kept in `<run-dir>/vnics.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid)]
     pub uuid: Option<String>,
     /// The guest's MAC address (QEMU's `-device virtio-net-pci,mac=...`). When set, the port
     /// is bound to it: frames with any other source MAC are dropped (`src_mac_spoofed`), so a
     /// guest cannot claim another VM's MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
     pub mac: Option<String>,
     /// The vNIC's firewall policy (default: none, the port is switched at L2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,14 +147,6 @@ impl PortConfig {
                 .ok()
                 .filter(|&v| (1..=4094).contains(&v))
                 .ok_or_else(|| ConfigError::new(f("vlan"), format!("{v} is out of range 1-4094"))),
-        }
-    }
-
-    /// Compiles the port's policy (no firewall without one); `at` prefixes field names.
-    pub fn compile_policy(&self, at: &str) -> Result<Arc<Policy>, ConfigError> {
-        match &self.policy {
-            Some(p) => p.compile(&format!("{at}policy")).map(Arc::new),
-            None => Ok(Arc::new(Policy::none())),
         }
     }
 
@@ -253,7 +250,8 @@ pub struct TimeoutsSection {
 }
 
 impl TimeoutsSection {
-    fn fields(&self) -> [(&'static str, Option<u32>); 10] {
+    /// Each timeout by name.
+    pub fn fields(&self) -> [(&'static str, Option<u32>); 10] {
         [
             ("tcp_syn_sent", self.tcp_syn_sent),
             ("tcp_opening", self.tcp_opening),
@@ -266,24 +264,6 @@ impl TimeoutsSection {
             ("icmp", self.icmp),
             ("other", self.other),
         ]
-    }
-
-    /// The timeouts, defaults filled in.
-    pub fn timeouts(&self) -> Timeouts {
-        let d = Timeouts::default();
-        let mut tcp = d.tcp;
-        for (i, (_, v)) in self.fields()[..6].iter().enumerate() {
-            if let Some(v) = v {
-                tcp[i] = *v;
-            }
-        }
-        Timeouts {
-            tcp,
-            udp_first: self.udp_first.unwrap_or(d.udp_first),
-            udp_replied: self.udp_replied.unwrap_or(d.udp_replied),
-            icmp: self.icmp.unwrap_or(d.icmp),
-            other: self.other.unwrap_or(d.other),
-        }
     }
 }
 
@@ -388,21 +368,6 @@ impl Config {
         }
         check_ports(&self.ports, "ports")
     }
-
-    /// The data-plane settings this config asks for.
-    pub fn switch_config(&self) -> dataplane::SwitchConfig {
-        let d = dataplane::SwitchConfig::default();
-        let last = dataplane::online_cpus().saturating_sub(1);
-        dataplane::SwitchConfig {
-            workers: self.switch.workers.clone().unwrap_or_else(|| vec![last]),
-            idle_sleep_us: self.switch.idle_sleep_us.unwrap_or(d.idle_sleep_us),
-            mac_aging_secs: self.switch.mac_aging_secs.unwrap_or(d.mac_aging_secs),
-            mac_table_size: self.switch.mac_table_size.unwrap_or(d.mac_table_size),
-            max_frame: self.switch.max_frame.unwrap_or(d.max_frame),
-            ct_capacity: self.conntrack.capacity.unwrap_or(d.ct_capacity),
-            ct_timeouts: self.conntrack.timeouts.timeouts(),
-        }
-    }
 }
 
 /// Validates a list of ports: each on its own, then names and sockets unique.
@@ -412,7 +377,7 @@ pub fn check_ports(ports: &[PortConfig], list: &str) -> Result<(), ConfigError> 
     for (i, p) in ports.iter().enumerate() {
         let at = format!("{list}[{i}].");
         p.validate(&at)?;
-        p.compile_policy(&at)?;
+        crate::compile::port_policy(p, &at)?;
         if !names.insert(&p.name) {
             return Err(ConfigError::new(
                 format!("{at}name"),
@@ -463,6 +428,7 @@ fn locate(text: &str, pos: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conntrack::Timeouts;
 
     fn err(text: &str) -> ConfigError {
         Config::parse(text).unwrap_err()
@@ -493,7 +459,7 @@ vlan = 20
         assert_eq!(c.ports[0].mode, Mode::Client);
         assert_eq!(c.ports[1].mode, Mode::Server);
         assert_eq!(c.ports[1].segment_id(), 20);
-        assert_eq!(c.switch_config().idle_sleep_us, 100);
+        assert_eq!(crate::compile::switch_config(&c).idle_sleep_us, 100);
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
 
@@ -509,12 +475,12 @@ vlan = 20
         // The example pins a worker to CPU 1; keep the test independent of the machine.
         let text = text.replace("workers = [1]", "workers = [0]");
         let c = Config::parse(&text).unwrap_or_else(|e| panic!("README example: {e}"));
-        let p = c.ports[0].compile_policy("").unwrap();
+        let p = crate::compile::port_policy(&c.ports[0], "").unwrap();
         assert_eq!(p.egress.len(), 4);
         assert_eq!(p.ingress.rules()[0].id, 100);
         assert_eq!(p.max_connections, 10000);
         assert!(!p.tcp_pickup);
-        let sc = c.switch_config();
+        let sc = crate::compile::switch_config(&c);
         assert_eq!(sc.ct_capacity, 1 << 20);
         assert_eq!(sc.ct_timeouts, Timeouts::default());
     }
@@ -526,7 +492,7 @@ vlan = 20
         let e = err("[conntrack.timeouts]\nudp_first = 0\n");
         assert_eq!(e.field, "conntrack.timeouts.udp_first");
         let c = Config::parse("[conntrack.timeouts]\ntcp_established = 7200\n").unwrap();
-        assert_eq!(c.switch_config().ct_timeouts.tcp[2], 7200);
+        assert_eq!(crate::compile::switch_config(&c).ct_timeouts.tcp[2], 7200);
         let e = err(
             "[[ports]]\nname = \"a\"\nsocket = \"/tmp/a.sock\"\nsegment = 1\n\
              [ports.policy]\negress = [{ action = \"allow\", src = \"10.0.0.0/33\" }]\n",

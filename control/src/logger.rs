@@ -1,41 +1,15 @@
-//! A small stderr logger: `LEVEL target: message`, level from `BULWARK_LOG` (default info).
+//! Logging: `tracing` to stderr, filtered by `BULWARK_LOG` (default `info`; a level such as
+//! `debug`, or directives such as `info,vhost=debug`). The `log` calls of the data plane and
+//! vhost crates reach the same output through tracing's `log` bridge.
 
-use std::io::Write;
+use tracing_subscriber::EnvFilter;
 
-struct Logger {
-    level: log::LevelFilter,
-}
-
-impl log::Log for Logger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "{}.{:03} {:5} {}: {}",
-                t.as_secs(),
-                t.subsec_millis(),
-                r.level(),
-                r.target(),
-                r.args()
-            );
-        }
-    }
-    fn flush(&self) {}
-}
-
-/// Installs the logger (once; later calls do nothing).
+/// Installs the subscriber (once; later calls do nothing).
 pub fn init() {
-    let level = std::env::var("BULWARK_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    if log::set_boxed_logger(Box::new(Logger { level })).is_ok() {
-        log::set_max_level(level);
-    }
+    let filter = EnvFilter::try_from_env("BULWARK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }

@@ -186,7 +186,7 @@ fn policy_swaps_under_load() {
         })
         .collect();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (got, swaps) = std::thread::scope(|s| {
+    let swaps = std::thread::scope(|s| {
         let swapper = s.spawn(|| {
             let mut n = 0;
             while n < 100 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -196,15 +196,26 @@ fn policy_swaps_under_load() {
             }
             n
         });
-        let got = transfer(&mut a, &mut b, &frames, 128);
+        // Traffic flows until the swapper is done (on a loaded machine a swap takes longer
+        // than a round of traffic), every round checked whole.
+        for round in 0..50 {
+            let got = transfer(&mut a, &mut b, &frames, 128);
+            assert_frames(
+                &got,
+                &frames,
+                &format!("UDP flows across policy swaps, round {round}"),
+            );
+            if swapper.is_finished() {
+                break;
+            }
+        }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (got, swapper.join().unwrap())
+        swapper.join().unwrap()
     });
     assert!(
         swaps >= 10,
         "only {swaps} policy swaps happened during the transfer"
     );
-    assert_frames(&got, &frames, "UDP flows across policy swaps");
     let port_a = sw.port("a");
     let total: u64 = total_drops(&port_a);
     assert_eq!(total, 0, "drops on a: {port_a}");

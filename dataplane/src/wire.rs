@@ -54,7 +54,7 @@ impl std::str::FromStr for Mac {
             let p = parts
                 .next()
                 .ok_or("expected six hex bytes separated by ':'")?;
-            if p.len() != 2 {
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err("expected six hex bytes separated by ':'");
             }
             *b =

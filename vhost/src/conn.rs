@@ -117,10 +117,18 @@ impl Drop for PortConn {
 }
 
 fn bind(path: &Path) -> io::Result<UnixListener> {
-    // A stale socket from a previous run would make bind fail; only a socket is removed.
+    // A stale socket from a previous run would make bind fail; only a socket is removed, and
+    // only a dead one: a socket that something still listens on (another port, another
+    // daemon's API) is refused, never taken over.
     if let Ok(md) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if md.file_type().is_socket() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "a live socket is already there (something listens on it)",
+                ));
+            }
             std::fs::remove_file(path)?;
         }
     }

@@ -1,34 +1,145 @@
-//! bulwarkctl: the command-line client of bulwarkd's API.
+//! bulwarkctl: the command-line client of bulwarkd's API. It reads the API's own types
+//! (`control::model`), so a field bulwarkd stops sending is an error here, not a blank column.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use control::config::DEFAULT_RUN_DIR;
-use serde_json::{json, Value};
+use clap::{Args, Parser, Subcommand};
+use control::client::{Client, ClientError, Endpoint};
+use control::config::{Mode, PortConfig, DEFAULT_RUN_DIR};
+use control::model::{ConnView, MacInfo, PolicyInfo, PortInfo, StatsInfo};
+use control::policy::PolicyConfig;
 
-const USAGE: &str = "usage: bulwarkctl [--run-dir DIR | --api SOCKET] [--json] COMMAND
+/// The command-line client of bulwarkd's API.
+#[derive(Debug, Parser)]
+#[command(name = "bulwarkctl", version)]
+struct Cli {
+    /// bulwarkd's run directory; the API is DIR/api.sock.
+    #[arg(long, value_name = "DIR", global = true)]
+    run_dir: Option<PathBuf>,
+    /// The API socket itself.
+    #[arg(long, value_name = "SOCKET", global = true, conflicts_with = "run_dir")]
+    api: Option<PathBuf>,
+    /// bulwarkd's TCP listener (its --api-listen), instead of the Unix socket.
+    #[arg(long, value_name = "ADDR:PORT", global = true, requires = "token_file")]
+    url: Option<String>,
+    /// File holding the bearer token for --url.
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-commands:
-  ports                                  ports, state and counters
-  port show NAME                         one port, with its drop counters
-  port add NAME --socket PATH (--segment N | --vlan N) [--mode client|server] [--queues N]
-                                         [--mac MAC]  (bind the port to the guest's MAC)
-  port del NAME
-  policy NAME                            its firewall rules with per-rule counters
-  policy set NAME FILE                   replace its policy (FILE: JSON, or TOML if *.toml;
-                                         '-' reads JSON from stdin; '{}' allows everything)
-  conns [NAME]                           tracked connections (of one port, or all)
-  flush NAME                             drop a port's tracked connections
-  macs                                   the MAC learning table
-  stats                                  workers, and every non-zero drop counter
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Ports, state and counters.
+    Ports,
+    /// One port: show, add or delete.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// A port's firewall rules with per-rule counters (`policy NAME`), or `policy set NAME FILE`.
+    Policy(PolicyArgs),
+    /// Tracked connections (of one port, or all).
+    Conns {
+        /// Only this port's (it is either end).
+        name: Option<String>,
+    },
+    /// Drop a port's tracked connections.
+    Flush {
+        /// The port.
+        name: String,
+    },
+    /// The MAC learning table.
+    Macs,
+    /// The connection table's size and use.
+    Conntrack,
+    /// Workers, and every non-zero drop counter.
+    Stats,
+}
 
-  --run-dir DIR   bulwarkd's run directory (default /run/bulwark); the API is DIR/api.sock
-  --api SOCKET    the API socket itself
-  --json          print the API's JSON instead of tables";
+#[derive(Debug, Subcommand)]
+enum PortCmd {
+    /// One port, with its drop counters.
+    Show {
+        /// The port.
+        name: String,
+    },
+    /// Add a port (persisted in bulwarkd's run directory).
+    Add(AddPort),
+    /// Remove a port.
+    Del {
+        /// The port.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AddPort {
+    /// Port name: 1-32 characters from A-Z a-z 0-9 _ . -
+    name: String,
+    /// Absolute path of the vhost-user socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Segment id, 1-65535.
+    #[arg(long, conflicts_with = "vlan", required_unless_present = "vlan")]
+    segment: Option<u32>,
+    /// Access VLAN, 1-4094 (the same id space as --segment).
+    #[arg(long)]
+    vlan: Option<u32>,
+    /// Who opens the socket: client (QEMU listens) or server (bulwarkd listens).
+    #[arg(long, value_enum, default_value = "client")]
+    mode: ModeArg,
+    /// Queue pairs offered to the guest, 1-16.
+    #[arg(long)]
+    queues: Option<u32>,
+    /// Bind the port to the guest's MAC: frames from other source MACs are dropped.
+    #[arg(long)]
+    mac: Option<String>,
+    /// The vNIC's UUID (default: generated and kept).
+    #[arg(long)]
+    uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct PolicyArgs {
+    /// Show this port's policy.
+    name: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<PolicyCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Show a port's policy with per-rule counters.
+    Show {
+        /// The port.
+        name: String,
+    },
+    /// Replace a port's policy. FILE: JSON, or TOML if it ends in .toml; '-' reads JSON from
+    /// stdin; '{}' allows everything (and tracks it).
+    Set {
+        /// The port.
+        name: String,
+        /// The policy file.
+        file: String,
+    },
+}
 
 fn main() -> ExitCode {
     control::sys::default_sigpipe();
-    match run() {
+    let cli = Cli::parse();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulwarkctl: {e}");
@@ -37,136 +148,107 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut api = PathBuf::from(DEFAULT_RUN_DIR).join("api.sock");
-    let mut as_json = false;
-    let mut rest = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--run-dir" => {
-                api = PathBuf::from(args.next().ok_or("--run-dir needs a value")?).join("api.sock")
-            }
-            "--api" => api = PathBuf::from(args.next().ok_or("--api needs a value")?),
-            "--json" => as_json = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ => rest.push(a),
-        }
+fn endpoint(cli: &Cli) -> Result<Endpoint, String> {
+    if let Some(url) = &cli.url {
+        let addr = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .trim_end_matches('/');
+        let file = cli.token_file.as_ref().ok_or("--url needs --token-file")?;
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("--token-file: cannot read {}: {e}", file.display()))?;
+        return Ok(Endpoint::Tcp {
+            addr: addr.to_string(),
+            token: token.trim().to_string(),
+        });
     }
-    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let call = |method: &str, path: &str, body: Option<String>| -> Result<Value, String> {
-        let (status, text) = control::http::call(&api, method, path, body.as_deref())
-            .map_err(|e| format!("cannot reach bulwarkd at {}: {e}", api.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("bad JSON from bulwarkd: {e}"))?;
-        if status >= 400 {
-            let field = v["field"].as_str().unwrap_or("");
-            let err = v["error"].as_str().unwrap_or("unknown error");
-            return Err(if field.is_empty() {
-                err.to_string()
-            } else {
-                format!("{field}: {err}")
-            });
+    Ok(Endpoint::Unix(match (&cli.api, &cli.run_dir) {
+        (Some(sock), _) => sock.clone(),
+        (None, Some(dir)) => dir.join("api.sock"),
+        (None, None) => PathBuf::from(DEFAULT_RUN_DIR).join("api.sock"),
+    }))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let c = Client::new(endpoint(&cli)?, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let err = |e: ClientError| e.to_string();
+    let out = match &cli.cmd {
+        Cmd::Ports => show(cli.json, &c.ports().map_err(err)?, |p| render_ports(p)),
+        Cmd::Port(PortCmd::Show { name }) => {
+            show(cli.json, &c.port(name).map_err(err)?, render_port)
         }
-        Ok(v)
+        Cmd::Port(PortCmd::Add(a)) => {
+            let cfg = PortConfig {
+                name: a.name.clone(),
+                socket: a.socket.clone(),
+                mode: match a.mode {
+                    ModeArg::Client => Mode::Client,
+                    ModeArg::Server => Mode::Server,
+                },
+                segment: a.segment,
+                vlan: a.vlan,
+                queues: a.queues,
+                uuid: a.uuid.clone(),
+                mac: a.mac.clone(),
+                policy: None,
+            };
+            show(cli.json, &c.add_port(&cfg).map_err(err)?, render_port)
+        }
+        Cmd::Port(PortCmd::Del { name }) => {
+            show(cli.json, &c.remove_port(name).map_err(err)?, |r| {
+                format!("removed port {}\n", r.removed)
+            })
+        }
+        Cmd::Policy(p) => match (&p.cmd, &p.name) {
+            (Some(PolicyCmd::Set { name, file }), _) => {
+                let pol = read_policy(file)?;
+                show(
+                    cli.json,
+                    &c.set_policy(name, &pol).map_err(err)?,
+                    render_policy,
+                )
+            }
+            (Some(PolicyCmd::Show { name }), _) | (None, Some(name)) => {
+                show(cli.json, &c.policy(name).map_err(err)?, render_policy)
+            }
+            (None, None) => {
+                return Err("policy: name a port (policy NAME, or policy set NAME FILE)".into())
+            }
+        },
+        Cmd::Conns { name } => show(cli.json, &c.conns(name.as_deref()).map_err(err)?, |v| {
+            render_conns(v)
+        }),
+        Cmd::Flush { name } => show(cli.json, &c.flush(name).map_err(err)?, |f| {
+            format!("flushed {} connections of port {name}\n", f.flushed)
+        }),
+        Cmd::Macs => show(cli.json, &c.macs().map_err(err)?, |m| render_macs(m)),
+        Cmd::Conntrack => show(cli.json, &c.conntrack().map_err(err)?, |t| {
+            format!(
+                "{} of {} connection slots in use ({} bytes each), policy epoch {}\n",
+                t.live, t.capacity, t.bytes_per_connection, t.epoch
+            )
+        }),
+        Cmd::Stats => show(cli.json, &c.stats().map_err(err)?, render_stats),
     };
-    let v = match words.as_slice() {
-        ["ports"] => call("GET", "/v1/ports", None)?,
-        ["port", "show", name] => call("GET", &format!("/v1/ports/{name}"), None)?,
-        ["port", "add", name, opts @ ..] => {
-            let mut body = json!({ "name": name });
-            let mut it = opts.iter();
-            while let Some(o) = it.next() {
-                let val = it.next().ok_or_else(|| format!("{o} needs a value"))?;
-                match *o {
-                    "--socket" => body["socket"] = json!(val),
-                    "--mode" => body["mode"] = json!(val),
-                    "--mac" => body["mac"] = json!(val),
-                    "--segment" | "--vlan" | "--queues" => {
-                        let n: u64 = val
-                            .parse()
-                            .map_err(|_| format!("{o}: {val:?} is not a number"))?;
-                        body[&o[2..]] = json!(n);
-                    }
-                    _ => return Err(format!("unknown option {o}\n{USAGE}")),
-                }
-            }
-            call("POST", "/v1/ports", Some(body.to_string()))?
-        }
-        ["port", "del", name] => call("DELETE", &format!("/v1/ports/{name}"), None)?,
-        ["policy", "set", name, file] => {
-            let body = read_policy(file)?;
-            call("PUT", &format!("/v1/ports/{name}/policy"), Some(body))?
-        }
-        ["policy", name] => call("GET", &format!("/v1/ports/{name}/policy"), None)?,
-        ["conns"] => call("GET", "/v1/conns", None)?,
-        ["conns", name] => call("GET", &format!("/v1/ports/{name}/conns"), None)?,
-        ["flush", name] => call("DELETE", &format!("/v1/ports/{name}/conns"), None)?,
-        ["macs"] => call("GET", "/v1/macs", None)?,
-        ["stats"] => call("GET", "/v1/stats", None)?,
-        _ => return Err(USAGE.to_string()),
-    };
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(());
-    }
-    match words.as_slice() {
-        ["ports"] => print_ports(v.as_array().map(Vec::as_slice).unwrap_or_default()),
-        ["port", "show", ..] | ["port", "add", ..] => {
-            print_ports(std::slice::from_ref(&v));
-            print_drops(std::slice::from_ref(&v));
-        }
-        ["port", "del", name] => println!("removed port {name}"),
-        ["policy", ..] => print_policy(&v),
-        ["conns", ..] => print_conns(v.as_array().map(Vec::as_slice).unwrap_or_default()),
-        ["flush", name] => println!("flushed {} connections of port {name}", s(&v["flushed"])),
-        ["macs"] => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| {
-                    vec![
-                        s(&m["segment"]),
-                        s(&m["mac"]),
-                        s(&m["port"]),
-                        s(&m["age_secs"]),
-                    ]
-                })
-                .collect();
-            table(&["SEGMENT", "MAC", "PORT", "AGE(s)"], &rows);
-        }
-        ["stats"] => {
-            let rows: Vec<Vec<String>> = v["workers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, w)| {
-                    vec![
-                        i.to_string(),
-                        s(&w["cpu"]),
-                        s(&w["busy_polls"]),
-                        s(&w["idle_polls"]),
-                    ]
-                })
-                .collect();
-            table(&["WORKER", "CPU", "BUSY POLLS", "IDLE POLLS"], &rows);
-            println!();
-            print_drops(v["ports"].as_array().map(Vec::as_slice).unwrap_or_default());
-        }
-        _ => {}
-    }
+    print!("{out}");
     Ok(())
 }
 
-/// A policy file as the JSON body of PUT /v1/ports/NAME/policy.
-fn read_policy(file: &str) -> Result<String, String> {
+/// The value as pretty JSON, or through `table`.
+fn show<T: serde::Serialize>(json: bool, v: &T, table: impl Fn(&T) -> String) -> String {
+    if json {
+        let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+        s.push('\n');
+        s
+    } else {
+        table(v)
+    }
+}
+
+/// A policy file in the API's type: JSON, TOML (`*.toml`), `-` for JSON on stdin, or `{}`.
+fn read_policy(file: &str) -> Result<PolicyConfig, String> {
     if file == "{}" {
-        return Ok("{}".into());
+        return Ok(PolicyConfig::default());
     }
     let text = if file == "-" {
         let mut t = String::new();
@@ -177,97 +259,165 @@ fn read_policy(file: &str) -> Result<String, String> {
         std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?
     };
     if file.ends_with(".toml") {
-        let v: control::policy::PolicyConfig =
-            toml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
-        serde_json::to_string(&v).map_err(|e| e.to_string())
+        toml::from_str(&text).map_err(|e| format!("{file}: {e}"))
     } else {
-        Ok(text)
+        serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))
     }
 }
 
-fn print_policy(v: &Value) {
-    println!("port {}  (policy epoch {})", s(&v["port"]), s(&v["epoch"]));
-    let p = &v["policy"];
-    if p.is_null() {
-        println!("no policy: no firewall on this port (plain L2 between unfiltered ports)");
-        return;
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_string(), T::to_string)
+}
+
+fn render_port(p: &PortInfo) -> String {
+    let mut s = render_ports(std::slice::from_ref(p));
+    s.push_str(&render_drops(std::slice::from_ref(p)));
+    s
+}
+
+fn render_ports(ports: &[PortInfo]) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.segment.to_string(),
+                match p.mode {
+                    Mode::Client => "client".into(),
+                    Mode::Server => "server".into(),
+                },
+                p.state.clone(),
+                format!("{}/{}", p.queues_running, p.queues),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+                p.total_drops().to_string(),
+                p.socket.display().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "SEGMENT", "MODE", "STATE", "QUEUES", "RX PKTS", "RX BYTES", "TX PKTS",
+            "TX BYTES", "DROPS", "SOCKET",
+        ],
+        &rows,
+    )
+}
+
+fn render_drops(ports: &[PortInfo]) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .flat_map(|p| {
+            p.drops
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(reason, n)| vec![p.name.clone(), reason.clone(), n.to_string()])
+        })
+        .collect();
+    if rows.is_empty() {
+        "no drops\n".into()
+    } else {
+        table(&["PORT", "DROP REASON", "COUNT"], &rows)
     }
-    let defaults = |k: &str| p[k].as_str().unwrap_or("allow").to_string();
-    println!(
-        "egress default {}, ingress default {}, non-IP {}, ND {}, TCP pickup {}",
-        defaults("egress_default"),
-        defaults("ingress_default"),
-        defaults("non_ip"),
-        defaults("nd"),
-        p["tcp_pickup"].as_bool().unwrap_or(false)
-    );
-    for dir in ["egress", "ingress"] {
-        let written = p[dir].as_array().cloned().unwrap_or_default();
-        let rows: Vec<Vec<String>> = v["rules"][dir]
-            .as_array()
-            .into_iter()
-            .flatten()
+}
+
+fn render_policy(v: &PolicyInfo) -> String {
+    let mut s = format!("port {}  (policy epoch {})\n", v.port, v.epoch);
+    let Some(p) = &v.policy else {
+        s.push_str("no policy: no firewall on this port (plain L2 between unfiltered ports)\n");
+        return s;
+    };
+    let name = |a: control::policy::ActionName| {
+        serde_json::to_value(a)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    s.push_str(&format!(
+        "egress default {}, ingress default {}, non-IP {}, ND {}, TCP pickup {}\n",
+        name(p.egress_default),
+        name(p.ingress_default),
+        name(p.non_ip),
+        name(p.nd),
+        p.tcp_pickup
+    ));
+    for (dir, written, counted) in [
+        ("egress", &p.egress, &v.rules.egress),
+        ("ingress", &p.ingress, &v.rules.ingress),
+    ] {
+        let rows: Vec<Vec<String>> = counted
+            .iter()
             .map(|r| {
-                let i = r["index"].as_u64().unwrap_or(0) as usize;
-                let mut m = written.get(i).cloned().unwrap_or(Value::Null);
+                let mut m = written
+                    .get(r.index)
+                    .and_then(|w| serde_json::to_value(w).ok())
+                    .unwrap_or_default();
                 if let Some(o) = m.as_object_mut() {
                     o.remove("id");
                     o.remove("action");
                 }
                 vec![
-                    s(&r["id"]),
-                    s(&r["action"]),
-                    s(&r["packets"]),
-                    s(&r["bytes"]),
-                    s(&r["connections"]),
+                    r.id.to_string(),
+                    name(r.action),
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                    r.connections.to_string(),
                     m.to_string(),
                 ]
             })
             .collect();
-        println!();
-        println!("{dir} rules:");
-        table(
+        s.push_str(&format!("\n{dir} rules:\n"));
+        s.push_str(&table(
             &["ID", "ACTION", "PACKETS", "BYTES", "CONNS", "MATCH"],
             &rows,
-        );
+        ));
+    }
+    s
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
     }
 }
 
-fn print_conns(conns: &[Value]) {
+fn render_conns(conns: &[ConnView]) -> String {
+    let ep = |addr: &str, port: u16| {
+        if addr.contains(':') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        }
+    };
     let rows: Vec<Vec<String>> = conns
         .iter()
         .map(|c| {
-            let proto = match c["proto"].as_u64() {
-                Some(6) => "tcp".to_string(),
-                Some(17) => "udp".to_string(),
-                Some(1) => "icmp".to_string(),
-                Some(58) => "icmpv6".to_string(),
-                _ => s(&c["proto"]),
-            };
-            let ep = |a: &str, p: &str| {
-                let addr = s(&c[a]);
-                if addr.contains(':') {
-                    format!("[{addr}]:{}", s(&c[p]))
-                } else {
-                    format!("{addr}:{}", s(&c[p]))
-                }
-            };
             vec![
-                s(&c["zone"]),
-                proto,
-                ep("src", "sport"),
-                ep("dst", "dport"),
-                s(&c["state"]),
-                s(&c["owner"]),
-                s(&c["peer"]),
-                s(&c["age_secs"]),
-                s(&c["idle_secs"]),
-                s(&c["packets"]),
-                format!("{}/{}", s(&c["rule_egress"]), s(&c["rule_ingress"])),
+                c.zone.to_string(),
+                proto_name(c.proto),
+                ep(&c.src, c.sport),
+                ep(&c.dst, c.dport),
+                c.state.clone(),
+                opt(&c.owner),
+                opt(&c.peer),
+                c.age_secs.to_string(),
+                c.idle_secs.to_string(),
+                c.packets.to_string(),
+                if c.revalidate {
+                    "(revalidate)".to_string()
+                } else {
+                    format!("{}/{}", opt(&c.rule_egress), opt(&c.rule_ingress))
+                },
             ]
         })
         .collect();
-    table(
+    let mut s = table(
         &[
             "ZONE",
             "PROTO",
@@ -283,65 +433,46 @@ fn print_conns(conns: &[Value]) {
         ],
         &rows,
     );
-    println!("{} connections", conns.len());
+    s.push_str(&format!("{} connections\n", conns.len()));
+    s
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(x) => x.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn print_ports(ports: &[Value]) {
-    let rows: Vec<Vec<String>> = ports
+fn render_macs(macs: &[MacInfo]) -> String {
+    let rows: Vec<Vec<String>> = macs
         .iter()
-        .map(|p| {
-            let drops: u64 = p["drops"]
-                .as_object()
-                .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+        .map(|m| {
             vec![
-                s(&p["name"]),
-                s(&p["segment"]),
-                s(&p["mode"]),
-                s(&p["state"]),
-                format!("{}/{}", s(&p["queues_running"]), s(&p["queues"])),
-                s(&p["rx_packets"]),
-                s(&p["rx_bytes"]),
-                s(&p["tx_packets"]),
-                s(&p["tx_bytes"]),
-                drops.to_string(),
-                s(&p["socket"]),
+                m.segment.to_string(),
+                m.mac.clone(),
+                m.port.clone(),
+                m.age_secs.to_string(),
             ]
         })
         .collect();
-    table(
-        &[
-            "NAME", "SEGMENT", "MODE", "STATE", "QUEUES", "RX PKTS", "RX BYTES", "TX PKTS",
-            "TX BYTES", "DROPS", "SOCKET",
-        ],
-        &rows,
-    );
+    table(&["SEGMENT", "MAC", "PORT", "AGE(s)"], &rows)
 }
 
-fn print_drops(ports: &[Value]) {
-    let mut rows = Vec::new();
-    for p in ports {
-        for (reason, n) in p["drops"].as_object().into_iter().flatten() {
-            if n.as_u64().unwrap_or(0) > 0 {
-                rows.push(vec![s(&p["name"]), reason.clone(), s(n)]);
-            }
-        }
-    }
-    if rows.is_empty() {
-        println!("no drops");
-    } else {
-        table(&["PORT", "DROP REASON", "COUNT"], &rows);
-    }
+fn render_stats(v: &StatsInfo) -> String {
+    let rows: Vec<Vec<String>> = v
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            vec![
+                i.to_string(),
+                w.cpu.to_string(),
+                w.busy_polls.to_string(),
+                w.idle_polls.to_string(),
+            ]
+        })
+        .collect();
+    let mut s = table(&["WORKER", "CPU", "BUSY POLLS", "IDLE POLLS"], &rows);
+    s.push('\n');
+    s.push_str(&render_drops(&v.ports));
+    s
 }
 
-fn table(head: &[&str], rows: &[Vec<String>]) {
+fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -354,10 +485,159 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", out.join("  ").trim_end());
+        format!("{}\n", out.join("  ").trim_end())
     };
-    line(head.to_vec());
+    let mut s = line(head.to_vec());
     for r in rows {
-        line(r.iter().map(String::as_str).collect());
+        s.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn port(name: &str, drops: &[(&str, u64)]) -> PortInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "uuid": "6f0b7d0e-8a8f-4d35-9d0b-0d7c4f3a9a11", "id": 3,
+            "socket": "/tmp/vm1.sock", "mode": "client", "segment": 10, "state": "running",
+            "vhost_connections": 1, "features": "0x0", "queues": 2, "queues_running": 1,
+            "rx_packets_per_worker": [5], "persisted": true, "rx_packets": 5, "rx_bytes": 300,
+            "tx_packets": 4, "tx_bytes": 240,
+            "drops": drops.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_old_policy_forms_still_parse() {
+        let c = Cli::try_parse_from(["bulwarkctl", "policy", "vm1"]).unwrap();
+        assert!(
+            matches!(c.cmd, Cmd::Policy(PolicyArgs { name: Some(ref n), cmd: None }) if n == "vm1")
+        );
+        let c = Cli::try_parse_from(["bulwarkctl", "--json", "policy", "set", "vm1", "p.toml"])
+            .unwrap();
+        assert!(c.json);
+        assert!(matches!(
+            c.cmd,
+            Cmd::Policy(PolicyArgs { cmd: Some(PolicyCmd::Set { ref name, ref file }), .. })
+                if name == "vm1" && file == "p.toml"
+        ));
+        // Global options may also come after the command, as scripts write them.
+        let c = Cli::try_parse_from(["bulwarkctl", "ports", "--run-dir", "/tmp/r"]).unwrap();
+        assert_eq!(c.run_dir.as_deref(), Some(std::path::Path::new("/tmp/r")));
+    }
+
+    #[test]
+    fn port_add_needs_a_segment_or_a_vlan_but_not_both() {
+        let base = ["bulwarkctl", "port", "add", "p", "--socket", "/tmp/p.sock"];
+        assert!(Cli::try_parse_from(base).is_err());
+        let with = |extra: &[&'static str]| {
+            Cli::try_parse_from(base.iter().copied().chain(extra.iter().copied()))
+        };
+        assert!(with(&["--segment", "10", "--vlan", "10"]).is_err());
+        assert!(with(&["--segment", "x"]).is_err());
+        assert!(with(&["--segment", "10", "--mode", "sideways"]).is_err());
+        let c = with(&[
+            "--vlan",
+            "7",
+            "--mode",
+            "server",
+            "--mac",
+            "52:54:00:00:00:01",
+        ])
+        .unwrap();
+        let Cmd::Port(PortCmd::Add(a)) = c.cmd else {
+            panic!("{c:?}")
+        };
+        assert_eq!((a.vlan, a.segment), (Some(7), None));
+        assert!(matches!(a.mode, ModeArg::Server));
+    }
+
+    #[test]
+    fn url_needs_a_token_file() {
+        assert!(Cli::try_parse_from(["bulwarkctl", "--url", "127.0.0.1:9", "ports"]).is_err());
+    }
+
+    #[test]
+    fn tables_show_the_typed_fields() {
+        let p = port("vm1", &[("policy_drop_egress", 2), ("parse_truncated", 0)]);
+        let s = render_port(&p);
+        let lines: Vec<&str> = s.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{s}");
+        assert!(lines[1].starts_with("vm1"), "{s}");
+        for cell in [
+            "10",
+            "client",
+            "running",
+            "1/2",
+            "300",
+            "240",
+            "/tmp/vm1.sock",
+        ] {
+            assert!(
+                lines[1].split_whitespace().any(|c| c == cell),
+                "{cell} missing: {s}"
+            );
+        }
+        // The drop total, and only the non-zero reasons.
+        assert!(lines[1].split_whitespace().nth(9) == Some("2"), "{s}");
+        assert!(s.contains("policy_drop_egress  2"), "{s}");
+        assert!(!s.contains("parse_truncated"), "{s}");
+        assert_eq!(render_drops(&[port("vm2", &[])]), "no drops\n");
+    }
+
+    #[test]
+    fn a_response_missing_a_field_is_refused() {
+        // What `Client::call` does with a body: a field bulwarkd no longer sends is an error.
+        let mut v = serde_json::to_value(port("vm1", &[])).unwrap();
+        v.as_object_mut().unwrap().remove("rx_packets");
+        let e = serde_json::from_value::<PortInfo>(v).unwrap_err();
+        assert!(e.to_string().contains("rx_packets"), "{e}");
+    }
+
+    #[test]
+    fn connections_show_rules_or_revalidation() {
+        let mut c: ConnView = serde_json::from_value(serde_json::json!({
+            "zone": 10, "proto": 6, "src": "10.0.0.1", "sport": 40000, "dst": "fd00::2",
+            "dport": 80, "owner": "vm1", "peer": null, "state": "established", "age_secs": 3,
+            "idle_secs": 1, "packets": 9, "rule_egress": 7, "rule_ingress": null,
+            "replied": true, "epoch": 4, "revalidate": false
+        }))
+        .unwrap();
+        let s = render_conns(std::slice::from_ref(&c));
+        assert!(s.contains("10.0.0.1:40000"), "{s}");
+        assert!(s.contains("[fd00::2]:80"), "{s}");
+        assert!(s.contains("7/-"), "{s}");
+        assert!(s.ends_with("1 connections\n"), "{s}");
+        c.revalidate = true;
+        assert!(render_conns(&[c]).contains("(revalidate)"));
+    }
+
+    #[test]
+    fn policy_files_are_read_as_the_api_type() {
+        let dir = std::env::temp_dir().join(format!("bulwarkctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml_file = dir.join("p.toml");
+        std::fs::write(
+            &toml_file,
+            "ingress_default = \"drop\"\ningress = [{ action = \"allow\", proto = \"tcp\", dst_ports = 22 }]\n",
+        )
+        .unwrap();
+        let p = read_policy(toml_file.to_str().unwrap()).unwrap();
+        assert_eq!(p.ingress.len(), 1);
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"ingress_default": "drop", "colour": 1}"#).unwrap();
+        let e = read_policy(bad.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        assert_eq!(read_policy("{}").unwrap(), PolicyConfig::default());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,26 +2,60 @@
 //!
 //! Starts with an embedded default (no ports, one worker on the last CPU, API socket and state
 //! in /run/bulwark), reads ports from `--config`, brings back ports added through the API in an
-//! earlier run, and serves the API until SIGINT/SIGTERM.
+//! earlier run, and serves the API until SIGINT, SIGTERM or SIGHUP.
 
-use std::os::unix::net::UnixListener;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
+use control::agent::Agent;
 use control::config::{Config, DEFAULT_RUN_DIR};
-use control::daemon::Daemon;
+use control::server::Limits;
 
-const USAGE: &str = "usage: bulwarkd [--run-dir DIR] [--config FILE] [--workers CPU[,CPU...]]
-
-  --run-dir DIR   API socket (DIR/api.sock) and state (DIR/ports.json, DIR/vnics.json); default /run/bulwark
-  --config FILE   TOML configuration: [switch] settings and [[ports]]; see README
-  --workers LIST  CPU ids for poll-mode workers (overrides [switch] workers)
-Environment: BULWARK_LOG=error|warn|info|debug|trace (default info)";
+/// The bulwark virtual switch: vhost-user ports, a stateful firewall on every vNIC.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulwarkd",
+    version,
+    after_help = "Environment: BULWARK_LOG=error|warn|info|debug|trace, or directives such as \
+                  info,vhost=debug (default info).\nSIGINT, SIGTERM and SIGHUP stop the daemon."
+)]
+struct Args {
+    /// API socket (DIR/api.sock) and state (DIR/ports.json, DIR/vnics.json).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// TOML configuration: [switch] settings and [[ports]]; see README.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// CPU ids for the poll-mode workers (overrides [switch] workers).
+    #[arg(long, value_name = "CPU[,CPU...]", value_delimiter = ',')]
+    workers: Option<Vec<usize>>,
+    /// Also serve the API on TCP at ADDR:PORT (every request needs the bearer token).
+    #[arg(long, value_name = "ADDR:PORT", requires = "api_token_file")]
+    api_listen: Option<SocketAddr>,
+    /// File holding the bearer token for --api-listen (one line, at least 16 characters).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Longest an API request may take, from accept to the end of the response (its head
+    /// must arrive within 5 s, or this if shorter).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    api_timeout: u64,
+    /// Print the API's OpenAPI document and exit.
+    #[arg(long)]
+    openapi: bool,
+}
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.openapi {
+        print!("{}", control::server::openapi_json());
+        return ExitCode::SUCCESS;
+    }
     control::logger::init();
-    match run() {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulwarkd: {e}");
@@ -30,40 +64,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut run_dir = PathBuf::from(DEFAULT_RUN_DIR);
-    let mut config = None;
-    let mut workers = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--run-dir" => run_dir = PathBuf::from(val("--run-dir")?),
-            "--config" => config = Some(PathBuf::from(val("--config")?)),
-            "--workers" => {
-                let v = val("--workers")?;
-                let list: Result<Vec<usize>, _> = v.split(',').map(str::parse).collect();
-                workers =
-                    Some(list.map_err(|_| format!("--workers: {v:?} is not a list of CPU ids"))?);
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
-        }
+fn read_token(path: &PathBuf) -> Result<Arc<str>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--api-token-file: cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "--api-token-file: {} must hold one token of at least 16 printable characters",
+            path.display()
+        ));
     }
-    let mut cfg = match &config {
+    Ok(token.into())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let run_dir = args.run_dir;
+    let mut cfg = match &args.config {
         Some(p) => Config::load(p).map_err(|e| format!("config: {e}"))?,
         None => Config::default(),
     };
-    if workers.is_some() {
-        cfg.switch.workers = workers;
+    if args.workers.is_some() {
+        cfg.switch.workers = args.workers;
         cfg.validate().map_err(|e| format!("--workers: {e}"))?;
     }
+    let token = args.api_token_file.as_ref().map(read_token).transpose()?;
 
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| format!("cannot create run dir {}: {e}", run_dir.display()))?;
@@ -76,61 +100,95 @@ fn run() -> Result<(), String> {
     }
     let _ = std::fs::remove_file(&api_path);
     let state_path = run_dir.join("ports.json");
-    let saved = Daemon::load_state(&state_path).map_err(|e| format!("state: {e}"))?;
+    let saved = Agent::load_state(&state_path).map_err(|e| format!("state: {e}"))?;
 
     // Block termination signals before any thread starts, so only `wait_signal` sees them.
     control::sys::block_signals();
-    let scfg = cfg.switch_config();
-    log::info!(
+    let scfg = control::compile::switch_config(&cfg);
+    tracing::info!(
         "bulwarkd starting: workers on CPUs {:?}, idle_sleep_us {}",
         scfg.workers,
         scfg.idle_sleep_us
     );
+    // The API's threads run on every CPU but the workers' (on all of them when none is left).
+    let control_cpus: Vec<usize> = (0..dataplane::online_cpus())
+        .filter(|c| !scfg.workers.contains(c))
+        .collect();
     let switch = dataplane::Switch::new(scfg);
     let workers = switch
         .spawn_workers()
         .map_err(|e| format!("cannot start workers: {e}"))?;
     let identities = control::identity::Identities::load(Some(run_dir.join("vnics.json")))
         .map_err(|e| format!("state: {e} (move it away to start with new vNIC identities)"))?;
-    let daemon = Arc::new(Daemon::new(switch.clone(), Some(state_path), identities));
+    let agent = Arc::new(Agent::new(switch.clone(), Some(state_path), identities));
 
     for p in cfg.ports {
         let name = p.name.clone();
-        daemon
+        agent
             .add_port(p, false)
             .map_err(|e| format!("config: port {name}: {e}"))?;
     }
     for p in saved {
-        if daemon.port(&p.name).is_ok() {
-            log::warn!(
+        if agent.port(&p.name).is_ok() {
+            tracing::warn!(
                 "saved port {} is also in the config file; the config file's wins",
                 p.name
             );
             continue;
         }
         let name = p.name.clone();
-        if let Err(e) = daemon.add_port(p, true) {
-            log::error!("saved port {name} could not be restored: {e}");
+        if let Err(e) = agent.add_port(p, true) {
+            tracing::error!("saved port {name} could not be restored: {e}");
         }
     }
 
-    let listener = UnixListener::bind(&api_path)
-        .map_err(|e| format!("cannot bind {}: {e}", api_path.display()))?;
-    let d2 = daemon.clone();
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || control::api::serve(listener, d2))
-        .map_err(|e| format!("cannot start API thread: {e}"))?;
-    log::info!("API listening on {}", api_path.display());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_name("api")
+        .on_thread_start(move || {
+            if let Err(e) = control::sys::pin_to_cpus(&control_cpus) {
+                tracing::warn!("api thread: cannot pin to CPUs {control_cpus:?}: {e}");
+            }
+        })
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+    let limits = {
+        let d = Limits::default();
+        let whole = std::time::Duration::from_secs(args.api_timeout);
+        Limits {
+            request_timeout: whole,
+            head_timeout: d.head_timeout.min(whole),
+            ..d
+        }
+    };
+    let app = control::server::router(agent.clone(), &limits);
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::UnixListener::bind(&api_path)
+            .map_err(|e| format!("cannot bind {}: {e}", api_path.display()))?
+    };
+    rt.spawn(control::server::serve_unix(listener, app.clone(), limits));
+    tracing::info!("API listening on {}", api_path.display());
+    if let (Some(addr), Some(token)) = (args.api_listen, token) {
+        let tcp = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| format!("--api-listen: cannot bind {addr}: {e}"))?;
+        let local = tcp.local_addr().map_or(addr, |a| a);
+        rt.spawn(control::server::serve_tcp(tcp, app, token, limits));
+        tracing::info!("API listening on http://{local} (bearer token required)");
+    }
 
     let sig = control::sys::wait_signal();
-    log::info!("signal {sig}: shutting down");
+    tracing::info!("signal {sig}: shutting down");
     let _ = std::fs::remove_file(&api_path);
-    daemon.remove_all();
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    agent.remove_all();
     switch.shutdown();
     for w in workers {
         let _ = w.join();
     }
-    log::info!("bulwarkd stopped");
+    tracing::info!("bulwarkd stopped");
     Ok(())
 }

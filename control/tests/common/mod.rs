@@ -18,6 +18,8 @@ pub struct Bulwarkd {
     child: Child,
     pub dir: PathBuf,
     pub run: PathBuf,
+    /// Extra arguments bulwarkd was started with (kept for `restart`).
+    args: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -41,6 +43,11 @@ impl Bulwarkd {
 
     /// Like `start_with`, with extra TOML lines per port: `(name, segment, mode, extra)`.
     pub fn start_extra(ports: &[(&str, u16, &str, &str)], cpus: &[usize]) -> Self {
+        Self::start_args(ports, cpus, &[])
+    }
+
+    /// Like `start_extra`, with extra command-line arguments for bulwarkd.
+    pub fn start_args(ports: &[(&str, u16, &str, &str)], cpus: &[usize], args: &[String]) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -63,11 +70,12 @@ impl Bulwarkd {
         }
         std::fs::write(dir.join("bulwark.toml"), cfg).unwrap();
         let run = dir.join("run");
-        let child = Self::spawn(&dir, &run);
+        let child = Self::spawn(&dir, &run, args);
         let d = Bulwarkd {
             child,
             dir,
             run,
+            args: args.to_vec(),
             _serial: serial,
         };
         d.wait_for(
@@ -77,7 +85,7 @@ impl Bulwarkd {
         d
     }
 
-    fn spawn(dir: &Path, run: &Path) -> Child {
+    fn spawn(dir: &Path, run: &Path, args: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -88,6 +96,7 @@ impl Bulwarkd {
             .arg(run)
             .arg("--config")
             .arg(dir.join("bulwark.toml"))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -103,7 +112,7 @@ impl Bulwarkd {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
-        self.child = Self::spawn(&self.dir, &self.run);
+        self.child = Self::spawn(&self.dir, &self.run, &self.args);
         self.wait_for(
             || self.try_api("GET", "/v1/health", None).is_some(),
             "API to come up again",
@@ -116,7 +125,7 @@ impl Bulwarkd {
 
     pub fn try_api(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, Value)> {
         let (status, text) =
-            control::http::call(&self.run.join("api.sock"), method, path, body).ok()?;
+            control::client::call(&self.run.join("api.sock"), method, path, body).ok()?;
         Some((status, serde_json::from_str(&text).ok()?))
     }
 

@@ -1,4 +1,9 @@
-//! The daemon's port registry: names, ids, sockets, and what is persisted.
+//! The agent: the one owner of the port registry (names, ids, sockets), of what is persisted
+//! in the run directory, and of publication to the data plane. It takes the configuration and
+//! API types (`config`, `policy`), compiles them (`compile`) and publishes the result through
+//! `dataplane::Switch::set_ports`; it answers in the API's types (`model`). Its methods block
+//! (a publication waits for the workers to move to the new port table, at most 5 s): the API
+//! server calls them off its async threads.
 //!
 //! Ports come from the config file and from the API. Ports added through the API are written
 //! to `<run-dir>/ports.json` (atomically: a temporary file, then rename), so a restarted
@@ -12,77 +17,16 @@ use std::sync::{Arc, Mutex};
 use dataplane::filter::Policy;
 use dataplane::switch::RuleStat;
 use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
-use serde::Serialize;
 use uuid::Uuid;
 use vhost::{NetDevice, PortConn, SocketMode};
 
 use crate::config::{check_ports, ConfigError, Mode, PortConfig};
 use crate::identity::{write_atomically, Identities, Identity, IdentityError};
-use crate::policy::{ActionName, PolicyConfig};
-
-/// An API-level error: an HTTP status and a message naming the field when there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApiError {
-    /// HTTP status code.
-    #[serde(skip)]
-    pub status: u16,
-    /// The field at fault, or empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub field: String,
-    /// What went wrong.
-    pub error: String,
-}
-
-impl ApiError {
-    /// A 400 for a bad field.
-    pub fn bad(field: impl Into<String>, error: impl Into<String>) -> Self {
-        ApiError {
-            status: 400,
-            field: field.into(),
-            error: error.into(),
-        }
-    }
-    /// A 404.
-    pub fn not_found(what: impl Into<String>) -> Self {
-        ApiError {
-            status: 404,
-            field: String::new(),
-            error: what.into(),
-        }
-    }
-    /// A 409 conflict on a field.
-    pub fn conflict(field: impl Into<String>, error: impl Into<String>) -> Self {
-        ApiError {
-            status: 409,
-            field: field.into(),
-            error: error.into(),
-        }
-    }
-    /// A 500.
-    pub fn internal(error: impl Into<String>) -> Self {
-        ApiError {
-            status: 500,
-            field: String::new(),
-            error: error.into(),
-        }
-    }
-}
-
-impl From<ConfigError> for ApiError {
-    fn from(e: ConfigError) -> Self {
-        ApiError::bad(e.field, e.reason)
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.error)
-        } else {
-            write!(f, "{}: {}", self.field, self.error)
-        }
-    }
-}
+use crate::model::{
+    ApiError, ConnView, ConntrackInfo, MacInfo, PolicyInfo, PortInfo, ReasonInfo, RuleInfo,
+    RuleTables, StatsInfo, WorkerInfo,
+};
+use crate::policy::PolicyConfig;
 
 struct PortRecord {
     cfg: PortConfig,
@@ -99,53 +43,8 @@ struct PortRecord {
     persisted: bool,
 }
 
-/// A port as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PortInfo {
-    /// Port name.
-    pub name: String,
-    /// The vNIC's UUID: its durable name (kept across restarts, with its port id).
-    pub uuid: Uuid,
-    /// Internal port id (the data plane's index; kept across restarts too).
-    pub id: u16,
-    /// vhost-user socket path.
-    pub socket: PathBuf,
-    /// "client" or "server".
-    pub mode: Mode,
-    /// Segment id.
-    pub segment: u16,
-    /// Link state: stopped, connecting, listening, negotiating, running.
-    pub state: &'static str,
-    /// The MAC the port is bound to (frames from other source MACs are dropped), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-    /// vhost-user frontend connections so far (QEMU connecting, or reconnecting after
-    /// either side restarted); not tracked firewall connections (`GET /v1/ports/NAME/conns`).
-    pub vhost_connections: u64,
-    /// Negotiated virtio features, hex.
-    pub features: String,
-    /// Queue pairs offered (the port's `queues`).
-    pub queues: usize,
-    /// Queue pairs whose receive ring the guest runs now.
-    pub queues_running: usize,
-    /// Frames received from the guest, per worker (which cores serve this port's queues).
-    pub rx_packets_per_worker: Vec<u64>,
-    /// Added through the API (and persisted) rather than the config file.
-    pub persisted: bool,
-    /// Frames received from the guest.
-    pub rx_packets: u64,
-    /// Bytes received from the guest.
-    pub rx_bytes: u64,
-    /// Frames delivered to the guest.
-    pub tx_packets: u64,
-    /// Bytes delivered to the guest.
-    pub tx_bytes: u64,
-    /// Drops by reason (every reason, zero or not).
-    pub drops: BTreeMap<&'static str, u64>,
-}
-
-/// The daemon: the switch plus its ports.
-pub struct Daemon {
+/// The agent: the switch plus its ports.
+pub struct Agent {
     switch: Arc<Switch>,
     ports: Mutex<BTreeMap<String, PortRecord>>,
     /// Locked only while `ports` is held.
@@ -153,19 +52,19 @@ pub struct Daemon {
     state_file: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Daemon {
+impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon")
+        f.debug_struct("Agent")
             .field("state_file", &self.state_file)
             .finish_non_exhaustive()
     }
 }
 
-impl Daemon {
-    /// A daemon over `switch`; API-added ports persist to `state_file` when given; vNICs get
+impl Agent {
+    /// An agent over `switch`; API-added ports persist to `state_file` when given; vNICs get
     /// their UUIDs and port ids from `identities`.
     pub fn new(switch: Arc<Switch>, state_file: Option<PathBuf>, identities: Identities) -> Self {
-        Daemon {
+        Agent {
             switch,
             ports: Mutex::new(BTreeMap::new()),
             identities: Mutex::new(identities),
@@ -206,7 +105,7 @@ impl Daemon {
     /// Adds a port and starts its socket; `persist` records it in the state file.
     pub fn add_port(&self, cfg: PortConfig, persist: bool) -> Result<PortInfo, ApiError> {
         let segment = cfg.validate("")?;
-        let policy = cfg.compile_policy("")?;
+        let policy = crate::compile::port_policy(&cfg, "")?;
         let mut ports = self.lock();
         if ports.contains_key(&cfg.name) {
             return Err(ApiError::conflict(
@@ -264,7 +163,7 @@ impl Daemon {
                 format!("cannot open {}: {e}", cfg.socket.display()),
             )
         })?;
-        log::info!(
+        tracing::info!(
             "port {} (id {id}, segment {segment}): {}",
             cfg.name,
             vhost::conn::describe(mode, &cfg.socket)
@@ -318,7 +217,7 @@ impl Daemon {
         }
         let n = self.switch.flush_macs(rec.id);
         let c = self.switch.flush_connections(rec.id);
-        log::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
+        tracing::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
         if persist {
             self.identities().forget(name);
             if rec.persisted {
@@ -342,7 +241,7 @@ impl Daemon {
             .collect();
         if let Err(e) = self.switch.set_ports(&specs) {
             // Ids and segments were validated on the way in; this would be a bug.
-            log::error!("port table refused: {e}");
+            tracing::error!("port table refused: {e}");
         }
     }
 
@@ -354,7 +253,7 @@ impl Daemon {
             .map(|p| &p.cfg)
             .collect();
         if let Err(e) = write_atomically(path, &list) {
-            log::error!("cannot save port state to {}: {e}", path.display());
+            tracing::error!("cannot save port state to {}: {e}", path.display());
         }
     }
 
@@ -367,7 +266,7 @@ impl Daemon {
             socket: p.cfg.socket.clone(),
             mode: p.cfg.mode,
             segment: p.cfg.segment_id(),
-            state: p.dev.state().as_str(),
+            state: p.dev.state().as_str().to_string(),
             mac: p.cfg.mac.clone(),
             vhost_connections: p.dev.connections(),
             features: format!("{:#x}", p.dev.features()),
@@ -387,7 +286,7 @@ impl Daemon {
             tx_bytes: s.tx_bytes,
             drops: DropReason::ALL
                 .iter()
-                .map(|&r| (r.name(), s.drops[r as usize]))
+                .map(|&r| (r.name().to_string(), s.drops[r as usize]))
                 .collect(),
         }
     }
@@ -431,12 +330,12 @@ impl Daemon {
     }
 }
 
-impl Daemon {
+impl Agent {
     /// Replaces a port's policy. Connections it no longer allows are cut on their next
     /// packet; the others continue. Persisted for ports added through the API; a port from
     /// the config file gets the file's policy back at the next start.
     pub fn set_policy(&self, name: &str, policy: PolicyConfig) -> Result<PolicyInfo, ApiError> {
-        let compiled = Arc::new(policy.compile("policy")?);
+        let compiled = Arc::new(crate::compile::policy(&policy, "policy")?);
         let mut ports = self.lock();
         let rec = ports
             .get_mut(name)
@@ -449,7 +348,7 @@ impl Daemon {
         if persisted {
             self.save(&ports);
         }
-        log::info!(
+        tracing::info!(
             "port {name}: new policy ({egress} egress, {ingress} ingress rules), epoch {}",
             self.switch.policy_epoch()
         );
@@ -490,7 +389,7 @@ impl Daemon {
         };
         Ok(PolicyInfo {
             port: name.to_string(),
-            epoch: self.switch.policy_epoch(),
+            epoch: self.switch.port_policy_epoch(rec.id).unwrap_or(0),
             policy: rec.cfg.policy.clone(),
             rules: RuleTables {
                 egress: rows(rec.policy.egress.rules(), &stats.egress),
@@ -566,7 +465,8 @@ impl Daemon {
                         Some(t) => t.timeout_class().name(),
                         None if c.replied => "replied",
                         None => "unreplied",
-                    },
+                    }
+                    .to_string(),
                     age_secs: c.age_secs,
                     idle_secs: c.idle_secs,
                     packets: c.packets,
@@ -591,99 +491,44 @@ impl Daemon {
             .get(name)
             .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
         let n = self.switch.flush_connections(rec.id);
-        log::info!("port {name}: {n} connections flushed");
+        tracing::info!("port {name}: {n} connections flushed");
         Ok(n)
     }
 }
 
-/// A port's policy and per-rule counters, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyInfo {
-    /// Port name.
-    pub port: String,
-    /// The switch's current policy epoch.
-    pub epoch: u64,
-    /// The policy as written (`None`: no firewall on this port).
-    pub policy: Option<PolicyConfig>,
-    /// Counters per rule (they restart when the policy is replaced).
-    pub rules: RuleTables,
-}
+impl Agent {
+    /// The connection table's size and use.
+    pub fn conntrack(&self) -> ConntrackInfo {
+        let ct = self.switch.conntrack();
+        ConntrackInfo {
+            capacity: self.switch.config().ct_capacity,
+            live: ct.len(),
+            bytes_per_connection: ct.bytes_per_connection(),
+            epoch: self.switch.policy_epoch(),
+        }
+    }
 
-/// Per-rule counters of both rulesets.
-#[derive(Debug, Clone, Serialize)]
-pub struct RuleTables {
-    /// Egress rules, in order.
-    pub egress: Vec<RuleInfo>,
-    /// Ingress rules, in order.
-    pub ingress: Vec<RuleInfo>,
-}
-
-/// One rule's counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct RuleInfo {
-    /// Position in its list, from 0.
-    pub index: usize,
-    /// Operator id (default: position from 1).
-    pub id: u32,
-    /// Its action.
-    pub action: ActionName,
-    /// Packets it decided (including every packet of the connections it admitted).
-    pub packets: u64,
-    /// Bytes of those packets.
-    pub bytes: u64,
-    /// Connections it admitted.
-    pub connections: u64,
-}
-
-/// A tracked connection as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnView {
-    /// Zone (segment).
-    pub zone: u16,
-    /// IP protocol number.
-    pub proto: u8,
-    /// Opener's address.
-    pub src: String,
-    /// Opener's port (ICMP echo: the identifier).
-    pub sport: u16,
-    /// Responder's address.
-    pub dst: String,
-    /// Responder's port.
-    pub dport: u16,
-    /// Port whose VM opened it.
-    pub owner: Option<String>,
-    /// Port on the far end (`None`: not yet known).
-    pub peer: Option<String>,
-    /// TCP state, or "unreplied"/"replied".
-    pub state: &'static str,
-    /// Seconds since it was created.
-    pub age_secs: u32,
-    /// Seconds since its last packet.
-    pub idle_secs: u32,
-    /// Packets seen.
-    pub packets: u64,
-    /// Id of the owner's egress rule that admitted it.
-    pub rule_egress: Option<u32>,
-    /// Id of the peer's ingress rule that admitted it.
-    pub rule_ingress: Option<u32>,
-    /// A reply was seen.
-    pub replied: bool,
-    /// Policy epoch it was last validated under.
-    pub epoch: u64,
-    /// Validated before the latest policy change of one of its vNICs: its next packet is
-    /// judged by the current rules (and `rule_egress`/`rule_ingress` are unknown until then).
-    pub revalidate: bool,
-}
-
-/// A MAC table entry as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct MacInfo {
-    /// Segment id.
-    pub segment: u16,
-    /// The address.
-    pub mac: String,
-    /// Port name.
-    pub port: String,
-    /// Seconds since last seen.
-    pub age_secs: u32,
+    /// Workers, drop reasons and ports.
+    pub fn stats(&self) -> StatsInfo {
+        StatsInfo {
+            workers: self
+                .switch
+                .worker_stats()
+                .iter()
+                .map(|w| WorkerInfo {
+                    cpu: w.cpu,
+                    busy_polls: w.busy_polls,
+                    idle_polls: w.idle_polls,
+                })
+                .collect(),
+            drop_reasons: DropReason::ALL
+                .iter()
+                .map(|r| ReasonInfo {
+                    name: r.name().to_string(),
+                    description: r.description().to_string(),
+                })
+                .collect(),
+            ports: self.ports(),
+        }
+    }
 }

@@ -1,0 +1,285 @@
+//! The API's types: what bulwarkd answers and what bulwarkctl reads, one definition for both
+//! (serde both ways, an OpenAPI schema each). No I/O and no data-plane state here: the agent
+//! fills these in, the server sends them, the client parses them.
+//!
+//! The request bodies are the configuration types themselves (`config::PortConfig`,
+//! `policy::PolicyConfig`): a port added through the API is written exactly as in the config
+//! file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::config::{ConfigError, Mode};
+use crate::policy::{ActionName, PolicyConfig};
+
+/// An error: its HTTP status, the field at fault when there is one, and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// HTTP status code (sent as the response's status, not in the body).
+    #[serde(skip)]
+    pub status: u16,
+    /// The field at fault, e.g. `policy.egress[1].dst_ports[0]`; absent when none is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl ApiError {
+    /// A 400 for a bad field.
+    pub fn bad(field: impl Into<String>, error: impl Into<String>) -> Self {
+        Self::with(400, field, error)
+    }
+    /// A 404.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::with(404, "", what)
+    }
+    /// A 409 conflict on a field.
+    pub fn conflict(field: impl Into<String>, error: impl Into<String>) -> Self {
+        Self::with(409, field, error)
+    }
+    /// A 500.
+    pub fn internal(error: impl Into<String>) -> Self {
+        Self::with(500, "", error)
+    }
+    /// Any status.
+    pub fn with(status: u16, field: impl Into<String>, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            field: field.into(),
+            error: error.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        ApiError::bad(e.field, e.reason)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.error)
+        } else {
+            write!(f, "{}: {}", self.field, self.error)
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always "ok" when bulwarkd answers.
+    pub status: String,
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PortInfo {
+    /// Port name.
+    pub name: String,
+    /// The vNIC's UUID: its durable name (kept across restarts, with its port id).
+    pub uuid: Uuid,
+    /// Internal port id (the data plane's index; kept across restarts too).
+    pub id: u16,
+    /// vhost-user socket path.
+    #[schema(value_type = String)]
+    pub socket: PathBuf,
+    /// "client" or "server".
+    pub mode: Mode,
+    /// Segment id.
+    pub segment: u16,
+    /// Link state: stopped, connecting, listening, negotiating, running.
+    pub state: String,
+    /// The MAC the port is bound to (frames from other source MACs are dropped), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// vhost-user frontend connections so far (QEMU connecting, or reconnecting after
+    /// either side restarted); not tracked firewall connections (`GET /v1/ports/NAME/conns`).
+    pub vhost_connections: u64,
+    /// Negotiated virtio features, hex.
+    pub features: String,
+    /// Queue pairs offered (the port's `queues`).
+    pub queues: usize,
+    /// Queue pairs whose receive ring the guest runs now.
+    pub queues_running: usize,
+    /// Frames received from the guest, per worker (which cores serve this port's queues).
+    pub rx_packets_per_worker: Vec<u64>,
+    /// Added through the API (and persisted) rather than the config file.
+    pub persisted: bool,
+    /// Frames received from the guest.
+    pub rx_packets: u64,
+    /// Bytes received from the guest.
+    pub rx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub tx_packets: u64,
+    /// Bytes delivered to the guest.
+    pub tx_bytes: u64,
+    /// Drops by reason (every reason, zero or not; `GET /v1/stats` describes each).
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl PortInfo {
+    /// All drops, whatever the reason.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// `DELETE /v1/ports/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    /// The port's name.
+    pub removed: String,
+}
+
+/// `DELETE /v1/ports/NAME/conns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Flushed {
+    /// Connections removed.
+    pub flushed: usize,
+}
+
+/// A port's policy and per-rule counters, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyInfo {
+    /// Port name.
+    pub port: String,
+    /// The port's policy epoch (it grows with every change of this vNIC's rules).
+    pub epoch: u64,
+    /// The policy as written (`null`: no firewall on this port).
+    pub policy: Option<PolicyConfig>,
+    /// Counters per rule (they restart when the policy is replaced).
+    pub rules: RuleTables,
+}
+
+/// Per-rule counters of both rulesets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RuleTables {
+    /// Egress rules, in order.
+    pub egress: Vec<RuleInfo>,
+    /// Ingress rules, in order.
+    pub ingress: Vec<RuleInfo>,
+}
+
+/// One rule's counters.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RuleInfo {
+    /// Position in its list, from 0.
+    pub index: usize,
+    /// Operator id (default: position from 1).
+    pub id: u32,
+    /// Its action.
+    pub action: ActionName,
+    /// Packets it decided (including every packet of the connections it admitted).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Connections it admitted.
+    pub connections: u64,
+}
+
+/// A tracked connection as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnView {
+    /// Zone (segment).
+    pub zone: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Opener's address.
+    pub src: String,
+    /// Opener's port (ICMP echo: the identifier).
+    pub sport: u16,
+    /// Responder's address.
+    pub dst: String,
+    /// Responder's port (ICMP echo: the identifier).
+    pub dport: u16,
+    /// Port whose VM opened it.
+    pub owner: Option<String>,
+    /// Port on the far end (`null`: not yet known, or the owner itself).
+    pub peer: Option<String>,
+    /// TCP state, or "unreplied"/"replied".
+    pub state: String,
+    /// Seconds since it was created.
+    pub age_secs: u32,
+    /// Seconds since its last packet.
+    pub idle_secs: u32,
+    /// Packets seen.
+    pub packets: u64,
+    /// Id of the owner's egress rule that admitted it.
+    pub rule_egress: Option<u32>,
+    /// Id of the peer's ingress rule that admitted it.
+    pub rule_ingress: Option<u32>,
+    /// A reply was seen.
+    pub replied: bool,
+    /// Policy epoch it was last validated under.
+    pub epoch: u64,
+    /// Validated before the latest policy change of one of its vNICs: its next packet is
+    /// judged by the current rules (and `rule_egress`/`rule_ingress` are unknown until then).
+    pub revalidate: bool,
+}
+
+/// A MAC table entry as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MacInfo {
+    /// Segment id.
+    pub segment: u16,
+    /// The address.
+    pub mac: String,
+    /// Port name.
+    pub port: String,
+    /// Seconds since last seen.
+    pub age_secs: u32,
+}
+
+/// `GET /v1/conntrack`: the connection table.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConntrackInfo {
+    /// Slots (an IPv4 connection takes one, an IPv6 one two).
+    pub capacity: usize,
+    /// Connections tracked now.
+    pub live: usize,
+    /// Memory per connection (table and index, averaged).
+    pub bytes_per_connection: f64,
+    /// The switch's latest policy epoch.
+    pub epoch: u64,
+}
+
+/// One worker's poll counters.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerInfo {
+    /// The CPU it is pinned to.
+    pub cpu: usize,
+    /// Polls that found work.
+    pub busy_polls: u64,
+    /// Polls that found none.
+    pub idle_polls: u64,
+}
+
+/// A drop reason: the name counters use, and what it means.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReasonInfo {
+    /// Counter name.
+    pub name: String,
+    /// What it counts.
+    pub description: String,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatsInfo {
+    /// Each worker.
+    pub workers: Vec<WorkerInfo>,
+    /// Every drop reason, described.
+    pub drop_reasons: Vec<ReasonInfo>,
+    /// Every port, with its counters.
+    pub ports: Vec<PortInfo>,
+}
