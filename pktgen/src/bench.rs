@@ -1,11 +1,15 @@
 //! `pktgen bench`: a bidirectional load generator for switch benchmarks.
 //!
 //! ```text
-//! pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1)
+//! pktgen bench (--dial SOCK | --listen SOCK) (--dial SOCK | --listen SOCK)
 //!              [--mode udp|tcp|conn] [--flows N] [--size BYTES] [--duration SECS]
 //!              [--warmup SECS] [--rate MPPS] [--queues N] [--cpu CPU] [--mac0 MAC]
 //!              [--mac1 MAC] [--queue-size N]
 //! ```
+//!
+//! Exactly two sockets, each given with `--dial` (the switch listens) or `--listen` (the switch
+//! dials); the first on the command line is port 0. `pktgen bench --help` lists every option
+//! with its default and range; the parser is clap's (`Cli`), and usage errors exit with 2.
 //!
 //! `--mode udp` (the default): port 0 sends flow i (i = 0..N-1, round robin) as UDP
 //! 10.254.0.1:1000 -> (10.253.0.0+i):1001, MAC mac0 -> mac1; port 1 sends the replies of the
@@ -28,12 +32,16 @@
 //! and flow i always travels on pair i % N.
 //!
 //! One thread does everything; pin it away from the switch's core. Progress once a second on
-//! stderr; at the end one JSON object on stdout. `rx_mpps` (frames the switch delivered, both
-//! ports, per second: the median over the measured seconds) is the figure to compare; in conn
-//! mode it is `conns_per_sec`.
+//! stderr; at the end one JSON object on stdout (`Report`, serialized by serde_json).
+//! `rx_mpps` (frames the switch delivered, both ports, per second: the median over the
+//! measured seconds) is the figure to compare; in conn mode it is `conns_per_sec`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::Serialize;
 
 use crate::{Connect, DeviceConfig, TxSlot, VirtioNet};
 
@@ -42,12 +50,6 @@ use crate::parse_mac;
 
 mod conn;
 mod tcp;
-
-const USAGE: &str =
-    "usage: pktgen bench (--dial SOCK0 --dial SOCK1 | --listen SOCK0 --listen SOCK1) \
-[--mode udp|tcp|conn (udp)] [--flows N (1)] [--size BYTES (60..1514; 60)] [--duration SECS (10)] \
-[--warmup SECS (2)] [--rate MPPS per port (0: as fast as possible)] [--queues N (1)] [--cpu CPU] \
-[--mac0 MAC] [--mac1 MAC] [--queue-size N (256)]";
 
 /// Frames queued per `send` call.
 const BURST: usize = 32;
@@ -63,102 +65,166 @@ const STAMP_OFF: usize = 42;
 /// How long the ports keep receiving after they stop sending.
 const DRAIN: Duration = Duration::from_millis(300);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the ports send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 enum Mode {
+    /// N two-way UDP flows
     Udp,
+    /// N TCP connections: a handshake per flow, then data segments both ways
     Tcp,
+    /// TCP connection setup per second (SYN, SYN-ACK, ACK, RST)
     Conn,
 }
 
+/// `pktgen bench`: a bidirectional load generator for switch benchmarks.
+///
+/// Port 0 and port 1 attach to two switch ports and both send as fast as the switch takes
+/// frames (or at --rate); at the end one JSON object goes to stdout, progress once a second
+/// to stderr.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pktgen bench",
+    bin_name = "pktgen bench",
+    override_usage = "pktgen bench <--dial SOCK|--listen SOCK> <--dial SOCK|--listen SOCK> [OPTIONS]",
+    // A flag given twice (other than --dial/--listen): the last one counts.
+    args_override_self = true,
+    after_help = "Give exactly two sockets with --dial and --listen (twice one of them, or one \
+of each); the first on the command line is port 0, the second port 1."
+)]
+struct Cli {
+    /// Attach a port to the switch's socket SOCK (the switch listens)
+    #[arg(long, value_name = "SOCK")]
+    dial: Vec<PathBuf>,
+    /// Listen on SOCK for the switch to attach a port (the switch dials)
+    #[arg(long, value_name = "SOCK")]
+    listen: Vec<PathBuf>,
+    /// What the ports send
+    #[arg(long, value_enum, default_value_t = Mode::Udp)]
+    mode: Mode,
+    /// Flows, 1..=16777216, at least --queues (not used by --mode conn)
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    flows: u32,
+    /// Frame size in bytes, 60..=1514 (--mode conn sends 60-byte frames)
+    #[arg(long, value_name = "BYTES", default_value_t = 60, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u16).range(60..=1514))]
+    size: u16,
+    /// Measured seconds (after the warm-up), clamped to 1..=3600
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
+    duration: u64,
+    /// Warm-up seconds before the measured ones, at most 600 (more is taken as 600)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 2,
+        allow_negative_numbers = true
+    )]
+    warmup: u64,
+    /// Frames per second per port in millions, >= 0; 0: as fast as the switch takes them
+    #[arg(long, value_name = "MPPS", default_value_t = 0.0, value_parser = parse_rate,
+          allow_negative_numbers = true)]
+    rate: f64,
+    /// Queue pairs per port, 1..=16 (flow i travels on pair i % N)
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    queues: u16,
+    /// Pin the generator's thread to CPU [default: not pinned]
+    #[arg(long, value_name = "CPU", allow_negative_numbers = true)]
+    cpu: Option<usize>,
+    /// Port 0's MAC address
+    #[arg(long, value_name = "MAC", default_value = "02:00:00:00:00:01", value_parser = parse_mac)]
+    mac0: [u8; 6],
+    /// Port 1's MAC address
+    #[arg(long, value_name = "MAC", default_value = "02:00:00:00:00:02", value_parser = parse_mac)]
+    mac1: [u8; 6],
+    /// Entries per virtqueue, a power of two in 64..=4096
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = parse_queue_size,
+          allow_negative_numbers = true)]
+    queue_size: u16,
+}
+
+fn parse_rate(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)
+        .ok_or_else(|| "must be a number of Mpps >= 0".to_string())
+}
+
+fn parse_queue_size(v: &str) -> Result<u16, String> {
+    v.parse::<u16>()
+        .ok()
+        .filter(|n| n.is_power_of_two() && (64..=4096).contains(n))
+        .ok_or_else(|| "must be a power of two in 64..=4096".to_string())
+}
+
+/// A run's settings, from the command line.
+#[derive(Debug)]
 struct Args {
+    /// Port 0's socket, then port 1's.
     socks: Vec<Connect>,
     mode: Mode,
     flows: u32,
     size: usize,
     duration: u32,
     warmup: u32,
-    /// Frames per second per port; 0: as fast as the switch takes them.
-    rate: f64,
+    /// Frames per second per port, in millions; 0: as fast as the switch takes them.
+    rate_mpps: f64,
     queues: u16,
     cpu: Option<usize>,
     macs: [[u8; 6]; 2],
     queue_size: u16,
 }
 
-fn parse(argv: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        socks: Vec::new(),
-        mode: Mode::Udp,
-        flows: 1,
-        size: 60,
-        duration: 10,
-        warmup: 2,
-        rate: 0.0,
-        queues: 1,
-        cpu: None,
-        macs: [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]],
-        queue_size: 256,
-    };
-    let mut it = argv.iter();
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = |v: &str| -> Result<u64, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: {v:?} is not a number"))
-        };
-        // A number in lo..=hi, else "FLAG must be lo..=hi".
-        let ranged = |lo: u64, hi: u64| -> Result<u64, String> {
-            Some(num(val)?)
-                .filter(|n| (lo..=hi).contains(n))
-                .ok_or_else(|| format!("{flag} must be {lo}..={hi}"))
-        };
-        match flag.as_str() {
-            "--dial" => a.socks.push(Connect::Dial(PathBuf::from(val))),
-            "--listen" => a.socks.push(Connect::Listen(PathBuf::from(val))),
-            "--mode" => {
-                a.mode = match val.as_str() {
-                    "udp" => Mode::Udp,
-                    "tcp" => Mode::Tcp,
-                    "conn" => Mode::Conn,
-                    _ => return Err(format!("--mode: {val:?} is not udp, tcp or conn")),
-                }
-            }
-            // Cannot truncate: each range fits its field.
-            "--flows" => a.flows = ranged(1, 1 << 24)? as u32,
-            "--size" => a.size = ranged(60, 1514)? as usize,
-            "--duration" => a.duration = num(val)?.clamp(1, 3600) as u32,
-            "--warmup" => a.warmup = num(val)?.min(600) as u32,
-            "--rate" => {
-                a.rate = val
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| r.is_finite() && *r >= 0.0)
-                    .ok_or("--rate must be a number of Mpps >= 0")?
-                    * 1e6
-            }
-            "--queues" => a.queues = ranged(1, 16)? as u16,
-            "--cpu" => a.cpu = Some(num(val)? as usize),
-            "--mac0" => a.macs[0] = parse_mac(val)?,
-            "--mac1" => a.macs[1] = parse_mac(val)?,
-            "--queue-size" => {
-                a.queue_size = u16::try_from(num(val)?)
-                    .ok()
-                    .filter(|n| n.is_power_of_two() && (64..=4096).contains(n))
-                    .ok_or("--queue-size must be a power of two in 64..=4096")?
-            }
-            _ => return Err(format!("unknown option {flag}")),
+/// Parses `pktgen bench` arguments (`argv` without the program name and `bench`).
+fn parse(argv: &[String]) -> Result<Args, clap::Error> {
+    let mut cmd = Cli::command();
+    let m = cmd.try_get_matches_from_mut(
+        std::iter::once("pktgen bench".to_string()).chain(argv.iter().cloned()),
+    )?;
+    // --dial and --listen may be mixed; port 0 is the first socket on the command line.
+    let mut socks: Vec<(usize, Connect)> = Vec::new();
+    for (id, how) in [
+        ("dial", Connect::Dial as fn(PathBuf) -> Connect),
+        ("listen", Connect::Listen),
+    ] {
+        if let (Some(at), Some(paths)) = (m.indices_of(id), m.get_many::<PathBuf>(id)) {
+            socks.extend(at.zip(paths.map(|p| how(p.clone()))));
         }
     }
-    if a.socks.len() != 2 {
-        return Err("give exactly two sockets (--dial or --listen, twice)".into());
+    socks.sort_by_key(|&(at, _)| at);
+    if socks.len() != 2 {
+        return Err(cmd.error(
+            ErrorKind::WrongNumberOfValues,
+            "give exactly two sockets (--dial or --listen, twice)",
+        ));
     }
-    if a.flows < u32::from(a.queues) && a.mode != Mode::Conn {
-        return Err("--flows must be at least --queues (each pair carries its own flows)".into());
+    let c = Cli::from_arg_matches(&m)?;
+    if c.flows < u32::from(c.queues) && c.mode != Mode::Conn {
+        return Err(cmd.error(
+            ErrorKind::ArgumentConflict,
+            "--flows must be at least --queues (each pair carries its own flows)",
+        ));
     }
-    Ok(a)
+    Ok(Args {
+        socks: socks.into_iter().map(|(_, s)| s).collect(),
+        mode: c.mode,
+        flows: c.flows,
+        size: usize::from(c.size),
+        // Cannot truncate: clamped first.
+        duration: c.duration.clamp(1, 3600) as u32,
+        warmup: c.warmup.min(600) as u32,
+        rate_mpps: c.rate,
+        queues: c.queues,
+        cpu: c.cpu,
+        macs: [c.mac0, c.mac1],
+        queue_size: c.queue_size,
+    })
 }
 
 /// One direction's frame template and how to patch it per flow.
@@ -244,10 +310,11 @@ trait Traffic {
         None
     }
 
-    /// Mode-specific JSON members, each followed by a comma.
-    fn extra_json(&self) -> String {
-        String::new()
-    }
+    /// Mode-specific members of the JSON result (a struct, flattened into it).
+    type Extra: Serialize;
+
+    /// The mode-specific members at the end of a run.
+    fn extra(&self) -> Self::Extra;
 }
 
 /// One-way latency samples (nanoseconds), from stamped frames.
@@ -281,10 +348,10 @@ impl Latency {
         }
     }
 
-    /// `"latency_us":{...}` with p50, p90, p99, p99.9 and max.
-    fn json(&mut self) -> String {
+    /// p50, p90, p99, p99.9 and max of the samples (`None` without samples).
+    fn summary(&mut self) -> Option<LatencySummary> {
         if self.samples.is_empty() {
-            return "\"latency_us\":null".into();
+            return None;
         }
         self.samples.sort_unstable();
         let n = self.samples.len();
@@ -292,15 +359,70 @@ impl Latency {
             let i = ((p / 100.0) * n as f64).ceil() as usize;
             f64::from(self.samples[i.clamp(1, n) - 1]) / 1e3
         };
-        format!(
-            "\"latency_us\":{{\"samples\":{n},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\
-\"p99_9\":{:.1},\"max\":{:.1}}}",
-            pct(50.0),
-            pct(90.0),
-            pct(99.0),
-            pct(99.9),
-            f64::from(self.samples[n - 1]) / 1e3
-        )
+        Some(LatencySummary {
+            samples: n,
+            p50: pct(50.0),
+            p90: pct(90.0),
+            p99: pct(99.0),
+            p99_9: pct(99.9),
+            max: f64::from(self.samples[n - 1]) / 1e3,
+        })
+    }
+}
+
+/// One-way latency percentiles in microseconds (`latency_us` of the result).
+#[derive(Debug, Serialize)]
+struct LatencySummary {
+    samples: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p99_9: f64,
+    max: f64,
+}
+
+/// Connection setup figures (modes that count connections).
+#[derive(Debug, Serialize)]
+struct ConnRates {
+    /// Median over the measured seconds.
+    conns_per_sec: u64,
+    conns_per_sec_per_second: Vec<u64>,
+    conns_completed: u64,
+}
+
+/// The JSON result of a run: one object on stdout. Rates in Mpps are medians over the
+/// measured seconds.
+#[derive(Debug, Serialize)]
+struct Report<E> {
+    mode: Mode,
+    #[serde(flatten)]
+    conns: Option<ConnRates>,
+    #[serde(flatten)]
+    extra: E,
+    rx_mpps: f64,
+    tx_mpps: f64,
+    /// L2 bits per second (the frame, no FCS or preamble), in billions.
+    rx_gbps: f64,
+    rx_mpps_per_second: Vec<f64>,
+    tx_mpps_per_second: Vec<f64>,
+    frames_sent: u64,
+    frames_received: u64,
+    frames_lost: u64,
+    loss_pct: f64,
+    latency_us: Option<LatencySummary>,
+    size: usize,
+    flows: u32,
+    queues: u16,
+    rate_mpps: f64,
+    duration: u32,
+    warmup: u32,
+    /// The first receive error (the device misbehaved), if any.
+    rx_error: Option<String>,
+}
+
+impl<E: Serialize> Report<E> {
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report serializes")
     }
 }
 
@@ -405,6 +527,10 @@ fn flow_of(frame: &[u8]) -> Option<u32> {
 }
 
 impl Traffic for Udp {
+    type Extra = ();
+
+    fn extra(&self) {}
+
     fn send(
         &mut self,
         port: usize,
@@ -519,23 +645,14 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn list(v: &[f64]) -> String {
-    v.iter()
-        .map(|x| format!("{x:.4}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Runs `pktgen bench ARGS`; returns the exit status.
 pub fn main(argv: &[String]) -> u8 {
     let a = match parse(argv) {
         Ok(a) => a,
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("pktgen bench: {e}");
-            }
-            eprintln!("{USAGE}");
-            return 2;
+            // Help on stdout (status 0), errors on stderr (status 2).
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
         }
     };
     match run(&a) {
@@ -551,9 +668,10 @@ pub fn main(argv: &[String]) -> u8 {
 }
 
 /// Runs `pktgen bench ARGS` and returns the JSON result instead of printing it (progress
-/// still goes to stderr): for tests that drive a switch with the generator.
+/// still goes to stderr): for tests that drive a switch with the generator. `argv` holds the
+/// arguments after `bench`; a usage error is returned as clap's message.
 pub fn run_args(argv: &[String]) -> Result<String, String> {
-    run(&parse(argv)?)
+    run(&parse(argv).map_err(|e| e.to_string())?)
 }
 
 fn run(a: &Args) -> Result<String, String> {
@@ -583,21 +701,21 @@ fn run(a: &Args) -> Result<String, String> {
         a.queues, a.mode, a.flows, a.size, a.warmup, a.duration
     );
     match a.mode {
-        Mode::Udp => drive(a, &mut devs, &mut Udp::new(a, slots)),
+        Mode::Udp => Ok(drive(a, &mut devs, &mut Udp::new(a, slots)).to_json()),
         Mode::Tcp => {
             let mut t = tcp::Tcp::new(a, slots);
             t.handshake(&mut devs)?;
-            let json = drive(a, &mut devs, &mut t)?;
+            let report = drive(a, &mut devs, &mut t);
             t.teardown(&mut devs)?;
-            Ok(json)
+            Ok(report.to_json())
         }
-        Mode::Conn => drive(a, &mut devs, &mut conn::Conn::new(a)),
+        Mode::Conn => Ok(drive(a, &mut devs, &mut conn::Conn::new(a)).to_json()),
     }
 }
 
 /// The measurement loop shared by the modes: send and receive on every port and pair, once a
-/// second a progress line, then a drain and the JSON result.
-fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<String, String> {
+/// second a progress line, then a drain and the result.
+fn drive<T: Traffic>(a: &Args, devs: &mut [VirtioNet], t: &mut T) -> Report<T::Extra> {
     let total = a.warmup + a.duration;
     let start = Instant::now();
     let mut lat = Latency {
@@ -612,7 +730,9 @@ fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<Strin
     let (mut tx_ps, mut rx_ps, mut ev_ps) = (Vec::new(), Vec::new(), Vec::new());
     let mut rx_err = None;
     let mut spins = 0u32;
-    let paced = a.rate > 0.0;
+    // Frames per second per port.
+    let rate = a.rate_mpps * 1e6;
+    let paced = rate > 0.0;
     let mut sending = true;
     let mut drain_end = None;
     loop {
@@ -627,7 +747,7 @@ fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<Strin
                 dev.select_queue_pair(q);
                 if sending {
                     let max = if paced {
-                        let allowed = (a.rate * elapsed) as u64;
+                        let allowed = (rate * elapsed) as u64;
                         allowed.saturating_sub(sent[port]).min(BURST as u64) as usize
                     } else {
                         BURST
@@ -694,44 +814,38 @@ fn drive(a: &Args, devs: &mut [VirtioNet], t: &mut impl Traffic) -> Result<Strin
     let (sent_all, received_all) = (sent.iter().sum::<u64>(), received.iter().sum::<u64>());
     let lost = sent_all.saturating_sub(received_all);
     let rx_mpps = median(&rx_ps);
-    let conns = t.events().map_or(String::new(), |n| {
-        format!(
-            "\"conns_per_sec\":{:.0},\"conns_per_sec_per_second\":[{}],\"conns_completed\":{n},",
-            median(&ev_ps),
-            ev_ps
-                .iter()
-                .map(|x| format!("{x:.0}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
+    let conns = t.events().map(|n| ConnRates {
+        // Whole connections per second, as the progress lines print them.
+        conns_per_sec: median(&ev_ps).round() as u64,
+        conns_per_sec_per_second: ev_ps.iter().map(|x| x.round() as u64).collect(),
+        conns_completed: n,
     });
-    let extra = t.extra_json();
-    Ok(format!(
-        "{{\"mode\":\"{}\",{conns}{extra}\"rx_mpps\":{rx_mpps:.4},\"tx_mpps\":{:.4},\"rx_gbps\":{:.3},\
-\"rx_mpps_per_second\":[{}],\"tx_mpps_per_second\":[{}],\"frames_sent\":{sent_all},\
-\"frames_received\":{received_all},\"frames_lost\":{lost},\"loss_pct\":{:.4},{},\
-\"size\":{},\"flows\":{},\"queues\":{},\"rate_mpps\":{},\"duration\":{},\"warmup\":{},\
-\"rx_error\":{}}}",
-        format!("{:?}", a.mode).to_lowercase(),
-        median(&tx_ps),
-        // L2 bits per second (the frame, no FCS or preamble).
-        rx_mpps * 1e6 * a.size as f64 * 8.0 / 1e9,
-        list(&rx_ps),
-        list(&tx_ps),
-        if sent_all == 0 {
+    Report {
+        mode: a.mode,
+        conns,
+        extra: t.extra(),
+        rx_mpps,
+        tx_mpps: median(&tx_ps),
+        rx_gbps: rx_mpps * 1e6 * a.size as f64 * 8.0 / 1e9,
+        rx_mpps_per_second: rx_ps,
+        tx_mpps_per_second: tx_ps,
+        frames_sent: sent_all,
+        frames_received: received_all,
+        frames_lost: lost,
+        loss_pct: if sent_all == 0 {
             0.0
         } else {
             lost as f64 * 100.0 / sent_all as f64
         },
-        lat.json(),
-        a.size,
-        a.flows,
-        a.queues,
-        a.rate / 1e6,
-        a.duration,
-        a.warmup,
-        rx_err.map_or("null".to_string(), |e| format!("{e:?}")),
-    ))
+        latency_us: lat.summary(),
+        size: a.size,
+        flows: a.flows,
+        queues: a.queues,
+        rate_mpps: a.rate_mpps,
+        duration: a.duration,
+        warmup: a.warmup,
+        rx_error: rx_err,
+    }
 }
 
 #[cfg(test)]
@@ -744,6 +858,370 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, clap::Error> {
+        parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// `args` with two dialled sockets and `extra`.
+    fn with(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut v = vec!["--dial", "/a", "--dial", "/b"];
+        v.extend_from_slice(extra);
+        args(&v)
+    }
+
+    fn err(extra: &[&str]) -> String {
+        with(extra).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = with(&[]).unwrap();
+        assert!(
+            matches!(&a.socks[..], [Connect::Dial(p0), Connect::Dial(p1)]
+            if p0.as_os_str() == "/a" && p1.as_os_str() == "/b")
+        );
+        assert_eq!(a.mode, Mode::Udp);
+        assert_eq!((a.flows, a.size, a.duration, a.warmup), (1, 60, 10, 2));
+        assert_eq!(a.rate_mpps, 0.0);
+        assert_eq!((a.queues, a.cpu, a.queue_size), (1, None, 256));
+        assert_eq!(a.macs, [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]);
+    }
+
+    #[test]
+    fn every_option() {
+        let a = with(&[
+            "--mode",
+            "tcp",
+            "--flows",
+            "16777216",
+            "--size",
+            "1514",
+            "--duration",
+            "5",
+            "--warmup",
+            "0",
+            "--rate",
+            "0.25",
+            "--queues",
+            "16",
+            "--cpu",
+            "3",
+            "--mac0",
+            "02:00:00:00:aa:01",
+            "--mac1",
+            "02:00:00:00:aa:02",
+            "--queue-size",
+            "4096",
+        ])
+        .unwrap();
+        assert_eq!(a.mode, Mode::Tcp);
+        assert_eq!(
+            (a.flows, a.size, a.duration, a.warmup),
+            (1 << 24, 1514, 5, 0)
+        );
+        assert_eq!(a.rate_mpps, 0.25);
+        assert_eq!((a.queues, a.cpu, a.queue_size), (16, Some(3), 4096));
+        assert_eq!(a.macs[0], [2, 0, 0, 0, 0xaa, 1]);
+        assert_eq!(a.macs[1], [2, 0, 0, 0, 0xaa, 2]);
+        assert_eq!(with(&["--mode", "conn"]).unwrap().mode, Mode::Conn);
+        // Given twice, the last counts (as before clap).
+        assert_eq!(with(&["--flows", "5", "--flows", "7"]).unwrap().flows, 7);
+    }
+
+    /// Exactly two sockets, --dial and --listen mixed as given, port 0 first on the line.
+    #[test]
+    fn two_sockets_in_command_line_order() {
+        let a = args(&["--listen", "/l", "--dial", "/d"]).unwrap();
+        assert!(
+            matches!(&a.socks[..], [Connect::Listen(p0), Connect::Dial(p1)]
+            if p0.as_os_str() == "/l" && p1.as_os_str() == "/d")
+        );
+        let a = args(&["--dial", "/d", "--mode", "tcp", "--listen", "/l"]).unwrap();
+        assert!(matches!(
+            &a.socks[..],
+            [Connect::Dial(_), Connect::Listen(_)]
+        ));
+        let a = args(&["--listen", "/0", "--listen", "/1"]).unwrap();
+        assert!(
+            matches!(&a.socks[..], [Connect::Listen(p0), Connect::Listen(p1)]
+            if p0.as_os_str() == "/0" && p1.as_os_str() == "/1")
+        );
+        for bad in [
+            &[][..],
+            &["--dial", "/a"],
+            &["--listen", "/a"],
+            &["--dial", "/a", "--dial", "/b", "--listen", "/c"],
+            &["--listen", "/a", "--listen", "/b", "--listen", "/c"],
+        ] {
+            let e = args(bad).expect_err("not two sockets");
+            assert_eq!(e.kind(), ErrorKind::WrongNumberOfValues, "{bad:?}");
+            assert!(e.to_string().contains("exactly two sockets"), "{e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    /// Each value out of its range is refused with an error naming the flag.
+    #[test]
+    fn range_errors_name_their_flag() {
+        for (flag, bad) in [
+            ("--flows", "0"),
+            ("--flows", "16777217"),
+            ("--flows", "x"),
+            ("--flows", "-1"),
+            ("--size", "59"),
+            ("--size", "1515"),
+            ("--duration", "x"),
+            ("--duration", "-1"),
+            ("--warmup", "-5"),
+            ("--size", "-60"),
+            ("--queues", "-1"),
+            ("--cpu", "-1"),
+            ("--queue-size", "-256"),
+            ("--warmup", "1.5"),
+            ("--rate", "-1"),
+            ("--rate", "nan"),
+            ("--rate", "inf"),
+            ("--rate", "fast"),
+            ("--queues", "0"),
+            ("--queues", "17"),
+            ("--cpu", "x"),
+            ("--mac0", "02:00:00:00:00"),
+            ("--mac1", "zz:00:00:00:00:00"),
+            ("--queue-size", "32"),
+            ("--queue-size", "100"),
+            ("--queue-size", "8192"),
+            ("--mode", "icmp"),
+        ] {
+            let e = with(&[flag, bad]).expect_err("out of range");
+            assert_eq!(e.exit_code(), 2);
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("'{flag} ")), "{flag} {bad}: {msg}");
+        }
+        assert!(err(&["--queue-size", "100"]).contains("power of two in 64..=4096"));
+        assert!(err(&["--rate", "-1"]).contains("Mpps >= 0"));
+        assert!(err(&["--bogus", "1"]).contains("'--bogus'"));
+        assert!(err(&["--flows"]).contains("'--flows <N>'"));
+    }
+
+    /// --duration and --warmup are clamped, not refused.
+    #[test]
+    fn duration_and_warmup_clamp() {
+        let a = with(&["--duration", "0", "--warmup", "601"]).unwrap();
+        assert_eq!((a.duration, a.warmup), (1, 600));
+        let a = with(&["--duration", "99999999999", "--warmup", "0"]).unwrap();
+        assert_eq!((a.duration, a.warmup), (3600, 0));
+        assert_eq!(with(&["--queue-size", "64"]).unwrap().queue_size, 64);
+        assert_eq!(with(&["--rate", "0"]).unwrap().rate_mpps, 0.0);
+        assert_eq!(with(&["--rate", "1e-1"]).unwrap().rate_mpps, 0.1);
+    }
+
+    /// Fewer flows than queue pairs is refused, except in conn mode (which has no flows).
+    #[test]
+    fn flows_at_least_queues() {
+        let e = with(&["--queues", "4", "--flows", "3"]).expect_err("too few flows");
+        assert!(
+            e.to_string().contains("--flows must be at least --queues"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        assert!(with(&["--queues", "4", "--flows", "4"]).is_ok());
+        assert!(with(&["--queues", "4", "--mode", "conn"]).is_ok());
+    }
+
+    /// --help is clap's help (exit status 0), naming every option; run_args hands a usage
+    /// error back as clap's message without touching a socket.
+    #[test]
+    fn help_and_run_args_errors() {
+        let e = with(&["--help"]).expect_err("help");
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+        assert_eq!(e.exit_code(), 0);
+        let help = e.to_string();
+        for flag in [
+            "--dial",
+            "--listen",
+            "--mode",
+            "--flows",
+            "--size",
+            "--duration",
+            "--warmup",
+            "--rate",
+            "--queues",
+            "--cpu",
+            "--mac0",
+            "--mac1",
+            "--queue-size",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from help:\n{help}");
+        }
+        let e = run_args(&["--dial", "/a", "--dial", "/b", "--size", "10"].map(String::from))
+            .expect_err("usage error");
+        assert!(e.contains("'--size <BYTES>'"), "{e}");
+    }
+
+    fn report<E>(extra: E, conns: Option<ConnRates>, lat: Option<LatencySummary>) -> Report<E> {
+        Report {
+            mode: Mode::Udp,
+            conns,
+            extra,
+            rx_mpps: 1.5,
+            tx_mpps: 1.75,
+            rx_gbps: 0.72,
+            rx_mpps_per_second: vec![1.5, 1.25],
+            tx_mpps_per_second: vec![1.75, 2.0],
+            frames_sent: 100,
+            frames_received: 90,
+            frames_lost: 10,
+            loss_pct: 10.0,
+            latency_us: lat,
+            size: 60,
+            flows: 4,
+            queues: 1,
+            rate_mpps: 0.0,
+            duration: 2,
+            warmup: 0,
+            rx_error: None,
+        }
+    }
+
+    /// The members of object `v`, in the order they appear in `json` (`Value` sorts them).
+    fn keys(json: &str, v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<(usize, String)> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| {
+                let tag = format!("\"{k}\":");
+                assert_eq!(json.matches(&tag).count(), 1, "{tag} in {json}");
+                (json.find(&tag).unwrap(), k.clone())
+            })
+            .collect();
+        k.sort();
+        k.into_iter().map(|(_, k)| k).collect()
+    }
+
+    const COMMON: [&str; 17] = [
+        "rx_mpps",
+        "tx_mpps",
+        "rx_gbps",
+        "rx_mpps_per_second",
+        "tx_mpps_per_second",
+        "frames_sent",
+        "frames_received",
+        "frames_lost",
+        "loss_pct",
+        "latency_us",
+        "size",
+        "flows",
+        "queues",
+        "rate_mpps",
+        "duration",
+        "warmup",
+        "rx_error",
+    ];
+
+    fn expect(front: &[&str]) -> Vec<String> {
+        front.iter().chain(&COMMON).map(|s| s.to_string()).collect()
+    }
+
+    /// The JSON result has the members (in order) and values that scripts/bench.d and
+    /// control/tests/generator.rs read, per mode.
+    #[test]
+    fn report_json() {
+        // UDP, no latency samples, no error: both null.
+        let json = report((), None, None).to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(keys(&json, &v), expect(&["mode"]));
+        assert_eq!(v["mode"], "udp");
+        assert!(
+            v["latency_us"].is_null() && v["rx_error"].is_null(),
+            "{json}"
+        );
+        assert_eq!(v["rx_mpps"], 1.5);
+        assert_eq!(v["frames_received"], 90);
+        assert_eq!(v["rx_mpps_per_second"], serde_json::json!([1.5, 1.25]));
+        assert_eq!(v["rate_mpps"], 0.0);
+
+        // TCP: its counter after the mode; latency percentiles and an rx error.
+        let mut lat = Latency {
+            start: Instant::now(),
+            recording: true,
+            samples: (1..=1000).rev().map(|i| i * 1000).collect(),
+        };
+        let mut r = report(tcp::TcpExtra { tcp_unexpected: 3 }, None, lat.summary());
+        r.mode = Mode::Tcp;
+        r.rx_error = Some("device wrote \"x\"".into());
+        let json = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(keys(&json, &v), expect(&["mode", "tcp_unexpected"]));
+        assert_eq!(
+            (v["mode"].as_str(), v["tcp_unexpected"].as_u64()),
+            (Some("tcp"), Some(3))
+        );
+        assert_eq!(v["rx_error"], "device wrote \"x\"");
+        let l = &v["latency_us"];
+        assert_eq!(
+            keys(&json, l),
+            ["samples", "p50", "p90", "p99", "p99_9", "max"]
+        );
+        assert_eq!(l["samples"], 1000);
+        assert_eq!(l["p50"], 500.0);
+        assert_eq!(l["p90"], 900.0);
+        assert_eq!(l["p99"], 990.0);
+        // ceil(0.999 * 1000) is 1000 in floating point.
+        assert!(
+            [999.0, 1000.0].contains(&l["p99_9"].as_f64().unwrap()),
+            "{l}"
+        );
+        assert_eq!(l["max"], 1000.0);
+
+        // Conn: the connection figures, then its counters.
+        let mut r = report(
+            conn::ConnExtra {
+                handshake_unexpected: 1,
+                reply_overflow: 2,
+            },
+            Some(ConnRates {
+                conns_per_sec: 12_345,
+                conns_per_sec_per_second: vec![12_000, 12_345, 13_000],
+                conns_completed: 37_345,
+            }),
+            None,
+        );
+        r.mode = Mode::Conn;
+        let json = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            keys(&json, &v),
+            expect(&[
+                "mode",
+                "conns_per_sec",
+                "conns_per_sec_per_second",
+                "conns_completed",
+                "handshake_unexpected",
+                "reply_overflow",
+            ])
+        );
+        assert_eq!(v["mode"], "conn");
+        assert_eq!(v["conns_per_sec"], 12_345);
+        assert_eq!(
+            v["conns_per_sec_per_second"],
+            serde_json::json!([12_000, 12_345, 13_000])
+        );
+        assert_eq!(v["conns_completed"], 37_345);
+        assert_eq!(
+            (
+                v["handshake_unexpected"].as_u64(),
+                v["reply_overflow"].as_u64()
+            ),
+            (Some(1), Some(2))
+        );
+    }
 
     /// A burst reads the clock exactly when one of its frames is stamped, and each pair's
     /// cursor walks its own flows.

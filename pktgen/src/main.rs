@@ -5,18 +5,27 @@
 //! pktgen (--dial PATH | --listen PATH) (--peer-dial PATH | --peer-listen PATH)
 //!        [--frames N] [--size BYTES] [--window W] [--mac-a MAC] [--mac-b MAC] [--chained]
 //!        [--features HEX]
+//! pktgen bench ...    (see `pktgen::bench`)
 //! ```
+//!
+//! `pktgen --help` lists every option with its default and range (the parser is clap's,
+//! `Cli`); given twice, a flag's last value counts, and so does the last of `--dial` and
+//! `--listen` (or of `--peer-dial` and `--peer-listen`).
 //!
 //! Sequence: connect A, connect B; warm-up (B -> A until A hears it, so a learning switch knows
 //! B's MAC and both ports are up; then A -> B probes until B hears one); then A sends N frames
 //! to B keeping at most W frames in flight (sent - received at B). Progress goes to stderr once
-//! a second, the result as one JSON line to stdout. Exit status 0 iff nothing was lost or
-//! corrupted; 1 if something was; 2 on usage or connection errors.
+//! a second, the result as one JSON line to stdout (`Summary`, serialized by serde_json). Exit
+//! status 0 iff nothing was lost or corrupted; 1 if something was; 2 on usage or connection
+//! errors.
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use clap::{ArgGroup, Parser};
+use serde::Serialize;
 
 use pktgen::{build_udp_frame, parse_mac, Connect, DeviceConfig, VirtioNet, MAX_TX_FRAME};
 
@@ -40,10 +49,87 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const TX_STALL_ABORT: Duration = Duration::from_secs(5);
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-const USAGE: &str =
-    "usage: pktgen (--dial PATH | --listen PATH) (--peer-dial PATH | --peer-listen PATH) \
-[--frames N (1000000)] [--size BYTES (60..1514, jumbo up to 9216; 60)] [--window W (rx ring capacity in frames)] \
-[--mac-a MAC] [--mac-b MAC] [--chained] [--features HEX (virtio features to accept)]";
+/// Sends N UDP frames from device A to device B through a vhost-user switch and checks every
+/// frame byte-exact at B.
+///
+/// Progress goes to stderr once a second, the result as one JSON line to stdout:
+/// {"sent","received","lost","corrupt","seconds","mpps"}. Exit status 0 iff nothing was lost
+/// or corrupted, 1 if something was, 2 on usage or connection errors.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pktgen",
+    // A flag given twice: the last one counts.
+    args_override_self = true,
+    after_help = "The benchmark load generator: pktgen bench --help"
+)]
+#[command(group(ArgGroup::new("device_a").required(true).args(["dial", "listen"])))]
+#[command(group(ArgGroup::new("device_b").required(true).args(["peer_dial", "peer_listen"])))]
+struct Cli {
+    /// Device A connects to the switch's socket PATH (the switch listens)
+    #[arg(long, value_name = "PATH", overrides_with = "listen")]
+    dial: Option<PathBuf>,
+    /// Device A listens on PATH and the switch connects to it
+    #[arg(long, value_name = "PATH", overrides_with = "dial")]
+    listen: Option<PathBuf>,
+    /// Device B connects to the switch's socket PATH (the switch listens)
+    #[arg(long, value_name = "PATH", overrides_with = "peer_listen")]
+    peer_dial: Option<PathBuf>,
+    /// Device B listens on PATH and the switch connects to it
+    #[arg(long, value_name = "PATH", overrides_with = "peer_dial")]
+    peer_listen: Option<PathBuf>,
+    /// Frames A sends to B
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1_000_000,
+        allow_negative_numbers = true
+    )]
+    frames: u64,
+    /// Frame size in bytes: 60..=1514, or jumbo up to 9216 (frames larger than one rx
+    /// buffer exercise MRG_RXBUF)
+    #[arg(long, value_name = "BYTES", default_value_t = 60, value_parser = parse_size,
+          allow_negative_numbers = true)]
+    size: usize,
+    /// Frames in flight at most (sent, not yet received at B), > 0 [default: as many as B's
+    /// rx ring holds]
+    #[arg(long, value_name = "W", value_parser = parse_window, allow_negative_numbers = true)]
+    window: Option<usize>,
+    /// Device A's MAC address
+    #[arg(long, value_name = "MAC", default_value = "02:00:00:00:00:0a", value_parser = parse_mac)]
+    mac_a: [u8; 6],
+    /// Device B's MAC address
+    #[arg(long, value_name = "MAC", default_value = "02:00:00:00:00:0b", value_parser = parse_mac)]
+    mac_b: [u8; 6],
+    /// A sends each frame as a descriptor chain (header and frame in separate buffers)
+    #[arg(long)]
+    chained: bool,
+    /// Virtio feature bits the devices accept, hex with or without 0x [default: VERSION_1 |
+    /// MRG_RXBUF | EVENT_IDX | PROTOCOL_FEATURES, 0x160008000]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, allow_hyphen_values = true)]
+    features: Option<u64>,
+}
+
+fn parse_size(v: &str) -> Result<usize, String> {
+    // 60..=1514 is a normal Ethernet frame; up to MAX_TX_FRAME (jumbo) is accepted to
+    // exercise MRG_RXBUF (frames larger than one 2048-byte rx buffer).
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (60..=MAX_TX_FRAME).contains(n))
+        .ok_or_else(|| format!("must be a number in 60..={MAX_TX_FRAME}"))
+}
+
+fn parse_window(v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "must be a number > 0".to_string())
+}
+
+/// Hex with an optional `0x` prefix.
+fn parse_hex(v: &str) -> Result<u64, String> {
+    u64::from_str_radix(v.trim_start_matches("0x"), 16)
+        .map_err(|_| "not a hex number (0x optional)".to_string())
+}
 
 #[derive(Debug)]
 struct Args {
@@ -58,70 +144,46 @@ struct Args {
     features: Option<u64>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = None;
-    let mut b = None;
-    let mut args = Args {
-        a: Connect::Dial(PathBuf::new()),
-        b: Connect::Dial(PathBuf::new()),
-        frames: 1_000_000,
-        size: 60,
-        window: None,
-        mac_a: [0x02, 0, 0, 0, 0, 0x0a],
-        mac_b: [0x02, 0, 0, 0, 0, 0x0b],
-        chained: false,
-        features: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--chained" {
-            args.chained = true;
-            continue;
-        }
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("bad number for {flag}: {v}"))
+impl From<Cli> for Args {
+    fn from(c: Cli) -> Args {
+        // The groups make exactly one of each pair present.
+        let side = |dial: Option<PathBuf>, listen: Option<PathBuf>| match (dial, listen) {
+            (Some(p), _) => Connect::Dial(p),
+            (None, Some(p)) => Connect::Listen(p),
+            (None, None) => unreachable!("clap requires one of the group"),
         };
-        match flag.as_str() {
-            "--dial" => a = Some(Connect::Dial(val.into())),
-            "--listen" => a = Some(Connect::Listen(val.into())),
-            "--peer-dial" => b = Some(Connect::Dial(val.into())),
-            "--peer-listen" => b = Some(Connect::Listen(val.into())),
-            "--frames" => args.frames = num(&val)?,
-            "--size" => {
-                args.size = usize::try_from(num(&val)?).map_err(|e| e.to_string())?;
-                // 60..=1514 is a normal Ethernet frame; up to MAX_TX_FRAME (jumbo) is accepted
-                // to exercise MRG_RXBUF (frames larger than one 2048-byte rx buffer).
-                if !(60..=MAX_TX_FRAME).contains(&args.size) {
-                    return Err(format!("--size must be in 60..={MAX_TX_FRAME}"));
-                }
-            }
-            "--window" => {
-                let w = usize::try_from(num(&val)?).map_err(|e| e.to_string())?;
-                if w == 0 {
-                    return Err("--window must be > 0".into());
-                }
-                args.window = Some(w);
-            }
-            "--features" => {
-                let hex = val.trim_start_matches("0x");
-                args.features = Some(
-                    u64::from_str_radix(hex, 16)
-                        .map_err(|_| format!("bad hex for {flag}: {val}"))?,
-                );
-            }
-            "--mac-a" => args.mac_a = parse_mac(&val)?,
-            "--mac-b" => args.mac_b = parse_mac(&val)?,
-            _ => return Err(format!("unknown flag {flag}")),
+        Args {
+            a: side(c.dial, c.listen),
+            b: side(c.peer_dial, c.peer_listen),
+            frames: c.frames,
+            size: c.size,
+            window: c.window,
+            mac_a: c.mac_a,
+            mac_b: c.mac_b,
+            chained: c.chained,
+            features: c.features,
         }
     }
-    args.a = a.ok_or("one of --dial/--listen is required")?;
-    args.b = b.ok_or("one of --peer-dial/--peer-listen is required")?;
-    Ok(args)
+}
+
+/// Parses `argv` (program name first).
+fn parse_args<I, T>(argv: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(argv).map(Args::from)
+}
+
+/// The result line on stdout.
+#[derive(Debug, Serialize)]
+struct Summary {
+    sent: u64,
+    received: u64,
+    lost: u64,
+    corrupt: u64,
+    seconds: f64,
+    mpps: f64,
 }
 
 /// Deterministic payload byte `i` of frame `seq` (after the 8-byte sequence number).
@@ -405,9 +467,17 @@ fn run(args: Args) -> Result<bool, String> {
     if s.other > 0 {
         eprintln!("pktgen: {} foreign frames received at B (ignored)", s.other);
     }
+    let summary = Summary {
+        sent,
+        received: s.received,
+        lost,
+        corrupt: s.corrupt,
+        seconds,
+        mpps,
+    };
     println!(
-        "{{\"sent\":{sent},\"received\":{},\"lost\":{lost},\"corrupt\":{},\"seconds\":{seconds:.6},\"mpps\":{mpps:.6}}}",
-        s.received, s.corrupt
+        "{}",
+        serde_json::to_string(&summary).expect("plain numbers serialize")
     );
     Ok(!aborted && lost == 0 && s.corrupt == 0 && sent == args.frames)
 }
@@ -415,20 +485,12 @@ fn run(args: Args) -> Result<bool, String> {
 use pktgen::bench;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().is_some_and(|a| a == "bench") {
-        return ExitCode::from(bench::main(&argv[1..]));
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).is_some_and(|a| a == "bench") {
+        return ExitCode::from(bench::main(&argv[2..]));
     }
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("pktgen: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Exits with 2 on usage errors (0 for --help).
+    let args = parse_args(argv).unwrap_or_else(|e| e.exit());
     match run(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -436,5 +498,172 @@ fn main() -> ExitCode {
             eprintln!("pktgen: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, clap::Error> {
+        parse_args(std::iter::once("pktgen").chain(v.iter().copied()))
+    }
+
+    /// `args` with both devices dialling and `extra`.
+    fn with(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut v = vec!["--dial", "/a", "--peer-dial", "/b"];
+        v.extend_from_slice(extra);
+        args(&v)
+    }
+
+    fn path(c: &Connect) -> (&'static str, &str) {
+        match c {
+            Connect::Dial(p) => ("dial", p.to_str().unwrap()),
+            Connect::Listen(p) => ("listen", p.to_str().unwrap()),
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = with(&[]).unwrap();
+        assert_eq!((path(&a.a), path(&a.b)), (("dial", "/a"), ("dial", "/b")));
+        assert_eq!((a.frames, a.size, a.window), (1_000_000, 60, None));
+        assert_eq!(a.mac_a, [2, 0, 0, 0, 0, 0x0a]);
+        assert_eq!(a.mac_b, [2, 0, 0, 0, 0, 0x0b]);
+        assert!(!a.chained);
+        assert_eq!(a.features, None);
+    }
+
+    #[test]
+    fn every_option() {
+        let a = args(&[
+            "--listen",
+            "/l",
+            "--peer-listen",
+            "/pl",
+            "--frames",
+            "5",
+            "--size",
+            "9216",
+            "--window",
+            "1",
+            "--mac-a",
+            "02:00:00:00:01:0a",
+            "--mac-b",
+            "02:00:00:00:01:0b",
+            "--chained",
+            "--features",
+            "0x100008000",
+        ])
+        .unwrap();
+        assert_eq!(
+            (path(&a.a), path(&a.b)),
+            (("listen", "/l"), ("listen", "/pl"))
+        );
+        assert_eq!((a.frames, a.size, a.window), (5, 9216, Some(1)));
+        assert_eq!(a.mac_a, [2, 0, 0, 0, 1, 0x0a]);
+        assert_eq!(a.mac_b, [2, 0, 0, 0, 1, 0x0b]);
+        assert!(a.chained);
+        assert_eq!(a.features, Some(0x1_0000_8000));
+    }
+
+    /// As before clap: the last of --dial/--listen (and of --peer-*) counts, and so does the
+    /// last of a flag given twice.
+    #[test]
+    fn last_one_counts() {
+        let a = args(&[
+            "--dial",
+            "/a",
+            "--listen",
+            "/l",
+            "--peer-listen",
+            "/x",
+            "--peer-dial",
+            "/b",
+        ])
+        .unwrap();
+        assert_eq!((path(&a.a), path(&a.b)), (("listen", "/l"), ("dial", "/b")));
+        let a = with(&["--size", "100", "--size", "200", "--chained", "--chained"]).unwrap();
+        assert_eq!(a.size, 200);
+        assert!(a.chained);
+    }
+
+    #[test]
+    fn features_are_hex_with_optional_0x() {
+        for (v, want) in [("ff", 0xff), ("0xff", 0xff), ("FF", 0xff), ("0", 0)] {
+            assert_eq!(
+                with(&["--features", v]).unwrap().features,
+                Some(want),
+                "{v}"
+            );
+        }
+        for bad in ["0xg", "", "0x", "-1", "10000000000000000"] {
+            let e = with(&["--features", bad]).expect_err(bad).to_string();
+            assert!(e.contains("'--features <HEX>'"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_name_their_flag() {
+        for (flag, bad) in [
+            ("--size", "59"),
+            ("--size", "9217"),
+            ("--size", "-60"),
+            ("--size", "x"),
+            ("--window", "0"),
+            ("--window", "-1"),
+            ("--frames", "x"),
+            ("--frames", "-1"),
+            ("--mac-a", "02:00:00:00:00"),
+            ("--mac-b", "02:00:00:00:00:zz"),
+        ] {
+            let e = with(&[flag, bad]).expect_err("invalid");
+            assert_eq!(e.exit_code(), 2);
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("'{flag} ")), "{flag} {bad}: {msg}");
+        }
+        assert!(with(&["--size", "59"])
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("60..={MAX_TX_FRAME}")));
+        // Both devices are required.
+        for (v, missing) in [
+            (&["--peer-dial", "/b"][..], "--dial"),
+            (&["--dial", "/a"], "--peer-dial"),
+        ] {
+            let e = args(v).expect_err("missing device").to_string();
+            assert!(e.contains("required") && e.contains(missing), "{e}");
+        }
+        assert!(with(&["--bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("'--bogus'"));
+        let e = with(&["--help"]).unwrap_err();
+        assert_eq!(e.exit_code(), 0);
+        assert!(e.to_string().contains("--peer-listen"));
+    }
+
+    /// The result line keeps its members and order.
+    #[test]
+    fn summary_json() {
+        let s = Summary {
+            sent: 10,
+            received: 9,
+            lost: 1,
+            corrupt: 0,
+            seconds: 0.5,
+            mpps: 1.8e-5,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"sent":10,"received":9,"lost":1,"corrupt":0,"seconds":0.5,"mpps":0.000018}"#
+        );
     }
 }

@@ -12,6 +12,8 @@
 use std::collections::VecDeque;
 
 use crate::frame::{fold, sum16};
+use serde::Serialize;
+
 use crate::VirtioNet;
 
 use super::{Args, Latency, Traffic, BURST, IP_DST_BASE, IP_SRC};
@@ -217,6 +219,15 @@ fn conn_of(client_port: u16, server_ip: u32) -> u32 {
     server_ip.wrapping_sub(IP_DST_BASE) * PORTS + u32::from(client_port.wrapping_sub(1024))
 }
 
+/// `--mode conn`'s members of the JSON result.
+#[derive(Debug, Serialize)]
+pub(super) struct ConnExtra {
+    /// Frames that were not what the handshake expected.
+    pub(super) handshake_unexpected: u64,
+    /// Replies dropped because a port's queue of pending replies was full.
+    pub(super) reply_overflow: u64,
+}
+
 impl Traffic for Conn {
     fn send(
         &mut self,
@@ -276,9 +287,14 @@ impl Traffic for Conn {
         Some(self.hs.completed)
     }
 
-    fn extra_json(&self) -> String {
-        let (unexpected, overflow) = self.anomalies();
-        format!("\"handshake_unexpected\":{unexpected},\"reply_overflow\":{overflow},")
+    type Extra = ConnExtra;
+
+    fn extra(&self) -> ConnExtra {
+        let (handshake_unexpected, reply_overflow) = self.anomalies();
+        ConnExtra {
+            handshake_unexpected,
+            reply_overflow,
+        }
     }
 }
 

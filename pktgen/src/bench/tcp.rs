@@ -13,6 +13,8 @@
 use std::time::{Duration, Instant};
 
 use crate::frame::{fold, sum16};
+use serde::Serialize;
+
 use crate::VirtioNet;
 
 use super::conn::{client_isn, frame, frame_ws, parse, server_isn, Seg, ACK, RST, SYN};
@@ -347,6 +349,13 @@ impl Tcp {
     }
 }
 
+/// `--mode tcp`'s members of the JSON result.
+#[derive(Debug, Serialize)]
+pub(super) struct TcpExtra {
+    /// Segments received that belong to no flow.
+    pub(super) tcp_unexpected: u64,
+}
+
 impl Traffic for Tcp {
     fn send(
         &mut self,
@@ -434,8 +443,12 @@ impl Traffic for Tcp {
         })
     }
 
-    fn extra_json(&self) -> String {
-        format!("\"tcp_unexpected\":{},", self.unexpected)
+    type Extra = TcpExtra;
+
+    fn extra(&self) -> TcpExtra {
+        TcpExtra {
+            tcp_unexpected: self.unexpected,
+        }
     }
 }
 
