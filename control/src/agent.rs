@@ -10,12 +10,12 @@
 //! bulwarkd brings them back; removing one through the API removes it from that file. A port
 //! from the config file that is removed through the API comes back at the next start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use dataplane::filter::Policy;
-use dataplane::switch::RuleStat;
+use dataplane::switch::{L2Decision, PuntItem, RuleStat, TraceEvent, TraceRecord, Verdict};
 use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
 use uuid::Uuid;
 use vhost::{NetDevice, PortConn, SocketMode};
@@ -23,8 +23,8 @@ use vhost::{NetDevice, PortConn, SocketMode};
 use crate::config::{check_ports, ConfigError, Mode, PortConfig};
 use crate::identity::{write_atomically, Identities, Identity, IdentityError};
 use crate::model::{
-    ApiError, ConnView, ConntrackInfo, MacInfo, PolicyInfo, PortInfo, ReasonInfo, RuleInfo,
-    RuleTables, StatsInfo, WorkerInfo,
+    ApiError, ConnView, ConntrackInfo, MacInfo, PolicyInfo, PortInfo, ReasonInfo, RuleHit,
+    RuleInfo, RuleTables, StatsInfo, TraceInfo, TraceStarted, TraceView, WorkerInfo,
 };
 use crate::policy::PolicyConfig;
 
@@ -50,7 +50,19 @@ pub struct Agent {
     /// Locked only while `ports` is held.
     identities: Mutex<Identities>,
     state_file: Option<PathBuf>,
+    /// Trace records drained from the punt rings, per port id, until the API reads them.
+    traces: Mutex<Traces>,
 }
+
+/// Trace records kept per port.
+#[derive(Debug, Default)]
+struct Traces {
+    records: BTreeMap<u16, VecDeque<TraceRecord>>,
+    lost: BTreeMap<u16, u64>,
+}
+
+/// Trace records kept per port until read.
+const TRACE_BUFFER: usize = 10_000;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +81,7 @@ impl Agent {
             ports: Mutex::new(BTreeMap::new()),
             identities: Mutex::new(identities),
             state_file,
+            traces: Mutex::new(Traces::default()),
         }
     }
 
@@ -215,6 +228,8 @@ impl Agent {
         if let Some(c) = rec.conn.take() {
             c.stop();
         }
+        self.switch.trace(rec.id, 0);
+        self.traces().records.remove(&rec.id);
         let n = self.switch.flush_macs(rec.id);
         let c = self.switch.flush_connections(rec.id);
         tracing::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
@@ -519,6 +534,7 @@ impl Agent {
                     cpu: w.cpu,
                     busy_polls: w.busy_polls,
                     idle_polls: w.idle_polls,
+                    punt_dropped: w.punt_dropped,
                 })
                 .collect(),
             drop_reasons: DropReason::ALL
@@ -530,5 +546,174 @@ impl Agent {
                 .collect(),
             ports: self.ports(),
         }
+    }
+}
+
+impl Agent {
+    /// Starts the control thread that drains the workers' punt rings (every 10 ms) while the
+    /// agent lives.
+    pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("punt".into())
+            .spawn(move || {
+                while let Some(agent) = weak.upgrade() {
+                    agent.drain_punts();
+                    drop(agent);
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            })
+            .map(|_| ())
+    }
+
+    fn traces(&self) -> std::sync::MutexGuard<'_, Traces> {
+        self.traces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves what the workers punted into the per-port buffers.
+    pub fn drain_punts(&self) {
+        let mut t = self.traces();
+        let Traces { records, lost } = &mut *t;
+        self.switch.drain_punts(|item| match item {
+            PuntItem::Trace(r) => {
+                let buf = records.entry(r.port).or_default();
+                if buf.len() >= TRACE_BUFFER {
+                    *lost.entry(r.port).or_default() += 1;
+                } else {
+                    buf.push_back(r);
+                }
+            }
+        });
+    }
+
+    /// Starts tracing the next `count` frames of a port (0 stops); earlier records are
+    /// discarded.
+    pub fn start_trace(&self, name: &str, count: u32) -> Result<TraceStarted, ApiError> {
+        if count > 10_000 {
+            return Err(ApiError::bad("count", format!("{count} is over 10000")));
+        }
+        let ports = self.lock();
+        let rec = ports
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
+        self.switch.trace(rec.id, 0);
+        self.drain_punts();
+        let mut t = self.traces();
+        t.records.remove(&rec.id);
+        t.lost.remove(&rec.id);
+        self.switch.trace(rec.id, count);
+        tracing::info!("port {name}: tracing the next {count} frames");
+        Ok(TraceStarted {
+            port: name.to_string(),
+            count,
+        })
+    }
+
+    /// The trace records of a port collected since the last call (they are handed out once).
+    pub fn trace(&self, name: &str) -> Result<TraceInfo, ApiError> {
+        let ports = self.lock();
+        let rec = ports
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
+        self.drain_punts();
+        let (records, lost) = {
+            let mut t = self.traces();
+            let r: Vec<TraceRecord> = t.records.remove(&rec.id).unwrap_or_default().into();
+            (r, t.lost.remove(&rec.id).unwrap_or(0))
+        };
+        let name_of = |id: u16| {
+            ports
+                .values()
+                .find(|p| p.id == id)
+                .map_or_else(|| format!("#{id}"), |p| p.cfg.name.clone())
+        };
+        let rule_of = |r: &dataplane::filter::RuleRef| {
+            let (vnic, ingress, i) = match *r {
+                dataplane::filter::RuleRef::Egress(v, i) => (v, false, i),
+                dataplane::filter::RuleRef::Ingress(v, i) => (v, true, i),
+            };
+            let id = ports.values().find(|p| p.id == vnic).and_then(|p| {
+                let rs = if ingress {
+                    &p.policy.ingress
+                } else {
+                    &p.policy.egress
+                };
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| rs.rules().get(i))
+                    .map(|x| x.id)
+            });
+            RuleHit {
+                port: name_of(vnic),
+                direction: if ingress { "ingress" } else { "egress" }.into(),
+                rule: id,
+            }
+        };
+        let l2_name = |d: L2Decision| match d {
+            L2Decision::Port(p) => format!("port {}", name_of(p)),
+            L2Decision::Flood => "flood".to_string(),
+            L2Decision::Drop(r) => format!("drop {}", r.name()),
+        };
+        let views = records
+            .iter()
+            .map(|r| {
+                let (verdict, to, reason, counted_on) = match r.verdict {
+                    Verdict::Forwarded(d) => (
+                        "forwarded",
+                        Some(match d {
+                            L2Decision::Port(p) => name_of(p),
+                            _ => "flood".to_string(),
+                        }),
+                        None,
+                        None,
+                    ),
+                    Verdict::Dropped(reason, on) => (
+                        "dropped",
+                        None,
+                        Some(reason.name().to_string()),
+                        Some(name_of(on)),
+                    ),
+                };
+                TraceView {
+                    worker: r.worker,
+                    queue: r.queue,
+                    len: r.len,
+                    head: r.head[..usize::from(r.head_len)]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
+                    packet: match &r.parsed {
+                        Some(Ok(p)) => Some(p.to_string()),
+                        _ => None,
+                    },
+                    parse_error: match &r.parsed {
+                        Some(Err(e)) => Some(DropReason::from(*e).name().to_string()),
+                        _ => None,
+                    },
+                    l2: r.l2.map(l2_name),
+                    firewall: match r.firewall {
+                        TraceEvent::NotJudged => "not_judged",
+                        TraceEvent::Found => "found",
+                        TraceEvent::Created => "created",
+                        TraceEvent::Passed => "passed",
+                        TraceEvent::Refused => "refused",
+                    }
+                    .to_string(),
+                    rules: r.rules.iter().flatten().map(rule_of).collect(),
+                    verdict: verdict.to_string(),
+                    to,
+                    reason,
+                    counted_on,
+                    delivered: r.delivered,
+                    delivery_drop: r.delivery_drop.map(|d| d.name().to_string()),
+                }
+            })
+            .collect();
+        Ok(TraceInfo {
+            port: name.to_string(),
+            remaining: self.switch.trace_remaining(rec.id),
+            lost,
+            records: views,
+        })
     }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::config::PortConfig;
 use crate::model::{
     ApiError, ConnView, ConntrackInfo, Flushed, Health, MacInfo, PolicyInfo, PortInfo, Removed,
-    StatsInfo,
+    StatsInfo, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -231,6 +231,18 @@ impl Client {
             &format!("/v1/ports/{}/conns", segment(name)),
             None::<&()>,
         )
+    }
+    /// `POST /v1/ports/NAME/trace`.
+    pub fn start_trace(&self, name: &str, count: u32) -> Result<TraceStarted, ClientError> {
+        self.call(
+            "POST",
+            &format!("/v1/ports/{}/trace", segment(name)),
+            Some(&TraceRequest { count }),
+        )
+    }
+    /// `GET /v1/ports/NAME/trace`.
+    pub fn trace(&self, name: &str) -> Result<TraceInfo, ClientError> {
+        self.get(&format!("/v1/ports/{}/trace", segment(name)))
     }
     /// `GET /v1/macs`.
     pub fn macs(&self) -> Result<Vec<MacInfo>, ClientError> {

@@ -262,6 +262,8 @@ pub struct WorkerInfo {
     pub busy_polls: u64,
     /// Polls that found none.
     pub idle_polls: u64,
+    /// Punted items (trace records) dropped because its punt ring was full.
+    pub punt_dropped: u64,
 }
 
 /// A drop reason: the name counters use, and what it means.
@@ -282,4 +284,84 @@ pub struct StatsInfo {
     pub drop_reasons: Vec<ReasonInfo>,
     /// Every port, with its counters.
     pub ports: Vec<PortInfo>,
+}
+
+/// `POST /v1/ports/NAME/trace`: what to trace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// Frames to record (the next ones the port's guest sends), 1-10000; 0 stops a trace.
+    #[schema(maximum = 10000)]
+    pub count: u32,
+}
+
+/// `POST /v1/ports/NAME/trace`: the trace started.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceStarted {
+    /// The port.
+    pub port: String,
+    /// Frames it will record.
+    pub count: u32,
+}
+
+/// A rule that decided, by the vNIC it belongs to and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RuleHit {
+    /// The vNIC whose policy it is.
+    pub port: String,
+    /// "egress" or "ingress".
+    pub direction: String,
+    /// The rule's id, or `null` for the ruleset's default action (or the non-IP / ND rule).
+    pub rule: Option<u32>,
+}
+
+/// One traced frame, through every stage.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceView {
+    /// The worker that handled it.
+    pub worker: u16,
+    /// Its queue pair.
+    pub queue: u16,
+    /// Frame length, bytes.
+    pub len: u32,
+    /// The frame's first bytes, hex.
+    pub head: String,
+    /// The parse result, for people (`null`: not parsed: an L2-only segment, or dropped
+    /// before).
+    pub packet: Option<String>,
+    /// Why it did not parse (a drop reason name), if it did not.
+    pub parse_error: Option<String>,
+    /// The L2 decision: "port NAME", "flood", or "drop REASON"; `null`: dropped before.
+    pub l2: Option<String>,
+    /// What the firewall found: "not_judged", "found" (a tracked connection), "created",
+    /// "passed" (allowed without a connection), "refused".
+    pub firewall: String,
+    /// The rules that decided, sender's egress side first.
+    pub rules: Vec<RuleHit>,
+    /// "forwarded" or "dropped".
+    pub verdict: String,
+    /// Where it was forwarded: a port name or "flood".
+    pub to: Option<String>,
+    /// Why it was dropped.
+    pub reason: Option<String>,
+    /// The port the drop is counted on.
+    pub counted_on: Option<String>,
+    /// Copies delivered (a flood has several).
+    pub delivered: u16,
+    /// The first delivery drop, if any.
+    pub delivery_drop: Option<String>,
+}
+
+/// `GET /v1/ports/NAME/trace`: the records collected since the last call.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceInfo {
+    /// The port.
+    pub port: String,
+    /// Frames still to record.
+    pub remaining: u32,
+    /// Records dropped because this port's buffer (10,000 records) was full; a full punt ring
+    /// drops them earlier, counted as `punt_dropped` in `GET /v1/stats`.
+    pub lost: u64,
+    /// The records, oldest first.
+    pub records: Vec<TraceView>,
 }

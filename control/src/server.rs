@@ -39,7 +39,7 @@ use crate::agent::Agent;
 use crate::config::PortConfig;
 use crate::model::{
     ApiError, ConnView, ConntrackInfo, Flushed, Health, MacInfo, PolicyInfo, PortInfo, Removed,
-    StatsInfo,
+    StatsInfo, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -112,6 +112,7 @@ fn routes() -> OpenApiRouter<Arc<Agent>> {
         .routes(routes!(show_port, remove_port))
         .routes(routes!(show_policy, set_policy))
         .routes(routes!(port_conns, flush_conns))
+        .routes(routes!(start_trace, read_trace))
         .routes(routes!(all_conns))
         .routes(routes!(conntrack))
         .routes(routes!(macs))
@@ -463,4 +464,31 @@ async fn macs(State(a): AgentState) -> Result<Json<Vec<MacInfo>>, ApiError> {
     responses((status = 200, description = "the counters", body = StatsInfo)))]
 async fn stats(State(a): AgentState) -> Result<Json<StatsInfo>, ApiError> {
     blocking(move || Ok(a.stats())).await
+}
+
+/// Traces the next `count` frames the port's guest sends, through every stage of the frame
+/// path; `GET` the same path for the records. Earlier records are discarded.
+#[utoipa::path(post, path = "/v1/ports/{name}/trace", tag = "bulwark", request_body = TraceRequest,
+    params(("name" = String, Path, description = "port name")),
+    responses(
+        (status = 200, description = "tracing", body = TraceStarted),
+        (status = 400, description = "a field is wrong (named in `field`)", body = ApiError),
+        (status = 404, description = "no such port", body = ApiError),
+        (status = 413, description = "body too large", body = ApiError)))]
+async fn start_trace(
+    State(a): AgentState,
+    Name(name): Name,
+    Body(req): Body<TraceRequest>,
+) -> Result<Json<TraceStarted>, ApiError> {
+    blocking(move || a.start_trace(&name, req.count)).await
+}
+
+/// The trace records collected since the last call (each is handed out once).
+#[utoipa::path(get, path = "/v1/ports/{name}/trace", tag = "bulwark",
+    params(("name" = String, Path, description = "port name")),
+    responses(
+        (status = 200, description = "the records", body = TraceInfo),
+        (status = 404, description = "no such port", body = ApiError)))]
+async fn read_trace(State(a): AgentState, Name(name): Name) -> Result<Json<TraceInfo>, ApiError> {
+    blocking(move || a.trace(&name)).await
 }

@@ -791,6 +791,81 @@ fn inner_l4(proto: u8, t: &[u8], v6: bool) -> Option<L4Quote> {
     }
 }
 
+/// One line for people (`bulwarkctl trace`): protocol, addresses, ports, TCP flags, ICMP
+/// type. Slow path only.
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.l3 == L3::NonIp {
+            return write!(f, "non-IP, ethertype {:#06x}", self.ethertype);
+        }
+        let frag = match self.frag {
+            Frag::None => "",
+            Frag::First => " (first fragment)",
+            Frag::Later => " (later fragment)",
+        };
+        if let Some(t) = &self.tcp {
+            let names = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+            let flags: Vec<&str> = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| t.flags & (1 << i) != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            return write!(
+                f,
+                "tcp {} -> {} [{}] seq {} ack {} win {} len {}{frag}",
+                endpoint(self.src, self.sport),
+                endpoint(self.dst, self.dport),
+                flags.join(","),
+                t.seq,
+                t.ack,
+                t.window,
+                t.data_len
+            );
+        }
+        if let Some(i) = &self.icmp {
+            let name = if self.proto == ip_proto::ICMPV6 {
+                "icmpv6"
+            } else {
+                "icmp"
+            };
+            write!(
+                f,
+                "{name} {} -> {} type {} code {}",
+                self.src, self.dst, i.ty, i.code
+            )?;
+            if let Some(inner) = &i.inner {
+                write!(
+                    f,
+                    ", quoting proto {} {} -> {}",
+                    inner.proto,
+                    endpoint(inner.src, inner.sport),
+                    endpoint(inner.dst, inner.dport)
+                )?;
+            } else if !i.is_error {
+                write!(f, " id {}", i.id)?;
+            }
+            return f.write_str(frag);
+        }
+        match self.proto {
+            ip_proto::UDP => write!(
+                f,
+                "udp {} -> {}{frag}",
+                endpoint(self.src, self.sport),
+                endpoint(self.dst, self.dport)
+            ),
+            p => write!(f, "proto {p} {} -> {}{frag}", self.src, self.dst),
+        }
+    }
+}
+
+fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use control::client::{Client, ClientError, Endpoint};
 use control::config::{Mode, PortConfig, DEFAULT_RUN_DIR};
-use control::model::{ConnView, MacInfo, PolicyInfo, PortInfo, StatsInfo};
+use control::model::{ConnView, MacInfo, PolicyInfo, PortInfo, StatsInfo, TraceInfo, TraceView};
 use control::policy::PolicyConfig;
 
 /// The command-line client of bulwarkd's API.
@@ -52,6 +52,18 @@ enum Cmd {
     Flush {
         /// The port.
         name: String,
+    },
+    /// Record the next frames a port's guest sends through every stage of the frame path
+    /// (parse, L2, connection, rules, verdict, delivery) and print them.
+    Trace {
+        /// The port.
+        name: String,
+        /// Frames to record, 1-10000.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        count: u32,
+        /// Give up after this many seconds (the trace is stopped; what was recorded is shown).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
     },
     /// The MAC learning table.
     Macs,
@@ -221,6 +233,28 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Flush { name } => show(cli.json, &c.flush(name).map_err(err)?, |f| {
             format!("flushed {} connections of port {name}\n", f.flushed)
         }),
+        Cmd::Trace {
+            name,
+            count,
+            timeout,
+        } => {
+            let info = run_trace(&c, name, *count, Duration::from_secs(*timeout), cli.json)?;
+            if cli.json {
+                show(true, &info, |_| String::new())
+            } else {
+                let mut s = String::new();
+                if info.records.len() < *count as usize {
+                    s.push_str(&format!(
+                        "{} of {count} frames traced within {timeout} s (the guest sent no more)\n",
+                        info.records.len()
+                    ));
+                }
+                if info.lost > 0 {
+                    s.push_str(&format!("{} records lost (buffer full)\n", info.lost));
+                }
+                s
+            }
+        }
         Cmd::Macs => show(cli.json, &c.macs().map_err(err)?, |m| render_macs(m)),
         Cmd::Conntrack => show(cli.json, &c.conntrack().map_err(err)?, |t| {
             format!(
@@ -232,6 +266,98 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// Arms a trace of `count` frames, prints each record as it comes (unless `json`), and
+/// returns them all once `count` arrived or `timeout` passed (the trace is then stopped).
+fn run_trace(
+    c: &Client,
+    name: &str,
+    count: u32,
+    timeout: Duration,
+    json: bool,
+) -> Result<TraceInfo, String> {
+    let err = |e: ClientError| e.to_string();
+    c.start_trace(name, count).map_err(err)?;
+    if !json {
+        println!("tracing the next {count} frames of port {name} (at most {timeout:?})");
+    }
+    let start = std::time::Instant::now();
+    let mut all = TraceInfo {
+        port: name.to_string(),
+        remaining: count,
+        lost: 0,
+        records: Vec::new(),
+    };
+    loop {
+        let got = c.trace(name).map_err(err)?;
+        for r in &got.records {
+            if !json {
+                print!("{}", render_trace(all.records.len() + 1, r));
+            }
+            all.records.push(r.clone());
+        }
+        all.lost += got.lost;
+        all.remaining = got.remaining;
+        if all.records.len() >= count as usize || start.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if all.records.len() < count as usize {
+        c.start_trace(name, 0).map_err(err)?;
+        all.remaining = 0;
+    }
+    Ok(all)
+}
+
+fn render_trace(n: usize, r: &TraceView) -> String {
+    let what = match (&r.packet, &r.parse_error) {
+        (Some(p), _) => p.clone(),
+        (None, Some(e)) => format!("does not parse: {e}"),
+        (None, None) => "not parsed (L2 only)".to_string(),
+    };
+    let rules: Vec<String> = r
+        .rules
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {} {}",
+                h.port,
+                h.direction,
+                h.rule
+                    .map_or_else(|| "default".to_string(), |id| format!("rule {id}"))
+            )
+        })
+        .collect();
+    let verdict = match (r.verdict.as_str(), &r.to, &r.reason) {
+        ("forwarded", Some(to), _) => {
+            let mut v = format!("forwarded to {to}, {} delivered", r.delivered);
+            if let Some(d) = &r.delivery_drop {
+                v.push_str(&format!(", delivery drop {d}"));
+            }
+            v
+        }
+        (_, _, Some(reason)) => format!(
+            "dropped: {reason} (counted on {})",
+            r.counted_on.as_deref().unwrap_or("-")
+        ),
+        (v, _, _) => v.to_string(),
+    };
+    format!(
+        "#{n} worker {} queue {}, {} bytes: {what}\n   l2 {}; firewall {}{}; {verdict}\n   head {}\n",
+        r.worker,
+        r.queue,
+        r.len,
+        r.l2.as_deref().unwrap_or("-"),
+        r.firewall,
+        if rules.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", rules.join(", "))
+        },
+        r.head
+    )
 }
 
 /// The value as pretty JSON, or through `table`.

@@ -121,6 +121,9 @@ fn run(args: Args) -> Result<(), String> {
     let identities = control::identity::Identities::load(Some(run_dir.join("vnics.json")))
         .map_err(|e| format!("state: {e} (move it away to start with new vNIC identities)"))?;
     let agent = Arc::new(Agent::new(switch.clone(), Some(state_path), identities));
+    agent
+        .start()
+        .map_err(|e| format!("cannot start the punt thread: {e}"))?;
 
     for p in cfg.ports {
         let name = p.name.clone();

@@ -33,22 +33,35 @@
 //! workers share one, and a flow, polled by one worker, always lands on one queue (no
 //! reordering).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, Cache};
+use arc_swap::ArcSwap;
 use conntrack::{ConnInfo, Table, Timeouts};
-use vhost::{Chain, NetDevice, Pop};
+use vhost::NetDevice;
 
-use crate::counters::{bump, Counters, DropReason, PortStats, MAX_PORTS};
-use crate::filter::{Decision, Filter, Policy, RuleRef, Side};
+use crate::counters::{bump, Counters, PortStats, MAX_PORTS};
+use crate::filter::{Policy, Side};
 use crate::mac_table::{MacEntry, MacTable};
-use crate::parse::{parse_into, Packet, ParseError, HEADROOM, L3};
-use crate::reply::{reject, MAX_REPLY};
-use crate::ruleset::{Action, Tuple};
-use crate::wire::{EthernetFrame, Mac, ETHERTYPE_QINQ, ETHERTYPE_VLAN, ETH_HEADER_LEN};
+use crate::wire::Mac;
+
+mod deliver;
+mod firewall;
+mod headers;
+mod l2;
+mod port;
+mod punt;
+mod take;
+mod worker;
+
+pub use punt::{L2Decision, PuntItem, TraceEvent, TraceRecord, Verdict, PUNT_RING, TRACE_HEAD};
+
+use l2::L2_HEADER_LEN;
+use port::Backend;
+use punt::PuntRings;
+use worker::{secs, Worker};
 
 /// Most frames taken from one queue per poll.
 pub const BURST: usize = 32;
@@ -112,7 +125,8 @@ struct PortEntry {
     id: u16,
     segment: u16,
     mac: Option<Mac>,
-    dev: Arc<NetDevice>,
+    /// Its queues (the worker's only way to its frames).
+    backend: Backend,
     policy: Arc<Policy>,
     /// Counters of the rules of `policy` (kept while the policy stays the same `Arc`).
     rules: Arc<RuleCounters>,
@@ -245,6 +259,8 @@ struct WorkerSlot {
     running: AtomicBool,
     busy_polls: AtomicU64,
     idle_polls: AtomicU64,
+    /// Punt items dropped because this worker's ring was full.
+    punt_dropped: AtomicU64,
 }
 
 /// Per-worker statistics.
@@ -256,6 +272,8 @@ pub struct WorkerStats {
     pub busy_polls: u64,
     /// Loop iterations that found nothing.
     pub idle_polls: u64,
+    /// Punt items (trace records) dropped because its punt ring was full.
+    pub punt_dropped: u64,
 }
 
 /// Errors from the switch's control interface.
@@ -300,6 +318,9 @@ pub struct Switch {
     workers: Vec<WorkerSlot>,
     ct: Table,
     stop: AtomicBool,
+    /// Per port id: frames still to trace (`trace`).
+    trace: Box<[AtomicU32]>,
+    punts: PuntRings,
 }
 
 impl Switch {
@@ -321,6 +342,8 @@ impl Switch {
                 timeouts: cfg.ct_timeouts,
             }),
             stop: AtomicBool::new(false),
+            trace: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
+            punts: PuntRings::new(n),
             cfg,
         })
     }
@@ -435,7 +458,7 @@ impl Switch {
                 id: p.id,
                 segment: p.segment,
                 mac: p.mac,
-                dev: p.dev.clone(),
+                backend: Backend::Vhost(p.dev.clone()),
                 policy: p.policy.clone(),
                 rules,
                 policy_epoch,
@@ -522,8 +545,49 @@ impl Switch {
                 cpu: self.cfg.workers.get(i).copied().unwrap_or(0),
                 busy_polls: w.busy_polls.load(Ordering::Relaxed),
                 idle_polls: w.idle_polls.load(Ordering::Relaxed),
+                punt_dropped: w.punt_dropped.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// Traces the next `frames` frames from port `id` (0 stops a trace): the worker that polls
+    /// it punts one `TraceRecord` per frame, through every stage (`drain_punts`).
+    pub fn trace(&self, id: u16, frames: u32) {
+        if let Some(t) = self.trace.get(usize::from(id)) {
+            t.store(frames, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames of port `id` still to trace.
+    pub fn trace_remaining(&self, id: u16) -> u32 {
+        self.trace
+            .get(usize::from(id))
+            .map_or(0, |t| t.load(Ordering::Relaxed))
+    }
+
+    /// Whether port `id` is traced: the one load per burst that tracing costs when off.
+    #[inline(always)]
+    fn traced(&self, id: u16) -> bool {
+        self.trace[usize::from(id)].load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes up to `n` frames of port `id`'s trace budget; returns how many.
+    #[cold]
+    fn claim_trace(&self, id: u16, n: usize) -> usize {
+        let want = u32::try_from(n).unwrap_or(u32::MAX);
+        let t = &self.trace[usize::from(id)];
+        match t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            (left > 0).then(|| left - left.min(want))
+        }) {
+            Ok(left) => left.min(want) as usize,
+            Err(_) => 0,
+        }
+    }
+
+    /// Hands every punted item to `f` (the control threads' side of the punt rings); returns
+    /// how many there were.
+    pub fn drain_punts(&self, f: impl FnMut(PuntItem)) -> usize {
+        self.punts.drain(f)
     }
 
     /// The live MAC table entries.
@@ -607,602 +671,14 @@ fn vnic_limits(capacity: usize, ports: &[PortSpec]) -> Vec<(u16, u32, u32)> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    Drop,
-    Port(u16),
-    Flood,
-}
-
-/// How a flooded frame is judged at each member it is copied to.
-#[derive(Debug, Clone, Copy)]
-enum FloodCheck {
-    /// The member's non-IP rule.
-    NonIp,
-    /// The member's neighbour-discovery rule.
-    Nd,
-    /// The member's ingress ruleset.
-    Ingress(Tuple),
-}
-
-impl FloodCheck {
-    fn of(p: &Packet) -> FloodCheck {
-        if p.l3 == L3::NonIp {
-            return FloodCheck::NonIp;
-        }
-        if p.icmp.is_some_and(|i| i.is_nd) {
-            return FloodCheck::Nd;
-        }
-        FloodCheck::Ingress(crate::filter::tuple(p))
-    }
-
-    /// Whether the member with `policy` accepts it, or the reason it does not.
-    fn admits(&self, policy: &Policy) -> Result<(), DropReason> {
-        if !policy.filtered {
-            return Ok(());
-        }
-        match self {
-            FloodCheck::NonIp if policy.non_ip != Action::Allow => {
-                Err(DropReason::NonIpDeniedIngress)
-            }
-            FloodCheck::Nd if policy.nd != Action::Allow => Err(DropReason::NdDeniedIngress),
-            FloodCheck::Ingress(t) if policy.ingress.lookup(t).action != Action::Allow => {
-                Err(DropReason::PolicyDropIngress)
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// One worker's private state: all burst storage is allocated here, once.
-struct Worker<'a> {
-    sw: &'a Switch,
-    me: usize,
-    chains: Box<[Chain]>,
-    scratch: Box<[Chain]>,
-    dest: [Dest; BURST],
-    len: [u32; BURST],
-    /// Per flooded frame: how members judge it.
-    flood_check: [Option<FloodCheck>; BURST],
-    /// Each frame's headers (the first `HEADROOM` bytes), parsed packet, connection hash, and
-    /// a drop decided before the L2 stage.
-    hdrs: Box<[[u8; HEADROOM]]>,
-    pkts: Box<[Result<Packet, ParseError>]>,
-    hash: [Option<u64>; BURST],
-    early: [Option<DropReason>; BURST],
-    /// Reject answers built during the burst, for the sender.
-    replies: Box<[[u8; MAX_REPLY]]>,
-    reply_len: [usize; BURST],
-}
-
-/// Switch-clock seconds for `elapsed` since boot, never 0 (0 marks "never seen").
-fn secs(elapsed: Duration) -> u32 {
-    u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX - 1) + 1
-}
-
-/// What one poll loop iteration sees: the clock.
-#[derive(Clone, Copy)]
-struct Now {
-    secs: u32,
-    ms: u32,
-}
-
-impl<'a> Worker<'a> {
-    fn new(sw: &'a Switch, me: usize) -> Self {
-        Worker {
-            sw,
-            me,
-            chains: vec![Chain::default(); BURST].into_boxed_slice(),
-            scratch: vec![Chain::default(); 8].into_boxed_slice(),
-            dest: [Dest::Drop; BURST],
-            len: [0; BURST],
-            flood_check: [None; BURST],
-            hdrs: vec![[0; HEADROOM]; BURST].into_boxed_slice(),
-            pkts: vec![Err(ParseError::Truncated); BURST].into_boxed_slice(),
-            hash: [None; BURST],
-            early: [None; BURST],
-            replies: vec![[0u8; MAX_REPLY]; BURST].into_boxed_slice(),
-            reply_len: [0; BURST],
-        }
-    }
-
-    fn run(mut self) {
-        let slot = &self.sw.workers[self.me];
-        if let Some(&cpu) = self.sw.cfg.workers.get(self.me) {
-            if let Err(e) = crate::sys::pin_to_cpu(cpu) {
-                log::warn!("worker {}: cannot pin to CPU {cpu}: {e}", self.me);
-            }
-        }
-        let qsbr = self.sw.ct.qsbr();
-        let mut cache = Cache::new(&self.sw.table);
-        let mut idle = 0u32;
-        while !self.sw.stop.load(Ordering::Relaxed) {
-            // No connection slot is held across iterations.
-            qsbr.quiescent(self.me);
-            let table = cache.load();
-            if slot.seen.load(Ordering::Relaxed) != table.generation {
-                // Release: everything this worker did with older tables happens-before the
-                // control thread's Acquire load in `wait_quiescent`.
-                slot.seen.store(table.generation, Ordering::Release);
-            }
-            // One clock read per loop: seconds for timeouts and aging, milliseconds (wrapping
-            // after 49 days) for the connection rate limits.
-            let elapsed = crate::sys::boot_clock();
-            let now = Now {
-                secs: secs(elapsed),
-                ms: elapsed.as_millis() as u32,
-            };
-            let mut work = 0;
-            if let Some(queues) = table.polled.get(self.me) {
-                for &(id, q) in queues {
-                    if let Some(p) = table.port(id) {
-                        work += self.poll_port(table, p, usize::from(q), now);
-                    }
-                }
-            }
-            if work > 0 {
-                bump(&slot.busy_polls, 1);
-                idle = 0;
-            } else {
-                bump(&slot.idle_polls, 1);
-                idle = idle.saturating_add(1);
-                if self.sw.cfg.idle_sleep_us > 0 && idle >= IDLE_SPINS {
-                    std::thread::sleep(Duration::from_micros(self.sw.cfg.idle_sleep_us));
-                }
-            }
-        }
-        qsbr.offline(self.me);
-        slot.running.store(false, Ordering::Release);
-    }
-
-    /// Moves up to one burst from queue pair `qp` of port `src`'s guest to its destinations.
-    /// Returns frames taken.
-    fn poll_port(&mut self, table: &PortTable, src: &PortEntry, qp: usize, now: Now) -> usize {
-        let sw = self.sw;
-        let counters = &sw.workers[self.me].counters;
-        let sc = counters.port(src.id);
-        let Some(mut guard) = src.dev.pair(qp).txq.try_lock() else {
-            return 0;
-        };
-        let Some(q) = guard.as_mut() else { return 0 };
-        if q.ring.pending() == 0 && q.ring.refresh_avail() == 0 {
-            if q.ring.is_broken() && !q.broken_reported {
-                q.broken_reported = true;
-                sc.drop(DropReason::RingBroken);
-            }
-            return 0;
-        }
-        let hdr = q.hdr_len;
-        let filtering = table.filtered[src.group];
-        let filter = Filter {
-            table: &sw.ct,
-            epoch: table.epoch,
-        };
-        let mut n = 0;
-        let mut nreplies = 0;
-        let mut flood = false;
-        let mut taken = 0;
-        // Stage 0: take the burst. The descriptors are prefetched first, then each chain's
-        // first data line as soon as the chain is known, so that the guest's lines arrive in
-        // parallel rather than one miss after another.
-        q.ring.prefetch_avail(BURST as u16);
-        // Bad chains do not count towards n, so bound the loop by the ring's worth as well.
-        while n < BURST && taken < 2 * BURST {
-            taken += 1;
-            match q.ring.pop(&mut self.chains[n], false) {
-                Pop::Chain => {}
-                Pop::Bad(e) => {
-                    sc.drop(e.into());
-                    q.ring.push_used(self.chains[n].head, 0);
-                    continue;
-                }
-                Pop::Empty => break,
-                Pop::Broken => {
-                    if !q.broken_reported {
-                        q.broken_reported = true;
-                        sc.drop(DropReason::RingBroken);
-                    }
-                    break;
-                }
-            }
-            self.chains[n].prefetch(hdr);
-            n += 1;
-        }
-        // The used entries that will complete these chains: the guest reads them, so their
-        // lines are fetched for writing now rather than stalled on at the end of the burst.
-        q.ring.prefetch_used(taken as u16);
-        // Stage 1, per frame: copy the headers out of guest memory (only the Ethernet header
-        // when the segment has no firewall), parse them, and start fetching the connection's
-        // table lines, so that the lookups of stage 3 find them in cache instead of waiting
-        // for memory one frame at a time.
-        for i in 0..n {
-            let c = &self.chains[i];
-            self.flood_check[i] = None;
-            self.hash[i] = None;
-            self.early[i] = if c.total < hdr + ETH_HEADER_LEN as u32 {
-                Some(DropReason::FrameTooShort)
-            } else if c.total - hdr > sw.cfg.max_frame {
-                Some(DropReason::FrameTooLong)
-            } else {
-                let len = c.total - hdr;
-                self.len[i] = len;
-                bump(&sc.rx_packets, 1);
-                bump(&sc.rx_bytes, u64::from(len));
-                if !filtering {
-                    // L2 only: the Ethernet header (and a priority tag's four bytes) is all
-                    // the switch reads.
-                    let hl = (len as usize).min(L2_HEADER_LEN);
-                    c.read_at(hdr, &mut self.hdrs[i][..hl]);
-                } else {
-                    let hl = (len as usize).min(HEADROOM);
-                    c.read_at(hdr, &mut self.hdrs[i][..hl]);
-                    // Parsed straight into the slot the filter reads: returning it, wrapping
-                    // it in an Option and the filter's own copy were three 124-byte copies per
-                    // frame, each stalling on store forwarding (~12 % for the last two).
-                    parse_into(&self.hdrs[i][..hl], len as usize, &mut self.pkts[i]);
-                    if let Ok(p) = &self.pkts[i] {
-                        self.hash[i] = filter.hash_of(p, src.segment);
-                        if let Some(h) = self.hash[i] {
-                            sw.ct.prefetch_buckets(h);
-                        }
-                    }
-                }
-                None
-            };
-        }
-        // Stage 2: the buckets' tags are (mostly) in by now; fetch the matching slots.
-        for h in self.hash[..n].iter().flatten() {
-            sw.ct.prefetch_slots(*h);
-        }
-        // Stage 3: L2 decision, then the filter, frame by frame. The source MAC is learned
-        // only from a frame that passed both: a frame the sender's policy (or the port's MAC
-        // binding) drops must not teach the table that another VM's MAC lives here.
-        for i in 0..n {
-            let dest = match self.early[i] {
-                Some(r) => r.into(),
-                None => {
-                    let h: &[u8; L2_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
-                    match classify(sw, table, src, h, self.len[i], now.secs) {
-                        Classified::Dest(d) if !filtering => Classified::Dest(d),
-                        Classified::Dest(d) => self.filter(table, src, i, d, now, &mut nreplies),
-                        drop => drop,
-                    }
-                }
-            };
-            self.dest[i] = match dest {
-                Classified::Drop(r) => {
-                    sc.drop(r);
-                    Dest::Drop
-                }
-                Classified::Counted => Dest::Drop,
-                Classified::Dest(d) => {
-                    let smac = EthernetFrame::new_checked(&self.hdrs[i][..]).map(|e| e.src());
-                    if let Some(m) = smac {
-                        sw.macs.learn(src.segment, m, src.id, now.secs);
-                    }
-                    flood |= d == Dest::Flood;
-                    d
-                }
-            };
-        }
-
-        // Deliver: each destination's receive queue is locked once for the whole burst.
-        let members = &table.members[src.group];
-        if flood && members.len() <= 1 {
-            for d in &mut self.dest[..n] {
-                if *d == Dest::Flood {
-                    sc.drop(DropReason::NoDestination);
-                    *d = Dest::Drop;
-                }
-            }
-            flood = false;
-        }
-        if flood {
-            for &m in members {
-                if m != src.id {
-                    self.deliver(table, m, src.id, hdr, n, true);
-                }
-            }
-        } else {
-            let mut done = [0u16; BURST];
-            let mut ndone = 0;
-            for i in 0..n {
-                if let Dest::Port(m) = self.dest[i] {
-                    if !done[..ndone].contains(&m) {
-                        done[ndone] = m;
-                        ndone += 1;
-                        self.deliver(table, m, src.id, hdr, n, false);
-                    }
-                }
-            }
-        }
-        if nreplies > 0 {
-            self.answer(src, nreplies);
-        }
-
-        // Give the guest its transmit buffers back (used length 0: we wrote nothing).
-        for c in &self.chains[..n] {
-            q.ring.push_used(c.head, 0);
-        }
-        q.ring.publish_used();
-        taken
-    }
-
-    /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `self.pkts[n]`;
-    /// a frame that did not parse is dropped under its `ParseError`'s reason), whose L2 destination is `d`.
-    fn filter(
-        &mut self,
-        table: &PortTable,
-        src: &PortEntry,
-        n: usize,
-        d: Dest,
-        now: Now,
-        nreplies: &mut usize,
-    ) -> Classified {
-        let p = match &self.pkts[n] {
-            Ok(p) => p,
-            Err(e) => return DropReason::from(*e).into(),
-        };
-        let len = self.len[n];
-        let hl = (len as usize).min(HEADROOM);
-        let f = Filter {
-            table: &self.sw.ct,
-            epoch: table.epoch,
-        };
-        let to = match d {
-            Dest::Port(m) => table.port(m),
-            _ => None,
-        };
-        if !src.policy.filtered {
-            match (d, to) {
-                // Neither end has a firewall.
-                (Dest::Port(_), Some(t)) if !t.policy.filtered => return Classified::Dest(d),
-                // A flood from an unfiltered port: each filtered member judges it.
-                (Dest::Flood, _) => {
-                    self.flood_check[n] = Some(FloodCheck::of(p));
-                    return Classified::Dest(d);
-                }
-                _ => {}
-            }
-        }
-        // Stage 1 hashed the connection key already.
-        let decision = f.decide_hashed(
-            p,
-            src.segment,
-            src.side(),
-            to.map(PortEntry::side),
-            now.secs,
-            now.ms,
-            self.hash[n],
-        );
-        match decision {
-            Decision::Pass {
-                conn,
-                created,
-                rules,
-            } => {
-                self.count_rules(table, &rules, len, created);
-                if d != Dest::Flood {
-                    return Classified::Dest(d);
-                }
-                // A flooded frame of a connection whose far end is known goes there only.
-                if let (Some(slot), false) = (conn, created) {
-                    let (owner, peer) = self.sw.ct.endpoints(slot);
-                    let other = if src.id == owner { peer } else { owner };
-                    if other != src.id
-                        && table.port(other).is_some_and(|o| o.segment == src.segment)
-                    {
-                        return Classified::Dest(Dest::Port(other));
-                    }
-                }
-                self.flood_check[n] = Some(FloodCheck::of(p));
-                Classified::Dest(Dest::Flood)
-            }
-            Decision::Drop(r, rule) => {
-                self.count_rules(table, &[rule, None], len, false);
-                self.refused(src, r, rule)
-            }
-            Decision::Reject(rule) => {
-                self.count_rules(table, &[rule, None], len, false);
-                if let Some(l) = reject(&self.hdrs[n][..hl], p, &mut self.replies[*nreplies]) {
-                    self.reply_len[*nreplies] = l;
-                    *nreplies += 1;
-                }
-                self.refused(src, DropReason::PolicyReject, rule)
-            }
-        }
-    }
-
-    /// A drop decided by a policy is counted on the vNIC whose rule (or default) made it, in
-    /// its direction: a frame the receiver's ingress policy refuses counts on the receiver,
-    /// as `*_ingress`. Other drops count on the sender (by the caller).
-    #[inline]
-    fn refused(&self, src: &PortEntry, r: DropReason, by: Option<RuleRef>) -> Classified {
-        match by {
-            Some(rr) if rr.vnic() != src.id || rr.is_ingress() => {
-                let r = if rr.is_ingress() { r.ingress() } else { r };
-                self.sw.workers[self.me].counters.port(rr.vnic()).drop(r);
-                Classified::Counted
-            }
-            _ => r.into(),
-        }
-    }
-
-    #[inline]
-    fn count_rules(&self, table: &PortTable, rules: &[Option<RuleRef>; 2], len: u32, new: bool) {
-        for r in rules.iter().flatten() {
-            let (vnic, ingress, i) = match *r {
-                RuleRef::Egress(v, i) => (v, false, i),
-                RuleRef::Ingress(v, i) => (v, true, i),
-            };
-            if let Some(p) = table.port(vnic) {
-                p.rules.count(self.me, ingress, i, len, new);
-            }
-        }
-    }
-
-    /// Delivers the burst's reject answers to the sender's guest.
-    fn answer(&mut self, src: &PortEntry, nreplies: usize) {
-        let sc = self.sw.workers[self.me].counters.port(src.id);
-        let mut guard = src.dev.rx_for(self.me).lock();
-        let Some(q) = guard.as_mut() else { return };
-        for i in 0..nreplies {
-            let frame = &self.replies[i][..self.reply_len[i]];
-            match q
-                .ring
-                .enqueue_bytes(frame, q.hdr_len, q.mrg, &mut self.scratch)
-            {
-                Ok(()) => {
-                    bump(&sc.tx_packets, 1);
-                    bump(&sc.tx_bytes, frame.len() as u64);
-                }
-                Err(e) => {
-                    sc.drop(e.into());
-                    if q.ring.is_broken() {
-                        q.broken_reported = true;
-                        break;
-                    }
-                }
-            }
-        }
-        q.ring.publish_used();
-    }
-
-    /// Copies the burst's frames bound for port `m` (and floods, when `flood`) into its guest.
-    fn deliver(&mut self, table: &PortTable, m: u16, src: u16, hdr: u32, n: usize, flood: bool) {
-        let counters = &self.sw.workers[self.me].counters;
-        let dc = counters.port(m);
-        let Some(dst) = table.port(m) else { return };
-        debug_assert_ne!(m, src);
-        let mut guard = dst.dev.rx_for(self.me).lock();
-        let Some(q) = guard.as_mut() else {
-            for i in 0..n {
-                if self.dest[i] == Dest::Port(m) || (flood && self.dest[i] == Dest::Flood) {
-                    dc.drop(DropReason::PortDown);
-                }
-            }
-            return;
-        };
-        // The guest's buffers for the next frames: their descriptors now, their first lines
-        // PREFETCH_RX frames ahead of the copy (each frame of a burst takes one buffer unless it
-        // is larger than the guest's buffers).
-        if q.ring.pending() < n as u16 {
-            q.ring.refresh_avail();
-        }
-        q.ring.prefetch_avail(n as u16);
-        q.ring.prefetch_used(n as u16);
-        for k in 0..PREFETCH_RX {
-            q.ring.prefetch_rx(k);
-        }
-        for i in 0..n {
-            match self.dest[i] {
-                Dest::Port(p) if p == m => {}
-                Dest::Flood if flood => {
-                    if let Some(Err(r)) = self.flood_check[i].map(|c| c.admits(&dst.policy)) {
-                        dc.drop(r);
-                        continue;
-                    }
-                }
-                _ => continue,
-            }
-            q.ring.prefetch_rx(PREFETCH_RX);
-            match q.ring.enqueue_frame(
-                &self.chains[i],
-                hdr,
-                self.len[i],
-                q.hdr_len,
-                q.mrg,
-                &mut self.scratch,
-            ) {
-                Ok(()) => {
-                    bump(&dc.tx_packets, 1);
-                    bump(&dc.tx_bytes, u64::from(self.len[i]));
-                }
-                Err(e) => {
-                    dc.drop(e.into());
-                    if q.ring.is_broken() {
-                        q.broken_reported = true;
-                        break;
-                    }
-                }
-            }
-        }
-        q.ring.publish_used();
-    }
-}
-
-enum Classified {
-    Drop(DropReason),
-    /// Dropped, and already counted (on the vNIC whose policy refused it).
-    Counted,
-    Dest(Dest),
-}
-
-impl From<DropReason> for Classified {
-    fn from(r: DropReason) -> Self {
-        Classified::Drop(r)
-    }
-}
-
-/// What the L2 stage reads of a frame: the Ethernet header and one 802.1Q tag.
-const L2_HEADER_LEN: usize = ETH_HEADER_LEN + 4;
-
-/// L2 decision for one frame of `len` bytes from `src`: check its source, find its
-/// destination. (Its source is learned once the frame has passed the filter too.)
-#[inline]
-fn classify(
-    sw: &Switch,
-    table: &PortTable,
-    src: &PortEntry,
-    h: &[u8; L2_HEADER_LEN],
-    len: u32,
-    now: u32,
-) -> Classified {
-    let Some(eth) = EthernetFrame::new_checked(&h[..]) else {
-        return DropReason::FrameTooShort.into();
-    };
-    if eth.is_tagged() && !priority_tagged(h, len) {
-        return DropReason::VlanTagged.into();
-    }
-    let (smac, dmac) = (eth.src(), eth.dst());
-    if smac.is_group() || smac.is_zero() {
-        return DropReason::BadSourceMac.into();
-    }
-    if src.mac.is_some_and(|m| m != smac) {
-        return DropReason::SrcMacSpoofed.into();
-    }
-    if dmac.is_group() {
-        return Classified::Dest(Dest::Flood);
-    }
-    match sw.macs.lookup(src.segment, dmac, now) {
-        Some(p) if p == src.id => DropReason::SamePort.into(),
-        // The table is keyed by segment, but check the port too: a port id may have been
-        // re-used on another segment since the entry was learned.
-        Some(p) if table.port(p).is_some_and(|d| d.segment == src.segment) => {
-            Classified::Dest(Dest::Port(p))
-        }
-        _ => Classified::Dest(Dest::Flood),
-    }
-}
-
-/// A priority-tagged frame: one 802.1Q tag with VLAN id 0 (only a priority), which 802.1Q
-/// treats as untagged. It is switched as it is; the parser looks past the tag, so the
-/// firewall judges what it carries.
-#[inline]
-fn priority_tagged(h: &[u8; L2_HEADER_LEN], len: u32) -> bool {
-    let ethertype = u16::from_be_bytes([h[12], h[13]]);
-    let tci = u16::from_be_bytes([h[14], h[15]]);
-    let inner = u16::from_be_bytes([h[16], h[17]]);
-    len as usize >= L2_HEADER_LEN
-        && ethertype == ETHERTYPE_VLAN
-        && tci & 0x0fff == 0
-        && inner != ETHERTYPE_VLAN
-        && inner != ETHERTYPE_QINQ
-}
-
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::DropReason;
+    use crate::filter::{Decision, Filter, RuleRef};
+    use crate::parse::Packet;
+    use crate::ruleset::Action;
 
     fn spec(id: u16, max: Option<u32>) -> PortSpec {
         PortSpec {
