@@ -1,0 +1,145 @@
+"""The switches a test topology can run: bulwarkd (the product) and, as a developer check of the
+harness itself, dpdk-testpmd forwarding between two vhost-user ports."""
+
+import json
+import os
+import subprocess
+import time
+
+from .guest import GuestError
+from .procs import PROCS
+from .util import API_READY_TIMEOUT, tail
+
+
+class Bulwarkd:
+    kind = "bulwarkd"
+
+    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag=""):
+        """Writes bulwarkd{tag}.toml with one client-mode port per guest; start() starts the process.
+        tag names a second instance's files: bulwarkd{tag}.toml, run{tag}/, bulwarkd{tag}.N.log."""
+        self.bin, self.ctl = bin, ctl
+        self.workdir = workdir
+        self.tag = tag
+        self.run_dir = os.path.join(workdir, f"run{tag}")
+        self.config = os.path.join(workdir, f"bulwarkd{tag}.toml")
+        self.proc = None
+        self.starts = 0
+        self.log = None
+        os.makedirs(self.run_dir, exist_ok=True)
+        lines = ["[switch]", f"workers = [{', '.join(str(w) for w in workers)}]", "idle_sleep_us = 100",
+                 "mac_aging_secs = 300", ""]
+        for g in guests:
+            lines += ["[[ports]]", f'name = "{g.name}"', f'socket = "{g.sock}"', 'mode = "client"',
+                      f"segment = {g.segment}"] + ([f"queues = {g.queues}"] if g.queues > 1 else []) + [""]
+        with open(self.config, "w") as f:
+            f.write("\n".join(lines))
+
+    def start(self):
+        self.log = os.path.join(self.workdir, f"bulwarkd{self.tag}.{self.starts}.log")
+        self.starts += 1
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        self.proc = PROCS.spawn("bulwarkd", [self.bin, "--run-dir", self.run_dir, "--config", self.config],
+                                self.log, env=env)
+        self.t_start = time.monotonic()
+        return self.proc
+
+    def ctl_cmd(self, *a, json_out=False, timeout=10):
+        argv = [self.ctl, "--run-dir", self.run_dir] + (["--json"] if json_out else []) + list(a)
+        try:
+            r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, "", f"timed out after {timeout} s: {' '.join(argv)}"
+        return r.returncode, r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
+
+    def wait_ready(self, timeout=API_READY_TIMEOUT):
+        """True when api.sock exists and `bulwarkctl ports` works; raises if bulwarkd died."""
+        deadline = time.monotonic() + timeout
+        api = os.path.join(self.run_dir, "api.sock")
+        err = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GuestError(f"bulwarkd exited with status {self.proc.returncode}:\n" + tail(self.log))
+            if os.path.exists(api):
+                rc, _, err = self.ctl_cmd("ports")
+                if rc == 0:
+                    return True, time.monotonic() - self.t_start
+            time.sleep(0.2)
+        return False, f"api.sock={'present' if os.path.exists(api) else 'missing'}; last bulwarkctl error: {err.strip()[-300:]}"
+
+    def ctl_json(self, *a):
+        """`bulwarkctl --json ARGS` parsed; GuestError when it fails or is not JSON."""
+        rc, out, err = self.ctl_cmd(*a, json_out=True)
+        if rc != 0:
+            raise GuestError(f"`bulwarkctl --json {' '.join(a)}` exited {rc}: {(err or out).strip()[-500:]}")
+        try:
+            return json.loads(out)
+        except ValueError as e:
+            raise GuestError(f"`bulwarkctl --json {' '.join(a)}` output is not JSON ({e}): {out[:300]!r}")
+
+    def ports_json(self):
+        rc, out, err = self.ctl_cmd("ports", json_out=True)
+        if rc != 0:
+            raise GuestError(f"`bulwarkctl --json ports` exited {rc}: {err.strip()[-500:]}")
+        try:
+            return json.loads(out)
+        except ValueError as e:
+            raise GuestError(f"`bulwarkctl --json ports` output is not JSON ({e}): {out[:300]!r}")
+
+    def port_json(self, name):
+        """`bulwarkctl --json port show NAME` (GET /v1/ports/NAME) as a dict."""
+        rc, out, err = self.ctl_cmd("port", "show", name, json_out=True)
+        if rc != 0:
+            raise GuestError(f"`bulwarkctl --json port show {name}` exited {rc}: {(err or out).strip()[-500:]}")
+        try:
+            p = json.loads(out)
+        except ValueError as e:
+            raise GuestError(f"`bulwarkctl --json port show {name}` output is not JSON ({e}): {out[:300]!r}")
+        if not isinstance(p, dict):
+            raise GuestError(f"`bulwarkctl --json port show {name}`: expected an object, got {out[:300]!r}")
+        return p
+
+    def snapshot(self, tag):
+        """Save bulwarkctl outputs into the workdir for later debugging (best effort)."""
+        for what in ("ports", "macs", "stats"):
+            rc, out, err = self.ctl_cmd(what)
+            with open(os.path.join(self.workdir, f"ctl-{tag}-{what}.txt"), "w") as f:
+                f.write(f"# exit {rc}\n{out}{err}")
+
+
+class Testpmd:
+    kind = "testpmd"
+
+    def __init__(self, workdir, guests):
+        self.workdir = workdir
+        self.guests = guests
+        self.proc = None
+        self.starts = 0
+        self.log = None
+
+    def start(self):
+        self.log = os.path.join(self.workdir, f"testpmd.{self.starts}.log")
+        argv = ["dpdk-testpmd", "-l", "0,1", "--no-pci", "--no-huge", "-m", "256",
+                "--file-prefix", f"bwvmtest{os.getpid()}-{self.starts}"]
+        for i, g in enumerate(self.guests):
+            argv += ["--vdev", f"net_vhost{i},iface={g.sock},queues=1,client=1"]
+        argv += ["--", "--forward-mode=io", "--nb-cores=1", "--total-num-mbufs=8192", "--stats-period=2"]
+        self.starts += 1
+        self.proc = PROCS.spawn("testpmd", argv, self.log)
+        self.t_start = time.monotonic()
+        return self.proc
+
+    def wait_ready(self, timeout=API_READY_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GuestError(f"testpmd exited with status {self.proc.returncode}:\n" + tail(self.log))
+            try:
+                with open(self.log, "rb") as f:
+                    if b"start packet forwarding" in f.read():
+                        return True, time.monotonic() - self.t_start
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return True, time.monotonic() - self.t_start
+
