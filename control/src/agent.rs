@@ -628,10 +628,7 @@ impl Agent {
                 .map_or_else(|| format!("#{id}"), |p| p.cfg.name.clone())
         };
         let rule_of = |r: &dataplane::filter::RuleRef| {
-            let (vnic, ingress, i) = match *r {
-                dataplane::filter::RuleRef::Egress(v, i) => (v, false, i),
-                dataplane::filter::RuleRef::Ingress(v, i) => (v, true, i),
-            };
+            let (vnic, ingress, i) = (r.vnic(), r.is_ingress(), r.index());
             let id = ports.values().find(|p| p.id == vnic).and_then(|p| {
                 let rs = if ingress {
                     &p.policy.ingress

@@ -1,5 +1,6 @@
 //! Signal handling for the daemon: block SIGINT/SIGTERM in every thread, wait for them in one.
-//! And for the CLI: die quietly on a closed pipe, as command-line tools do.
+//! And for the CLI: die quietly on a closed pipe, as command-line tools do. (CPU affinity is
+//! `dataplane::pin_to_cpus`, shared with the workers.)
 #![allow(unsafe_code)]
 
 /// Restores SIGPIPE's default action (Rust ignores it), so `bulwarkctl conns | head` ends
@@ -36,29 +37,5 @@ pub fn wait_signal() -> i32 {
         let mut sig = 0;
         libc::sigwait(&set, &mut sig);
         sig
-    }
-}
-
-/// Pins the calling thread to `cpus` (the control threads' CPUs: every CPU but the workers').
-/// An empty list leaves the thread where it is.
-pub fn pin_to_cpus(cpus: &[usize]) -> std::io::Result<()> {
-    if cpus.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: cpu_set_t is a plain bit array; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus {
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        // SAFETY: `cpu` is below CPU_SETSIZE (checked above) and `set` is a valid cpu_set_t.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: pid 0 is the calling thread; `set` is valid for the size passed.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }

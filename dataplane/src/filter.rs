@@ -131,6 +131,13 @@ impl RuleRef {
     pub fn is_ingress(self) -> bool {
         matches!(self, RuleRef::Ingress(..))
     }
+
+    /// The rule's index in its ruleset (`DEFAULT`: the default action).
+    pub fn index(self) -> u32 {
+        match self {
+            RuleRef::Egress(_, i) | RuleRef::Ingress(_, i) => i,
+        }
+    }
 }
 
 /// What to do with the frame.

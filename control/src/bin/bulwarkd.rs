@@ -150,7 +150,7 @@ fn run(args: Args) -> Result<(), String> {
         .max_blocking_threads(16)
         .thread_name("api")
         .on_thread_start(move || {
-            if let Err(e) = control::sys::pin_to_cpus(&control_cpus) {
+            if let Err(e) = dataplane::pin_to_cpus(&control_cpus) {
                 tracing::warn!("api thread: cannot pin to CPUs {control_cpus:?}: {e}");
             }
         })

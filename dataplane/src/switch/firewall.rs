@@ -184,12 +184,8 @@ impl Worker<'_> {
     #[inline]
     fn count_rules(&self, table: &PortTable, rules: &[Option<RuleRef>; 2], len: u32, new: bool) {
         for r in rules.iter().flatten() {
-            let (vnic, ingress, i) = match *r {
-                RuleRef::Egress(v, i) => (v, false, i),
-                RuleRef::Ingress(v, i) => (v, true, i),
-            };
-            if let Some(p) = table.port(vnic) {
-                p.rules.count(self.me, ingress, i, len, new);
+            if let Some(p) = table.port(r.vnic()) {
+                p.rules.count(self.me, r.is_ingress(), r.index(), len, new);
             }
         }
     }

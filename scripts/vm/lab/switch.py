@@ -78,25 +78,14 @@ class Bulwarkd:
             raise GuestError(f"`bulwarkctl --json {' '.join(a)}` output is not JSON ({e}): {out[:300]!r}")
 
     def ports_json(self):
-        rc, out, err = self.ctl_cmd("ports", json_out=True)
-        if rc != 0:
-            raise GuestError(f"`bulwarkctl --json ports` exited {rc}: {err.strip()[-500:]}")
-        try:
-            return json.loads(out)
-        except ValueError as e:
-            raise GuestError(f"`bulwarkctl --json ports` output is not JSON ({e}): {out[:300]!r}")
+        """`bulwarkctl --json ports` (GET /v1/ports) as a list."""
+        return self.ctl_json("ports")
 
     def port_json(self, name):
         """`bulwarkctl --json port show NAME` (GET /v1/ports/NAME) as a dict."""
-        rc, out, err = self.ctl_cmd("port", "show", name, json_out=True)
-        if rc != 0:
-            raise GuestError(f"`bulwarkctl --json port show {name}` exited {rc}: {(err or out).strip()[-500:]}")
-        try:
-            p = json.loads(out)
-        except ValueError as e:
-            raise GuestError(f"`bulwarkctl --json port show {name}` output is not JSON ({e}): {out[:300]!r}")
+        p = self.ctl_json("port", "show", name)
         if not isinstance(p, dict):
-            raise GuestError(f"`bulwarkctl --json port show {name}`: expected an object, got {out[:300]!r}")
+            raise GuestError(f"`bulwarkctl --json port show {name}`: expected an object, got {str(p)[:300]!r}")
         return p
 
     def snapshot(self, tag):
