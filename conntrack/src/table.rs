@@ -522,7 +522,9 @@ impl Table {
 
     /// Second stage: prefetches the slots of those buckets whose tag matches (after
     /// `prefetch_buckets` had time to bring the tags in). Then `lookup` finds them in cache.
-    #[inline]
+    // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+    // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+    #[inline(always)]
     pub fn prefetch_slots(&self, hash: u64) {
         let tag = Self::tag(hash);
         let [b1, b2, ..] = self.buckets(hash);

@@ -397,7 +397,9 @@ impl Filter<'_> {
 
     /// The connection-table hash of the packet's connection, if it is one `decide` looks up
     /// (for prefetching a burst's table lines before deciding).
-    #[inline]
+    // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+    // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+    #[inline(always)]
     pub fn hash_of(&self, p: &Packet, zone: u16) -> Option<u64> {
         if p.l3 == L3::NonIp || p.frag == Frag::Later {
             return None;

@@ -16,6 +16,6 @@ pub mod wire;
 
 pub use counters::{DropReason, PortStats, MAX_PORTS, N_REASONS};
 pub use mac_table::MacEntry;
-pub use switch::{PortSpec, Switch, SwitchConfig, WorkerStats, BURST};
+pub use switch::{PortSpec, Stepper, Switch, SwitchConfig, WorkerStats, BURST};
 pub use sys::{online_cpus, pin_to_cpus};
 pub use wire::Mac;

@@ -133,7 +133,9 @@ impl MacTable {
 
     /// The port `mac` was last seen on in `segment`, unless unknown or aged out. `now` is the
     /// worker's clock in seconds (never 0).
-    #[inline]
+    // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+    // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+    #[inline(always)]
     pub fn lookup(&self, segment: u16, mac: Mac, now: u32) -> Option<u16> {
         let key = key_of(segment, mac);
         for s in self.window(key) {
@@ -149,7 +151,9 @@ impl MacTable {
     }
 
     /// Records that `mac` was seen on `port` in `segment`.
-    #[inline]
+    // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+    // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+    #[inline(always)]
     pub fn learn(&self, segment: u16, mac: Mac, port: u16, now: u32) {
         let key = key_of(segment, mac);
         let val = (u64::from(now) << 32) | u64::from(port);

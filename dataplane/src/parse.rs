@@ -328,7 +328,9 @@ pub fn parse(hdr: &[u8], frame_len: usize) -> Result<Packet, ParseError> {
 /// `Packet` there directly: returned by value, the result was built on the stack and then
 /// copied, and the copy's 16-byte loads of fields just written by narrower stores stalled on
 /// store forwarding (5 % of the worker's samples).
-#[inline]
+// Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+// it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+#[inline(always)]
 pub fn parse_into(hdr: &[u8], frame_len: usize, out: &mut Result<Packet, ParseError>) {
     let have = hdr.len().min(frame_len).min(HEADROOM);
     let frame_len = if have < frame_len.min(HEADROOM) {

@@ -69,7 +69,7 @@ impl Worker<'_> {
     /// The filter stage for frame `n` (headers in `self.hdrs[n]`, parsed into `self.pkts[n]`;
     /// a frame that did not parse is dropped under its `ParseError`'s reason), whose L2 destination is `d`.
     #[inline]
-    pub(super) fn filter(
+    pub(super) fn filter<const TRACE: bool>(
         &mut self,
         table: &PortTable,
         src: &PortEntry,
@@ -116,7 +116,7 @@ impl Worker<'_> {
             now.ms,
             self.hash[n],
         );
-        if n < self.traced {
+        if TRACE && n < self.traced {
             trace_decision(&mut self.traces[n], &decision);
         }
         match decision {
@@ -144,7 +144,7 @@ impl Worker<'_> {
             }
             Decision::Drop(r, rule) => {
                 self.count_rules(table, &[rule, None], len, false);
-                self.refused(n, src, r, rule)
+                self.refused::<TRACE>(n, src, r, rule)
             }
             Decision::Reject(rule) => {
                 self.count_rules(table, &[rule, None], len, false);
@@ -152,7 +152,7 @@ impl Worker<'_> {
                     self.reply_len[*nreplies] = l;
                     *nreplies += 1;
                 }
-                self.refused(n, src, DropReason::PolicyReject, rule)
+                self.refused::<TRACE>(n, src, DropReason::PolicyReject, rule)
             }
         }
     }
@@ -161,7 +161,7 @@ impl Worker<'_> {
     /// its direction: a frame the receiver's ingress policy refuses counts on the receiver,
     /// as `*_ingress`. Other drops count on the sender (by the caller).
     #[inline]
-    fn refused(
+    fn refused<const TRACE: bool>(
         &mut self,
         n: usize,
         src: &PortEntry,
@@ -172,7 +172,7 @@ impl Worker<'_> {
             Some(rr) if rr.vnic() != src.id || rr.is_ingress() => {
                 let r = if rr.is_ingress() { r.ingress() } else { r };
                 self.sw.workers[self.me].counters.port(rr.vnic()).drop(r);
-                if n < self.traced {
+                if TRACE && n < self.traced {
                     self.traces[n].verdict = Verdict::Dropped(r, rr.vnic());
                 }
                 Classified::Counted
@@ -181,7 +181,9 @@ impl Worker<'_> {
         }
     }
 
-    #[inline]
+    // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+    // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+    #[inline(always)]
     fn count_rules(&self, table: &PortTable, rules: &[Option<RuleRef>; 2], len: u32, new: bool) {
         for r in rules.iter().flatten() {
             if let Some(p) = table.port(r.vnic()) {

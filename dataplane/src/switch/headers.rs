@@ -33,8 +33,10 @@ pub(super) fn frame_len(total: u32, hdr: u32, max_frame: u32) -> Result<u32, Dro
 }
 
 impl Worker<'_> {
-    #[inline(always)]
-    pub(super) fn headers(
+    // One function per stage (it shows as such in a profile); its per-frame helpers are
+    // inlined into it. Instruction counts: scripts/framecost.
+    #[inline(never)]
+    pub(super) fn headers<const TRACE: bool>(
         &mut self,
         table: &PortTable,
         src: &PortEntry,
@@ -79,7 +81,7 @@ impl Worker<'_> {
                                 sw.ct.prefetch_buckets(h);
                             }
                         }
-                        if i < self.traced {
+                        if TRACE && i < self.traced {
                             self.traces[i].parsed = Some(self.pkts[i]);
                         }
                     }

@@ -32,9 +32,11 @@ impl Dest {
 
 impl Worker<'_> {
     /// Decides every frame of the burst; returns whether any is flooded.
-    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn decide(
+    // One function per stage (it shows as such in a profile); its per-frame helpers are
+    // inlined into it. Instruction counts: scripts/framecost.
+    #[inline(never)]
+    pub(super) fn decide<const TRACE: bool>(
         &mut self,
         table: &PortTable,
         src: &PortEntry,
@@ -52,7 +54,7 @@ impl Worker<'_> {
                 None => {
                     let h: &[u8; L2_HEADER_LEN] = self.hdrs[i].first_chunk().expect("headroom");
                     let l2 = classify(&sw.macs, table, src, h, self.len[i], now.secs);
-                    if i < self.traced {
+                    if TRACE && i < self.traced {
                         self.traces[i].l2 = Some(match l2 {
                             Classified::Dest(d) => d.traced(),
                             Classified::Drop(r) => L2Decision::Drop(r),
@@ -61,7 +63,9 @@ impl Worker<'_> {
                     }
                     match l2 {
                         Classified::Dest(d) if !filtering => Classified::Dest(d),
-                        Classified::Dest(d) => self.filter(table, src, i, d, now, nreplies),
+                        Classified::Dest(d) => {
+                            self.filter::<TRACE>(table, src, i, d, now, nreplies)
+                        }
                         drop => drop,
                     }
                 }
@@ -69,7 +73,7 @@ impl Worker<'_> {
             self.dest[i] = match dest {
                 Classified::Drop(r) => {
                     sc.drop(r);
-                    if i < self.traced {
+                    if TRACE && i < self.traced {
                         self.traces[i].verdict = Verdict::Dropped(r, src.id);
                     }
                     Dest::Drop
@@ -82,7 +86,7 @@ impl Worker<'_> {
                         sw.macs.learn(src.segment, m, src.id, now.secs);
                     }
                     flood |= d == Dest::Flood;
-                    if i < self.traced {
+                    if TRACE && i < self.traced {
                         self.traces[i].verdict = Verdict::Forwarded(d.traced());
                     }
                     d
@@ -124,7 +128,9 @@ pub(super) const L2_HEADER_LEN: usize = ETH_HEADER_LEN + 4;
 
 /// L2 decision for one frame of `len` bytes from `src`: check its source, find its
 /// destination. (Its source is learned once the frame has passed the filter too.)
-#[inline]
+// Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
+// it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
+#[inline(always)]
 pub(super) fn classify(
     macs: &MacTable,
     table: &PortTable,

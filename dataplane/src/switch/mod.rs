@@ -263,6 +263,34 @@ struct WorkerSlot {
     punt_dropped: AtomicU64,
 }
 
+/// One worker's loop driven by hand (`Switch::stepper`).
+pub struct Stepper<'a> {
+    worker: Worker<'a>,
+    cache: worker::TableCache<'a>,
+}
+
+impl Stepper<'_> {
+    /// One pass of the worker's loop: one burst from each queue it polls, through every
+    /// stage. Returns frames taken.
+    pub fn step(&mut self) -> usize {
+        self.worker.pass(&mut self.cache)
+    }
+}
+
+impl Drop for Stepper<'_> {
+    fn drop(&mut self) {
+        self.worker.sw.ct.qsbr().offline(self.worker.me);
+    }
+}
+
+impl std::fmt::Debug for Stepper<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stepper")
+            .field("worker", &self.worker.me)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Per-worker statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerStats {
@@ -378,6 +406,29 @@ impl Switch {
             );
         }
         Ok(hs)
+    }
+
+    /// Worker `me`'s loop, run by hand on the caller's thread: one pass per
+    /// [`Stepper::step`]. For tests and the instruction-count benchmark
+    /// (`benches/benches/frame_cost.rs`), which need the whole frame path without a polling
+    /// thread beside it. The caller becomes worker `me` for the connection table's reclamation
+    /// (it is offline again when the stepper drops).
+    ///
+    /// # Panics
+    /// If `me` is not a worker index, or the workers were spawned.
+    pub fn stepper(&self, me: usize) -> Stepper<'_> {
+        assert!(me < self.workers.len(), "worker {me} out of range");
+        assert!(
+            !self
+                .workers
+                .iter()
+                .any(|w| w.running.load(Ordering::Acquire)),
+            "a stepper on a switch whose workers run"
+        );
+        Stepper {
+            worker: Worker::new(self, me),
+            cache: arc_swap::Cache::new(&self.table),
+        }
     }
 
     /// Ages the connection table once a second until shutdown. A full pass over a 1M-entry

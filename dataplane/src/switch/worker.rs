@@ -21,16 +21,17 @@
 //! `port.rs`), so a port need not be a vhost-user device.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::Cache;
+use arc_swap::{ArcSwap, Cache};
 use vhost::Chain;
 
 use super::firewall::FloodCheck;
 use super::l2::Dest;
 use super::punt::{PuntItem, TraceRecord};
 use super::{PortEntry, PortTable, Switch, BURST, IDLE_SPINS};
-use crate::counters::{bump, DropReason};
+use crate::counters::{bump, DropReason, PortCounters};
 use crate::parse::{Packet, ParseError, HEADROOM};
 use crate::reply::MAX_REPLY;
 
@@ -62,6 +63,9 @@ pub(super) struct Worker<'a> {
 pub(super) fn secs(elapsed: Duration) -> u32 {
     u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX - 1) + 1
 }
+
+/// A worker's cached view of the published port table (one pointer compare per pass).
+pub(super) type TableCache<'a> = Cache<&'a ArcSwap<PortTable>, Arc<PortTable>>;
 
 /// What one poll loop iteration sees: the clock.
 #[derive(Clone, Copy)]
@@ -98,46 +102,58 @@ impl<'a> Worker<'a> {
                 log::warn!("worker {}: cannot pin to CPU {cpu}: {e}", self.me);
             }
         }
-        let qsbr = self.sw.ct.qsbr();
         let mut cache = Cache::new(&self.sw.table);
         let mut idle = 0u32;
         while !self.sw.stop.load(Ordering::Relaxed) {
-            // No connection slot is held across iterations.
-            qsbr.quiescent(self.me);
-            let table = cache.load();
-            if slot.seen.load(Ordering::Relaxed) != table.generation {
-                // Release: everything this worker did with older tables happens-before the
-                // control thread's Acquire load in `wait_quiescent`.
-                slot.seen.store(table.generation, Ordering::Release);
-            }
-            // One clock read per loop: seconds for timeouts and aging, milliseconds (wrapping
-            // after 49 days) for the connection rate limits.
-            let elapsed = crate::sys::boot_clock();
-            let now = Now {
-                secs: secs(elapsed),
-                ms: elapsed.as_millis() as u32,
-            };
-            let mut work = 0;
-            if let Some(queues) = table.polled.get(self.me) {
-                for &(id, q) in queues {
-                    if let Some(p) = table.port(id) {
-                        work += self.poll_port(table, p, usize::from(q), now);
-                    }
-                }
-            }
-            if work > 0 {
-                bump(&slot.busy_polls, 1);
+            if self.pass(&mut cache) > 0 {
                 idle = 0;
             } else {
-                bump(&slot.idle_polls, 1);
                 idle = idle.saturating_add(1);
                 if self.sw.cfg.idle_sleep_us > 0 && idle >= IDLE_SPINS {
                     std::thread::sleep(Duration::from_micros(self.sw.cfg.idle_sleep_us));
                 }
             }
         }
-        qsbr.offline(self.me);
+        self.sw.ct.qsbr().offline(self.me);
         slot.running.store(false, Ordering::Release);
+    }
+
+    /// One pass of the loop: a quiescent point, the port table, the clock, then one burst from
+    /// each queue this worker polls. Returns frames taken.
+    pub(super) fn pass(&mut self, cache: &mut TableCache<'a>) -> usize {
+        let slot = &self.sw.workers[self.me];
+        // No connection slot is held across passes.
+        self.sw.ct.qsbr().quiescent(self.me);
+        let table = cache.load();
+        if slot.seen.load(Ordering::Relaxed) != table.generation {
+            // Release: everything this worker did with older tables happens-before the
+            // control thread's Acquire load in `wait_quiescent`.
+            slot.seen.store(table.generation, Ordering::Release);
+        }
+        // One clock read per pass: seconds for timeouts and aging, milliseconds (wrapping
+        // after 49 days) for the connection rate limits.
+        let elapsed = crate::sys::boot_clock();
+        let now = Now {
+            secs: secs(elapsed),
+            ms: elapsed.as_millis() as u32,
+        };
+        let mut work = 0;
+        if let Some(queues) = table.polled.get(self.me) {
+            for &(id, q) in queues {
+                if let Some(p) = table.port(id) {
+                    work += self.poll_port(table, p, usize::from(q), now);
+                }
+            }
+        }
+        bump(
+            if work > 0 {
+                &slot.busy_polls
+            } else {
+                &slot.idle_polls
+            },
+            1,
+        );
+        work
     }
 
     /// Moves up to one burst from queue pair `qp` of port `src`'s guest to its destinations,
@@ -158,10 +174,13 @@ impl<'a> Worker<'a> {
         if self.sw.traced(src.id) {
             self.trace_begin(src, qp, n, hdr, now);
         }
-        self.headers(table, src, hdr, n, filtering, sc);
-        let mut nreplies = 0;
-        let flood = self.decide(table, src, n, filtering, now, &mut nreplies, sc);
-        self.deliver_burst(table, src, hdr, n, flood, sc);
+        // The stages are compiled twice: without the trace (whose per-frame checks then vanish)
+        // and with it, for bursts of a traced port.
+        let nreplies = if self.traced > 0 {
+            self.stages_traced(table, src, hdr, n, filtering, now, sc)
+        } else {
+            self.stages::<false>(table, src, hdr, n, filtering, now, sc)
+        };
         if nreplies > 0 {
             self.answer(src, nreplies);
         }
@@ -170,6 +189,45 @@ impl<'a> Worker<'a> {
         }
         self.complete(q, n);
         taken
+    }
+
+    /// The middle stages over one taken burst: headers, decide, deliver. Returns the reject
+    /// answers built. With `TRACE`, each stage also fills the records of the burst's first
+    /// `traced` frames.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn stages<const TRACE: bool>(
+        &mut self,
+        table: &PortTable,
+        src: &PortEntry,
+        hdr: u32,
+        n: usize,
+        filtering: bool,
+        now: Now,
+        sc: &PortCounters,
+    ) -> usize {
+        self.headers::<TRACE>(table, src, hdr, n, filtering, sc);
+        let mut nreplies = 0;
+        let flood = self.decide::<TRACE>(table, src, n, filtering, now, &mut nreplies, sc);
+        self.deliver_burst::<TRACE>(table, src, hdr, n, flood, sc);
+        nreplies
+    }
+
+    /// `stages` with the trace, out of line so that the untraced loop keeps its inlining.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
+    fn stages_traced(
+        &mut self,
+        table: &PortTable,
+        src: &PortEntry,
+        hdr: u32,
+        n: usize,
+        filtering: bool,
+        now: Now,
+        sc: &PortCounters,
+    ) -> usize {
+        self.stages::<true>(table, src, hdr, n, filtering, now, sc)
     }
 
     /// Claims trace budget for the burst's frames and starts their records.
