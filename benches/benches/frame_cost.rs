@@ -29,13 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bulwark_vhost::{LinkState, NetDevice, PortConn, SocketMode};
 use control::compile;
 use control::policy::PolicyConfig;
 use dataplane::filter::Policy;
 use dataplane::{PortSpec, Stepper, Switch, SwitchConfig, BURST};
 use pktgen::{build_udp_frame, Connect, DeviceConfig, VirtioNet};
 use serde_json::{json, Value};
-use vhost::{LinkState, NetDevice, PortConn, SocketMode};
 
 const CASES: [&str; 4] = ["l2", "ct", "rules1k", "rules1k-new"];
 const MAC: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];

@@ -17,10 +17,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bulwark_vhost::guest_mem::{GuestMemory, RegionDesc};
+use bulwark_vhost::ring::RingConfig;
+use bulwark_vhost::{Chain, Pop, SplitRing};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vhost::guest_mem::{GuestMemory, RegionDesc};
-use vhost::ring::RingConfig;
-use vhost::{Chain, Pop, SplitRing};
 
 const GPA: u64 = 0x1_0000;
 const UVA: u64 = 0x7f00_0000_0000;

@@ -4,12 +4,14 @@
 //!   24-byte state (tested table-style).
 //! - `table`: the shared, fixed-size connection table: 64-byte in-place entries, lock-free
 //!   lookups from any worker, per-vNIC limits, lazy aging with QSBR-deferred reuse.
+//! - `ip_proto`: IP protocol numbers and their names, for every crate.
 //! - `qsbr`: the workers' quiescence counters used for reclamation.
 //! - `mem`: prefetch and huge-page hints (the crate's only `unsafe`).
 //!
 //! See `DESIGN.md` in this crate for the table layout, concurrency, memory ordering and aging.
 #![deny(unsafe_code)]
 
+pub mod ip_proto;
 pub mod mem;
 pub mod qsbr;
 pub mod table;

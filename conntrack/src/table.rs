@@ -25,6 +25,7 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use crate::ip_proto;
 use crate::mem::{huge_vec, prefetch};
 use crate::qsbr::{Qsbr, Snapshot};
 use crate::tcp::{TcpConn, TimeoutClass};
@@ -897,10 +898,10 @@ impl Table {
     fn timeout(&self, meta: u64, proto: u8) -> u32 {
         let t = &self.timeouts;
         match proto {
-            6 => t.tcp[((meta >> CLASS_SHIFT) & CLASS_MASK).min(5) as usize],
-            17 if meta & F_REPLIED != 0 => t.udp_replied,
-            17 => t.udp_first,
-            1 | 58 => t.icmp,
+            ip_proto::TCP => t.tcp[((meta >> CLASS_SHIFT) & CLASS_MASK).min(5) as usize],
+            ip_proto::UDP if meta & F_REPLIED != 0 => t.udp_replied,
+            ip_proto::UDP => t.udp_first,
+            ip_proto::ICMP | ip_proto::ICMPV6 => t.icmp,
             _ => t.other,
         }
     }
@@ -1077,14 +1078,9 @@ impl Table {
             };
             let time = w[W_TIME].load(Ordering::Relaxed);
             let pkts = w[W_PKTS].load(Ordering::Relaxed);
-            let class = match (meta >> CLASS_SHIFT) & CLASS_MASK {
-                0 => TimeoutClass::FirstPacket,
-                1 => TimeoutClass::Opening,
-                2 => TimeoutClass::Established,
-                3 => TimeoutClass::Closing,
-                4 => TimeoutClass::FinWait,
-                _ => TimeoutClass::Closed,
-            };
+            // CLASS_MASK keeps three bits: the cast cannot truncate.
+            let class = TimeoutClass::from_repr(((meta >> CLASS_SHIFT) & CLASS_MASK) as u8)
+                .unwrap_or(TimeoutClass::Closed);
             out.push(ConnInfo {
                 key: Key {
                     zone: (ports >> 32) as u16,
@@ -1106,7 +1102,7 @@ impl Table {
                 stale: meta & F_STALE != 0,
                 replied: meta & F_REPLIED != 0,
                 expired: self.expired(s, now),
-                tcp: (proto == 6).then(|| {
+                tcp: (proto == ip_proto::TCP).then(|| {
                     TcpConn::from_words([
                         w[W_TCP].load(Ordering::Relaxed),
                         w[W_TCP + 1].load(Ordering::Relaxed),

@@ -55,7 +55,7 @@ pub struct Peer {
 }
 
 /// A peer's state, ordered: comparisons (`>=`) are meaningful, as in pf.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, strum::FromRepr)]
 #[repr(u8)]
 pub enum PeerState {
     /// Nothing seen from this peer.
@@ -76,14 +76,7 @@ pub enum PeerState {
 impl PeerState {
     /// From the stored byte (unknown values read as `TimeWait`, the most restrictive).
     pub fn from_u8(v: u8) -> Self {
-        match v {
-            0 => PeerState::Closed,
-            1 => PeerState::SynSent,
-            2 => PeerState::Established,
-            3 => PeerState::Closing,
-            4 => PeerState::FinWait2,
-            _ => PeerState::TimeWait,
-        }
+        PeerState::from_repr(v).unwrap_or(PeerState::TimeWait)
     }
 }
 
@@ -133,11 +126,16 @@ pub enum Update {
     Invalid(Invalid),
 }
 
-/// Timeout class of a connection, from its peers' states (as OVS derives it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Timeout class of a connection, from its peers' states (as OVS derives it). Its name is the
+/// variant's in snake_case, but for `FirstPacket`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, strum::IntoStaticStr, strum::FromRepr,
+)]
+#[strum(serialize_all = "snake_case")]
 #[repr(u8)]
 pub enum TimeoutClass {
     /// One SYN seen, nothing back.
+    #[strum(serialize = "syn_sent")]
     FirstPacket = 0,
     /// Handshake in progress.
     Opening = 1,
@@ -155,14 +153,7 @@ impl TimeoutClass {
     /// A short name for operators ("syn_sent", "opening", "established", "closing",
     /// "fin_wait", "closed").
     pub fn name(self) -> &'static str {
-        match self {
-            TimeoutClass::FirstPacket => "syn_sent",
-            TimeoutClass::Opening => "opening",
-            TimeoutClass::Established => "established",
-            TimeoutClass::Closing => "closing",
-            TimeoutClass::FinWait => "fin_wait",
-            TimeoutClass::Closed => "closed",
-        }
+        self.into()
     }
 }
 

@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bulwark_vhost::{NetDevice, PortConn, SocketMode};
 use dataplane::filter::Policy;
 use dataplane::switch::{L2Decision, PuntItem, RuleStat, TraceEvent, TraceRecord, Verdict};
 use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
 use uuid::Uuid;
-use vhost::{NetDevice, PortConn, SocketMode};
 
 use crate::config::{check_ports, ConfigError, Mode, PortConfig};
 use crate::identity::{write_atomically, Identities, Identity, IdentityError};
@@ -179,7 +179,7 @@ impl Agent {
         tracing::info!(
             "port {} (id {id}, segment {segment}): {}",
             cfg.name,
-            vhost::conn::describe(mode, &cfg.socket)
+            bulwark_vhost::conn::describe(mode, &cfg.socket)
         );
         // A new port starts with no connections: drop any a former holder of the id left.
         self.switch.flush_connections(id);

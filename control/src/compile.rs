@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use conntrack::Timeouts;
+use conntrack::{ip_proto, Timeouts};
 use dataplane::filter::Policy;
 use dataplane::ruleset::{Action, Cidr, Rule, Ruleset};
 
@@ -56,12 +56,10 @@ fn proto(v: &StrOrNum, at: &str) -> Result<Option<u8>, ConfigError> {
         StrOrNum::Num(n) => Some(u8::try_from(*n).map_err(|_| bad())?),
         StrOrNum::Str(s) => match s.to_ascii_lowercase().as_str() {
             "any" => None,
-            "tcp" => Some(6),
-            "udp" => Some(17),
-            "icmp" => Some(1),
-            "icmpv6" | "ipv6-icmp" => Some(58),
-            "sctp" => Some(132),
-            other => Some(other.parse().map_err(|_| bad())?),
+            other => match ip_proto::by_name(other) {
+                Some(n) => Some(n),
+                None => Some(other.parse().map_err(|_| bad())?),
+            },
         },
     })
 }

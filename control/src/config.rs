@@ -122,10 +122,10 @@ impl PortConfig {
             ));
         }
         if let Some(q) = self.queues {
-            if q == 0 || q as usize > vhost::MAX_QUEUE_PAIRS {
+            if q == 0 || q as usize > bulwark_vhost::MAX_QUEUE_PAIRS {
                 return Err(ConfigError::new(
                     f("queues"),
-                    format!("{q} is out of range 1-{}", vhost::MAX_QUEUE_PAIRS),
+                    format!("{q} is out of range 1-{}", bulwark_vhost::MAX_QUEUE_PAIRS),
                 ));
             }
         }

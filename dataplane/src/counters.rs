@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vhost::{ChainError, RxError};
+use bulwark_vhost::{ChainError, RxError};
 
 use crate::parse::ParseError;
 
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn every_parse_error_has_its_own_reason() {
         let mut seen = Vec::new();
-        for e in ParseError::ALL {
+        for &e in ParseError::ALL {
             let r = DropReason::from(e);
             assert!(r.name().starts_with("parse_"), "{e:?} counts as {r:?}");
             assert!(!seen.contains(&r), "{e:?} shares {r:?}");

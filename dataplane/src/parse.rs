@@ -68,12 +68,7 @@ use crate::wire::{ETHERTYPE_QINQ, ETHERTYPE_VLAN, ETH_HEADER_LEN};
 /// How many bytes of each frame the worker copies for parsing.
 pub const HEADROOM: usize = 256;
 
-/// EtherType of IPv4.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// EtherType of IPv6.
-pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-/// EtherType of ARP.
-pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub use crate::wire::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 
 /// The longest IPv6 extension-header chain [`parse`] walks before giving up.
 pub const MAX_EXT_HEADERS: usize = 8;
@@ -81,35 +76,8 @@ pub const MAX_EXT_HEADERS: usize = 8;
 /// Most VLAN tags skipped in front of the L3 header.
 const MAX_VLAN_TAGS: usize = 2;
 
-/// IP protocol numbers the parser knows.
-pub mod ip_proto {
-    /// IPv6 hop-by-hop options.
-    pub const HOPOPT: u8 = 0;
-    /// ICMP for IPv4.
-    pub const ICMP: u8 = 1;
-    /// TCP.
-    pub const TCP: u8 = 6;
-    /// UDP.
-    pub const UDP: u8 = 17;
-    /// IPv6 routing header.
-    pub const IPV6_ROUTE: u8 = 43;
-    /// IPv6 fragment header.
-    pub const IPV6_FRAG: u8 = 44;
-    /// Encapsulating security payload.
-    pub const ESP: u8 = 50;
-    /// Authentication header.
-    pub const AH: u8 = 51;
-    /// ICMP for IPv6.
-    pub const ICMPV6: u8 = 58;
-    /// IPv6 "no next header".
-    pub const IPV6_NONXT: u8 = 59;
-    /// IPv6 destination options.
-    pub const IPV6_OPTS: u8 = 60;
-    /// SCTP.
-    pub const SCTP: u8 = 132;
-    /// UDP-Lite.
-    pub const UDPLITE: u8 = 136;
-}
+/// IP protocol numbers (defined in `conntrack::ip_proto`, shared by every crate).
+pub use conntrack::ip_proto;
 
 /// The network layer of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -258,7 +226,7 @@ pub struct Packet {
 const _: () = assert!(std::mem::size_of::<Packet>() <= 128);
 
 /// Why a frame could not be parsed. Each variant is a drop reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray)]
 #[repr(u8)]
 pub enum ParseError {
     /// A header does not fit in the frame or in its IP packet.
@@ -279,15 +247,7 @@ pub enum ParseError {
 
 impl ParseError {
     /// Every variant, in discriminant order (for counter tables).
-    pub const ALL: [ParseError; 7] = [
-        ParseError::Truncated,
-        ParseError::BadIpVersion,
-        ParseError::BadIhl,
-        ParseError::BadIpLength,
-        ParseError::BadL4Header,
-        ParseError::TooManyExtHeaders,
-        ParseError::ExtHeaderBeyondHeadroom,
-    ];
+    pub const ALL: &'static [ParseError] = <ParseError as strum::VariantArray>::VARIANTS;
 
     /// A snake_case name: its drop reason's name without the `parse_` prefix.
     pub fn name(&self) -> &'static str {

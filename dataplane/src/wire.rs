@@ -67,6 +67,14 @@ impl std::str::FromStr for Mac {
     }
 }
 
+// EtherTypes: defined here only (`parse` re-exports the ones it dispatches on).
+
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// EtherType of ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
 /// EtherType of 802.1Q VLAN tags.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
 /// EtherType of 802.1ad (QinQ) service tags.

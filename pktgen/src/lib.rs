@@ -58,18 +58,22 @@ pub use ring::{
     VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
 };
 
+// Feature masks, from the bit numbers of virtio-bindings (the kernel's uapi headers) and the
+// vhost-user flag of rust-vmm's `vhost`.
+
 /// virtio-net: the device has a MAC address in config space (not used: we pick our own).
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+pub const VIRTIO_NET_F_MAC: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 /// virtio-net: the driver can merge receive buffers (`num_buffers` in the header).
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 /// virtio-net: several queue pairs (acked when `DeviceConfig::queue_pairs > 1`).
-pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+pub const VIRTIO_NET_F_MQ: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
 /// virtio: `used_event` / `avail_event` notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// vhost-user: protocol features negotiation (and `SET_VRING_ENABLE`) are supported.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 =
+    vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// virtio 1.x (modern, little-endian, 12-byte net header).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 /// Guest-physical address of the start of guest memory.
 pub const GUEST_PHYS_BASE: u64 = 0x4000_0000;

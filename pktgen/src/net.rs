@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_net::{virtio_net_hdr, virtio_net_hdr_v1};
 
 use crate::mem::{align_up, GuestMemory};
 use crate::ring::{ring_sizes, SplitQueue, VIRTQ_AVAIL_F_NO_INTERRUPT};
@@ -30,8 +31,8 @@ const CHAINED_FRAME_OFF: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `Connect::Listen` waits for the backend to dial in.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Offset of `num_buffers` in `virtio_net_hdr_mrg_rxbuf`.
-const NUM_BUFFERS_OFF: usize = 10;
+/// Offset of `num_buffers` in the virtio-net header.
+const NUM_BUFFERS_OFF: usize = std::mem::offset_of!(virtio_net_hdr_v1, num_buffers);
 
 /// Where everything lives inside guest memory (byte offsets).
 #[derive(Debug, Clone, Copy)]
@@ -295,9 +296,9 @@ impl VirtioNet {
             mac: cfg.mac,
             rx_buf_len: cfg.rx_buf_len,
             hdr_len: if features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
-                12
+                size_of::<virtio_net_hdr_v1>()
             } else {
-                10
+                size_of::<virtio_net_hdr>()
             },
             mrg_rxbuf: features & VIRTIO_NET_F_MRG_RXBUF != 0,
             bump_next: end,

@@ -16,21 +16,24 @@
 
 use std::sync::atomic::{fence, Ordering};
 
+use virtio_bindings::virtio_ring;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::mem::GuestMemory;
 use crate::Error;
 
+// Ring flags from virtio-bindings (u32 there; each fits the 16-bit flags fields).
+
 /// Descriptor continues via `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+pub const VIRTQ_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
 /// Buffer is device write-only.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+pub const VIRTQ_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
 /// Buffer holds an indirect descriptor table.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+pub const VIRTQ_DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
 /// avail.flags: the driver does not want interrupts (ignored by the device under EVENT_IDX).
-pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
 /// used.flags: the device does not want kicks (ignored by the driver under EVENT_IDX).
-pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+pub const VIRTQ_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
 
 /// `vring_need_event()` from the virtio spec §2.7.10 / Linux `virtio_ring.h`: with EVENT_IDX,
 /// the other side asked to be notified when the index moves past `event`; we moved it from

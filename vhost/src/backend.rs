@@ -11,31 +11,36 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use rvhost::vhost_user::message::{
+use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
-    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVirtioFeatures,
+    VhostUserVringAddrFlags, VhostUserVringState,
 };
-use rvhost::vhost_user::GpuBackend;
-use rvhost::vhost_user::{
+use vhost::vhost_user::GpuBackend;
+use vhost::vhost_user::{
     Backend, Error as VuError, Result as VuResult, VhostUserBackendReqHandlerMut,
 };
-use rvhost::VhostUserMemoryRegionBase;
+use vhost::VhostUserMemoryRegionBase;
+use virtio_bindings::{virtio_config, virtio_net, virtio_ring};
 
 use crate::guest_mem::{GuestMemory, RegionDesc};
-use crate::ring::{RingConfig, SplitRing};
+use crate::ring::{RingConfig, SplitRing, NET_HDR_LEN, NET_HDR_LEN_LEGACY};
 use crate::sync::SpinLock;
 
+// Feature masks, from the bit numbers of virtio-bindings (the kernel's uapi headers) and the
+// vhost-user flag of rust-vmm's `vhost`: defined nowhere else.
+
 /// virtio-net: the device can merge receive buffers.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 /// virtio-net: several queue pairs (offered only by ports configured with more than one).
-pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+pub const VIRTIO_NET_F_MQ: u64 = 1 << virtio_net::VIRTIO_NET_F_MQ;
 /// The used_event / avail_event notification scheme.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// vhost-user: protocol features are negotiated.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// virtio 1.0 (little-endian, 12-byte net header).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_config::VIRTIO_F_VERSION_1;
 
 /// The virtio features this device offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
@@ -63,8 +68,9 @@ pub struct Queue {
     pub broken_reported: bool,
 }
 
-/// Connection state of a port, as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Connection state of a port, as the API reports it (the variant's name in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::FromRepr)]
+#[strum(serialize_all = "lowercase")]
 #[repr(u8)]
 pub enum LinkState {
     /// Not started, or stopped.
@@ -82,23 +88,11 @@ pub enum LinkState {
 impl LinkState {
     /// The name shown by the API.
     pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Stopped => "stopped",
-            LinkState::Connecting => "connecting",
-            LinkState::Listening => "listening",
-            LinkState::Negotiating => "negotiating",
-            LinkState::Running => "running",
-        }
+        self.into()
     }
 
     fn from_u8(v: u8) -> Self {
-        match v {
-            1 => LinkState::Connecting,
-            2 => LinkState::Listening,
-            3 => LinkState::Negotiating,
-            4 => LinkState::Running,
-            _ => LinkState::Stopped,
-        }
+        LinkState::from_repr(v).unwrap_or(LinkState::Stopped)
     }
 }
 
@@ -332,11 +326,12 @@ impl NetBackend {
     }
 
     fn hdr_len(&self) -> u32 {
-        if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
-            12
+        let len = if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+            NET_HDR_LEN
         } else {
-            10
-        }
+            NET_HDR_LEN_LEGACY
+        };
+        len as u32
     }
 
     /// Starts queue `i` if everything it needs has arrived.

@@ -21,7 +21,16 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::{virtio_net, virtio_ring};
+
 use crate::guest_mem::GuestMemory;
+
+/// The virtio-net header with `num_buffers` (VERSION_1 or MRG_RXBUF negotiated): 12 bytes.
+pub const NET_HDR_LEN: usize = std::mem::size_of::<virtio_net::virtio_net_hdr_v1>();
+/// The legacy virtio-net header, without `num_buffers`: 10 bytes.
+pub const NET_HDR_LEN_LEGACY: usize = std::mem::size_of::<virtio_net::virtio_net_hdr>();
+/// Where `num_buffers` sits in the header.
+const NUM_BUFFERS_OFF: usize = std::mem::offset_of!(virtio_net::virtio_net_hdr_v1, num_buffers);
 
 /// Most descriptors accepted in one chain. Linux's virtio-net uses at most 19 (header, linear
 /// part, 17 fragments); anything longer, or a loop, is refused.
@@ -29,11 +38,12 @@ pub const MAX_CHAIN: usize = 32;
 /// Largest queue size accepted (the virtio limit).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
-const VRING_USED_F_NO_NOTIFY: u16 = 1;
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+// Ring flags from virtio-bindings (u32 there; each fits the 16-bit flags fields).
+const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
+const VRING_DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
+const VRING_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
 
 /// Why a descriptor chain was refused. Each maps to a named drop reason in the dataplane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -666,9 +676,9 @@ impl SplitRing {
                 Pop::Broken => return Err(RxError::Broken),
             }
         }
-        // Header: all zero (no offloads negotiated), num_buffers at offset 10 when present.
-        let mut hdr = [0u8; 12];
-        hdr[10..12].copy_from_slice(&(nbufs as u16).to_le_bytes());
+        // Header: all zero (no offloads negotiated), and num_buffers when present.
+        let mut hdr = [0u8; NET_HDR_LEN];
+        hdr[NUM_BUFFERS_OFF..NUM_BUFFERS_OFF + 2].copy_from_slice(&(nbufs as u16).to_le_bytes());
         let mut w = Writer::new(&scratch[..nbufs]);
         w.write(&hdr[..hdr_len as usize]);
         match src {

@@ -504,13 +504,7 @@ fn render_policy(v: &PolicyInfo) -> String {
 }
 
 fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
-    }
+    conntrack::ip_proto::name(p).map_or_else(|| p.to_string(), str::to_string)
 }
 
 fn render_conns(conns: &[ConnView]) -> String {

@@ -2,8 +2,10 @@
 
 use std::fmt;
 
-/// A field of a [`Rule`](super::Rule), named in [`CompileError`]s as the operator writes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A field of a [`Rule`](super::Rule), named in [`CompileError`]s as the operator writes it
+/// (its variant's name in snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Field {
     /// `src`
     Src,
@@ -24,15 +26,7 @@ pub enum Field {
 impl Field {
     /// The field's name in a rule.
     pub fn name(self) -> &'static str {
-        match self {
-            Field::Src => "src",
-            Field::Dst => "dst",
-            Field::Proto => "proto",
-            Field::SrcPorts => "src_ports",
-            Field::DstPorts => "dst_ports",
-            Field::IcmpType => "icmp_type",
-            Field::IcmpCode => "icmp_code",
-        }
+        self.into()
     }
 }
 

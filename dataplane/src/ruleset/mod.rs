@@ -128,14 +128,9 @@ pub use tree::FamilyStats;
 
 use tree::{Family, Iv, Params, DIMS};
 
-/// IP protocol number of TCP.
-pub const PROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const PROTO_UDP: u8 = 17;
-/// IP protocol number of ICMP.
-pub const PROTO_ICMP: u8 = 1;
-/// IP protocol number of ICMPv6.
-pub const PROTO_ICMPV6: u8 = 58;
+use crate::parse::ip_proto::{
+    ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP,
+};
 
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,12 +9,12 @@
 //!   (`FloodCheck`); reject answers go into the sender's own receive queue. `complete` gives
 //!   the sender's transmit buffers back and publishes the used ring once.
 //! - Drops (on the receiving port): `port_down` (its receive ring is not running),
-//!   `rx_no_buffers` and the other `vhost::RxError`s, a member's refusal of a flood
+//!   `rx_no_buffers` and the other `bulwark_vhost::RxError`s, a member's refusal of a flood
 //!   (`policy_drop_ingress`, `non_ip_denied_ingress`, `nd_denied_ingress`); on the sender,
 //!   `no_destination` (a flood on a segment with no other member).
 //! - Counters: `tx_packets`, `tx_bytes` of each receiving port (the sender's, for answers).
 
-use vhost::Queue;
+use bulwark_vhost::Queue;
 
 use super::l2::Dest;
 use super::worker::Worker;
@@ -24,9 +24,9 @@ use crate::counters::{bump, DropReason, PortCounters};
 impl Worker<'_> {
     /// Delivers every frame of the burst that `decide` gave a destination: each destination's
     /// receive queue is locked once for the whole burst.
-    // One function per stage (it shows as such in a profile); its per-frame helpers are
-    // inlined into it. Instruction counts: scripts/framecost.
-    #[inline(never)]
+    // Inlined into the worker loop: out of line (one call per burst) the same instructions ran
+    // 3.5 % slower in `scripts/bench --ab` (docs/PERFORMANCE.md, "Instructions per frame").
+    #[inline(always)]
     pub(super) fn deliver_burst<const TRACE: bool>(
         &mut self,
         table: &PortTable,

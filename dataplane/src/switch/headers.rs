@@ -33,9 +33,9 @@ pub(super) fn frame_len(total: u32, hdr: u32, max_frame: u32) -> Result<u32, Dro
 }
 
 impl Worker<'_> {
-    // One function per stage (it shows as such in a profile); its per-frame helpers are
-    // inlined into it. Instruction counts: scripts/framecost.
-    #[inline(never)]
+    // Inlined into the worker loop: out of line (one call per burst) the same instructions ran
+    // 3.5 % slower in `scripts/bench --ab` (docs/PERFORMANCE.md, "Instructions per frame").
+    #[inline(always)]
     pub(super) fn headers<const TRACE: bool>(
         &mut self,
         table: &PortTable,

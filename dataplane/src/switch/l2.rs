@@ -33,9 +33,9 @@ impl Dest {
 impl Worker<'_> {
     /// Decides every frame of the burst; returns whether any is flooded.
     #[allow(clippy::too_many_arguments)]
-    // One function per stage (it shows as such in a profile); its per-frame helpers are
-    // inlined into it. Instruction counts: scripts/framecost.
-    #[inline(never)]
+    // Inlined into the worker loop: out of line (one call per burst) the same instructions ran
+    // 3.5 % slower in `scripts/bench --ab` (docs/PERFORMANCE.md, "Instructions per frame").
+    #[inline(always)]
     pub(super) fn decide<const TRACE: bool>(
         &mut self,
         table: &PortTable,
@@ -200,7 +200,7 @@ mod tests {
             id,
             segment,
             mac: mac.map(Mac),
-            backend: Backend::Vhost(Arc::new(vhost::NetDevice::default())),
+            backend: Backend::Vhost(Arc::new(bulwark_vhost::NetDevice::default())),
             rules: Arc::new(RuleCounters::new(&policy, 1)),
             policy,
             policy_epoch: 0,

@@ -39,8 +39,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bulwark_vhost::NetDevice;
 use conntrack::{ConnInfo, Table, Timeouts};
-use vhost::NetDevice;
 
 use crate::counters::{bump, Counters, PortStats, MAX_PORTS};
 use crate::filter::{Policy, Side};

@@ -1,15 +1,15 @@
 //! What a worker sees of a port: its queues, behind one type for every kind of port.
 //!
-//! Today every port is a vhost-user device (`vhost::NetDevice`: guest rings in guest memory).
-//! The worker reaches a port's frames only through `Backend` (its transmit queue for `take`,
+//! Today every port is a vhost-user device (`bulwark_vhost::NetDevice`: guest rings in guest
+//! memory). The worker reaches a port's frames only through `Backend` (its transmit queue for `take`,
 //! a receive queue for `deliver`), never through the device type, so another kind of port
 //! (the overlay uplink of a later issue) is a new variant with its own arms here. Dispatch is
 //! a `match` on a one-byte tag per burst, not a virtual call per frame.
 
 use std::sync::Arc;
 
-use vhost::sync::SpinLock;
-use vhost::{NetDevice, Queue};
+use bulwark_vhost::sync::SpinLock;
+use bulwark_vhost::{NetDevice, Queue};
 
 /// A port's frame source and sink.
 #[derive(Debug, Clone)]

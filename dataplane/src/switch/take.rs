@@ -4,13 +4,13 @@
 //! - Passes on: `chains[..n]`, each a validated descriptor chain (ranges inside guest memory,
 //!   direction, length bounded), with the descriptors and each chain's first data line
 //!   prefetched; and the used-ring lines the burst will complete, prefetched for writing.
-//! - Drops (on the sending port): every `vhost::ChainError` as its reason (`desc_*`,
+//! - Drops (on the sending port): every `bulwark_vhost::ChainError` as its reason (`desc_*`,
 //!   `desc_chain_too_long`, ...; the bad chain is completed with length 0 at once) and
 //!   `ring_broken` (counted once per ring: the ring is unusable until the frontend sets it up
 //!   again).
 //! - Counters: none of its own besides the drops (`rx_packets` is counted by `headers`).
 
-use vhost::{Pop, Queue};
+use bulwark_vhost::{Pop, Queue};
 
 use super::worker::Worker;
 use super::BURST;

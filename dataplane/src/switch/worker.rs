@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
-use vhost::Chain;
+use bulwark_vhost::Chain;
 
 use super::firewall::FloodCheck;
 use super::l2::Dest;
