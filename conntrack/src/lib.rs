@@ -10,6 +10,21 @@
 //!
 //! See `DESIGN.md` in this crate for the table layout, concurrency, memory ordering and aging.
 #![deny(unsafe_code)]
+// Clippy's cast lints on the shipped code (tests cast freely): each exception is an `#[expect]`
+// on its item, with the reason the cast cannot lose anything that matters.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod ip_proto;
 pub mod mem;

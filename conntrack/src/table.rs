@@ -88,6 +88,10 @@ const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 /// The full epoch whose low 16 bits are `low`, at most `current` and less than 2^16 before it
 /// (what a connection's stamp means, given the current epoch).
 #[inline]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the low 16 bits of the current epoch, to compare with a stored stamp"
+)]
 pub fn full_epoch(current: u64, low: u16) -> u64 {
     current.wrapping_sub(u64::from((current as u16).wrapping_sub(low)))
 }
@@ -148,6 +152,10 @@ impl Key {
         }
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a u128 address split into its two 64-bit halves"
+    )]
     fn addr6_words(&self) -> [u64; 4] {
         let w = |a: IpAddr| match a {
             IpAddr::V6(a) => {
@@ -402,6 +410,10 @@ impl Table {
 
     /// The symmetric hash: both orientations of a key hash alike.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the 128-bit address folded into the hash by halves"
+    )]
     pub fn hash(&self, k: &Key) -> u64 {
         let ep = |a: IpAddr, p: u16| -> u64 {
             let v: u128 = match a {
@@ -419,6 +431,10 @@ impl Table {
     /// a cache line with the first two's). Multiply-shift range reduction, so the bucket count
     /// need not be a power of two and the table is sized to its capacity.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the multiply-shift reduction is below the bucket count, a usize"
+    )]
     fn buckets(&self, hash: u64) -> [usize; 4] {
         let n = self.nbuckets as u64;
         let reduce = |h: u64| ((u128::from(h) * u128::from(n)) >> 64) as usize;
@@ -436,6 +452,10 @@ impl Table {
 
     /// Slot `s`'s tag.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "one 8-bit tag taken out of a packed 64-bit tag word"
+    )]
     fn tag_at(&self, s: usize, order: Ordering) -> u8 {
         (self.tags[s / TAGS_PER_WORD].load(order) >> (8 * (s % TAGS_PER_WORD))) as u8
     }
@@ -457,6 +477,10 @@ impl Table {
     /// The slots of bucket `b` whose tag is `tag`, as a mask over its 16 slots (bit i: slot
     /// `b * BUCKET + i`), from two word loads and compares instead of 16 byte compares.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a bucket half (0 or 1) as a bit offset"
+    )]
     fn bucket_matches(&self, b: usize, tag: u8, order: Ordering) -> u32 {
         let w = b * BUCKET / TAGS_PER_WORD;
         let pattern = u64::from(tag) * LOW_BYTES;
@@ -473,6 +497,10 @@ impl Table {
 
     /// The continuation slot of the IPv6 entry in `slot` (recorded in its address word).
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the address word records the index of the continuation slot, below the capacity (a usize)"
+    )]
     fn cont(&self, slot: usize) -> usize {
         self.slots[slot].w[W_ADDR4].load(Ordering::Relaxed) as usize
     }
@@ -778,6 +806,10 @@ impl Table {
     /// at the same instant may lose one of the two increments; the creation time that shares
     /// the word never changes while the connection is live, so it cannot be lost.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the clock is the low 32 bits of the time word"
+    )]
     pub fn touch(&self, slot: usize, dir: usize, now: u32) {
         let w = &self.slots[slot].w;
         // 2^40 packets: the count wraps to 0 instead of carrying into the creation time.
@@ -802,6 +834,10 @@ impl Table {
 
     /// The policy epoch a connection was last validated under (its low 16 bits).
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the epoch field of the meta word is 16 bits"
+    )]
     pub fn epoch(&self, slot: usize) -> u16 {
         (self.slots[slot].w[W_META].load(Ordering::Relaxed) >> EPOCH_SHIFT) as u16
     }
@@ -811,6 +847,10 @@ impl Table {
     /// long as `restamp` runs at least every `RESTAMP_EVERY` epochs (the switch's publisher
     /// does): no live stamp is then 2^16 epochs old.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the epoch field of the meta word is 16 bits"
+    )]
     pub fn validated_at(&self, slot: usize, current: u64) -> Option<u64> {
         let m = self.slots[slot].w[W_META].load(Ordering::Relaxed);
         if m & F_STALE != 0 {
@@ -826,6 +866,10 @@ impl Table {
     /// is marked stale, so that its next packet re-validates it whatever the stamp reads.
     /// Returns (renewed, marked stale). A full pass over the table, on the control thread;
     /// racing workers' re-validations win (the update is a CAS that re-checks the stamp).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the epoch, owner and peer fields of the meta word are 16 bits each"
+    )]
     pub fn restamp(&self, current: u64, changed_at: impl Fn(u16) -> u64) -> (usize, usize) {
         let (mut renewed, mut marked) = (0, 0);
         for s in self.tagged(0..self.slots.len()) {
@@ -876,6 +920,10 @@ impl Table {
     /// The connection's (owner, peer) vNICs: the opener, and the far end (the owner again
     /// while the far end is unknown).
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner and peer fields of the meta word are 16 bits each"
+    )]
     pub fn endpoints(&self, slot: usize) -> (u16, u16) {
         let m = self.slots[slot].w[W_META].load(Ordering::Relaxed);
         ((m >> OWNER_SHIFT) as u16, (m >> PEER_SHIFT) as u16)
@@ -884,6 +932,10 @@ impl Table {
     /// The rules that admitted the connection: (owner's egress, peer's ingress) indexes,
     /// `u16::MAX` for none.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the two rule ids are 16-bit fields of the time word"
+    )]
     pub fn rules(&self, slot: usize) -> (u16, u16) {
         let t = self.slots[slot].w[W_TIME].load(Ordering::Relaxed);
         ((t >> 32) as u16, (t >> 48) as u16)
@@ -907,6 +959,10 @@ impl Table {
     }
 
     /// Whether the connection in `slot` has been idle longer than its timeout.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the protocol is the top byte of the ports word, the clock the low 32 bits of the time word"
+    )]
     pub fn expired(&self, slot: usize, now: u32) -> bool {
         let w = &self.slots[slot].w;
         let meta = w[W_META].load(Ordering::Relaxed);
@@ -927,6 +983,10 @@ impl Table {
 
     /// Removes the connection in `slot` now. Returns false if it was already gone. Control
     /// thread only (it queues the slot for reclamation).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner field of the meta word is 16 bits"
+    )]
     pub fn remove(&self, slot: usize) -> bool {
         let w = &self.slots[slot].w;
         let mut meta = w[W_META].load(Ordering::Relaxed);
@@ -1021,6 +1081,10 @@ impl Table {
     }
 
     /// Removes every connection `vnic` owns or is the peer of; returns how many.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner and peer fields of the meta word are 16 bits each"
+    )]
     pub fn flush_vnic(&self, vnic: u16) -> usize {
         let mut n = 0;
         for s in self.tagged(0..self.slots.len()) {
@@ -1042,6 +1106,10 @@ impl Table {
         self.connections_in(0..self.slots.len(), vnic, now)
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "every field read back from its packed word has exactly the bits cast to"
+    )]
     fn connections_in(
         &self,
         range: std::ops::Range<usize>,
@@ -1116,6 +1184,10 @@ impl Table {
 }
 
 #[inline]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the 128-bit product folded to 64 bits by halves (truncation is the intent)"
+)]
 fn mix(a: u64, b: u64) -> u64 {
     // A 64-bit multiply-xorshift mixer (as in wyhash/foldhash): not cryptographic, but seeded
     // per process, so a guest cannot aim its flows at one bucket without knowing the seed.

@@ -158,11 +158,19 @@ impl TimeoutClass {
 }
 
 #[inline]
+#[expect(
+    clippy::cast_possible_wrap,
+    reason = "sequence numbers are modulo 2^32: the difference read as i32 is the comparison (RFC 1982)"
+)]
 fn seq_gt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
 #[inline]
+#[expect(
+    clippy::cast_possible_wrap,
+    reason = "sequence numbers are modulo 2^32: the difference read as i32 is the comparison (RFC 1982)"
+)]
 fn seq_geq(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
@@ -228,6 +236,11 @@ impl TcpConn {
     }
 
     /// Applies a segment sent by `peer[dir]` (0: the opener, 1: the other end).
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "sequence differences read as i32 (modulo 2^32); MAX_ACK_WINDOW is 65,535 + 1,500"
+    )]
     pub fn update(&mut self, seg: &Segment, dir: usize) -> Update {
         let f = seg.flags;
         if invalid_flags(f) {
@@ -433,6 +446,10 @@ impl TcpConn {
     }
 
     /// The inverse of `to_words`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "each field unpacked from the packed state words has exactly the bits cast to"
+    )]
     pub fn from_words(w: [u64; 3]) -> TcpConn {
         let peer = |lohi: u64, small: u64| Peer {
             seqlo: lohi as u32,

@@ -428,6 +428,10 @@ impl Filter<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "connections keep the epoch's low 16 bits; conntrack::RESTAMP_EVERY renews them before they could wrap"
+    )]
     fn create(
         &self,
         p: &Packet,
@@ -489,6 +493,10 @@ impl Filter<'_> {
     // `decide`'s result, and reading it back stalled on store forwarding (perf: a third of
     // `decide_hashed`'s samples on that copy).
     #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "connections keep the epoch's low 16 bits; conntrack::RESTAMP_EVERY renews them before they could wrap"
+    )]
     fn established(
         &self,
         p: &Packet,

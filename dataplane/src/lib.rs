@@ -3,6 +3,21 @@
 //! See `switch` for the threading model. Unsafe code is confined to `sys` (CPU pinning); guest
 //! memory is only touched through the `vhost` crate's ring and chain types.
 #![deny(unsafe_code)]
+// Clippy's cast lints on the shipped code (tests cast freely): each exception is an `#[expect]`
+// on its item, with the reason the cast cannot lose anything that matters.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod counters;
 pub mod filter;

@@ -136,6 +136,10 @@ impl MacTable {
     // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
     // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
     #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits of a slot's packed value"
+    )]
     pub fn lookup(&self, segment: u16, mac: Mac, now: u32) -> Option<u16> {
         let key = key_of(segment, mac);
         for s in self.window(key) {
@@ -154,6 +158,10 @@ impl MacTable {
     // Always inlined: called for every frame from one stage, and LLVM's heuristics stopped inlining
     // it once the stage loops grew (about 10 instructions a frame each; scripts/framecost).
     #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits, and the time the high 32, of a slot's packed value"
+    )]
     pub fn learn(&self, segment: u16, mac: Mac, port: u16, now: u32) {
         let key = key_of(segment, mac);
         let val = (u64::from(now) << 32) | u64::from(port);
@@ -205,6 +213,10 @@ impl MacTable {
     }
 
     /// Forgets everything learned on `port` (control thread, after the port left the workers).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits of a slot's packed value"
+    )]
     pub fn flush_port(&self, port: u16) -> usize {
         let mut n = 0;
         for s in self.slots.iter() {
@@ -231,6 +243,10 @@ impl MacTable {
     }
 
     /// The live entries (slow path; for the API).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits of a slot's packed value"
+    )]
     pub fn entries(&self, now: u32) -> Vec<MacEntry> {
         let mut out = Vec::new();
         for s in self.slots.iter() {

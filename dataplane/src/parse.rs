@@ -337,6 +337,10 @@ fn tagged(hdr: &[u8], frame_len: usize) -> Result<Packet, ParseError> {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the L3 offset is at most 22 (two VLAN tags)"
+)]
 fn non_ip(ethertype: u16, l3_off: usize) -> Packet {
     Packet {
         ethertype,
@@ -376,6 +380,10 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "offsets within the 256-byte headroom; the L4 length is below the 16-bit IP total length"
+)]
 fn ipv4(hdr: &[u8], frame_len: usize, l3_off: usize) -> Result<Packet, ParseError> {
     let h: &[u8; 20] = take(hdr, l3_off, frame_len)?;
     if h[0] >> 4 != 4 {
@@ -424,6 +432,10 @@ fn ipv4(hdr: &[u8], frame_len: usize, l3_off: usize) -> Result<Packet, ParseErro
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "offsets within the 256-byte headroom; the L4 length is below the 16-bit payload length"
+)]
 fn ipv6(hdr: &[u8], frame_len: usize, l3_off: usize) -> Result<Packet, ParseError> {
     let h: &[u8; 40] = take(hdr, l3_off, frame_len)?;
     if h[0] >> 4 != 6 {
@@ -521,6 +533,10 @@ fn walk_v6_exts(
 
 /// Adds the transport header at `off` of a packet ending at `end` to `p`.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the TCP payload length is below the 16-bit IP length"
+)]
 fn l4(p: Packet, hdr: &[u8], off: usize, end: usize, v6: bool) -> Result<Packet, ParseError> {
     match p.proto {
         ip_proto::TCP => {

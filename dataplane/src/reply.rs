@@ -137,6 +137,10 @@ fn v6_answerable(src: Ipv6Addr, dst: Ipv6Addr) -> bool {
 }
 
 /// The IPv4 answer from `dst` to `src`, behind the Ethernet header. Returns the frame length.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the lengths of an answer are under MAX_REPLY bytes"
+)]
 fn v4(
     hdr: &[u8],
     p: &Packet,
@@ -179,6 +183,10 @@ fn v4(
 }
 
 /// The IPv6 answer from `dst` to `src`, behind the Ethernet header. Returns the frame length.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the lengths of an answer are under MAX_REPLY bytes"
+)]
 fn v6(
     hdr: &[u8],
     p: &Packet,
@@ -288,6 +296,10 @@ fn sum(mut acc: u32, data: &[u8]) -> u32 {
 }
 
 /// Folds a sum to 16 bits and complements it: the checksum field's value.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the one's-complement sum, folded to 16 bits before the cast"
+)]
 fn finish(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);

@@ -325,6 +325,10 @@ impl NetBackend {
         VuError::InvalidParam
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a virtio-net header is 10 or 12 bytes"
+    )]
     fn hdr_len(&self) -> u32 {
         let len = if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
             NET_HDR_LEN

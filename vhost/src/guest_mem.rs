@@ -167,6 +167,10 @@ impl GuestMemory {
 
     /// Host address of guest-physical `[gpa, gpa + len)`, if it lies inside one region.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an offset within a mapped region fits the address space"
+    )]
     pub fn translate(&self, gpa: u64, len: u64) -> Option<usize> {
         for r in &self.regions {
             let off = gpa.wrapping_sub(r.desc.gpa);
@@ -180,6 +184,10 @@ impl GuestMemory {
     }
 
     /// Host address of frontend-virtual `[uva, uva + len)` (SET_VRING_ADDR carries these).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an offset within a mapped region fits the address space"
+    )]
     pub fn translate_uva(&self, uva: u64, len: u64) -> Option<usize> {
         for r in &self.regions {
             let off = uva.wrapping_sub(r.desc.uva);

@@ -11,6 +11,21 @@
 //! Unsafe code lives only in `guest_mem` (mmap), `ring` (guest ring and buffer access) and
 //! `sync` (the queue spinlock).
 #![deny(unsafe_code)]
+// Clippy's cast lints on the shipped code (tests cast freely): each exception is an `#[expect]`
+// on its item, with the reason the cast cannot lose anything that matters.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod backend;
 pub mod conn;

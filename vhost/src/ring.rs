@@ -39,10 +39,30 @@ pub const MAX_CHAIN: usize = 32;
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
 // Ring flags from virtio-bindings (u32 there; each fits the 16-bit flags fields).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
+)]
 const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
+)]
 const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
+)]
 const VRING_DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
+)]
 const VRING_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
+)]
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
 
 /// Why a descriptor chain was refused. Each maps to a named drop reason in the dataplane.
@@ -480,6 +500,10 @@ impl SplitRing {
         self.last_avail = self.last_avail.wrapping_sub(n);
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a chain has at most MAX_CHAIN (32) segments"
+    )]
     fn read_chain(&self, head: u16, out: &mut Chain, writable: bool) -> Result<(), ChainError> {
         out.head = head;
         out.nsegs = 0;
@@ -514,6 +538,10 @@ impl SplitRing {
     }
 
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the length, flags and next fields unpacked from a descriptor's second 64-bit word"
+    )]
     fn read_desc(&self, idx: u16) -> (u64, u32, u16, u16) {
         let p = self.desc + 16 * usize::from(idx & self.mask);
         // SAFETY: `p..p+16` lies inside the descriptor table, bounds-checked in `new` against the
@@ -614,6 +642,10 @@ impl SplitRing {
         self.enqueue(Source::Bytes(frame), len, hdr_len, mrg, scratch)
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "buffer counts are at most MAX_CHAIN (32)"
+    )]
     fn enqueue(
         &mut self,
         src: Source<'_>,
@@ -759,6 +791,10 @@ impl<'a> Writer<'a> {
         }
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the bytes written to one buffer are below its 32-bit length"
+    )]
     fn write(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let Some((dst, room)) = self.span() else {

@@ -414,6 +414,10 @@ impl Ruleset {
         Ruleset::compile_with(rules, default, Params::DEFAULT)
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "rule indices: compile_with refuses more than u32::MAX rules just above"
+    )]
     pub(crate) fn compile_with(
         rules: &[Rule],
         default: Action,
@@ -480,6 +484,10 @@ impl Ruleset {
     /// The verdict for `t` by checking every rule in order with [`Rule::matches`]. Slow (linear
     /// in the number of rules); it is the reference `lookup` is tested against, and a baseline
     /// for benchmarks. Not for the data path.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "rule indices: compile refuses more than u32::MAX rules"
+    )]
     pub fn lookup_linear(&self, t: &Tuple) -> Verdict {
         let hit = self.rules.iter().position(|r| r.matches(t));
         // Cannot truncate: `compile` rejects more than u32::MAX rules.

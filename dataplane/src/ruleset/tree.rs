@@ -84,6 +84,11 @@ impl Key for u32 {
     // Not inlined: inlined into `lookup`, LLVM vectorized it worse (183 -> 262 ns per lookup at
     // 10,000 rules).
     #[inline(never)]
+    #[expect(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        reason = "lane arithmetic of the compare: the casts reinterpret bit patterns, they do not convert numbers"
+    )]
     fn chunk_mask(
         key: &[u32; DIMS],
         lo: &[[u32; LANES]; DIMS],
@@ -399,6 +404,10 @@ impl<K: Key> Family<K> {
 
     /// Adds a rule. `dims` holds, per dimension, a non-empty sorted list of disjoint intervals;
     /// rules must be added in priority order.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "interval and list counts are below the rule count, and compile refuses more than u32::MAX rules"
+    )]
     pub(crate) fn push(&mut self, source: u32, dims: &[Vec<Iv<K>>; DIMS]) {
         let mut c = Compiled {
             lo: [K::ZERO; DIMS],
@@ -429,6 +438,10 @@ impl<K: Key> Family<K> {
     }
 
     /// Builds the trees. Called once, after the last `push`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "rule indices: compile refuses more than u32::MAX rules"
+    )]
     pub(crate) fn build(&mut self, p: Params) {
         if self.rules.is_empty() {
             return;
@@ -798,6 +811,10 @@ impl<K: Key> Builder<'_, K> {
     }
 
     /// The child word for node `index` splitting dimension `d`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the dimension index is below DIMS (5)"
+    )]
     fn word(&self, index: usize, d: usize) -> Result<u32, Overflow> {
         let i = u32::try_from(index)
             .ok()

@@ -107,6 +107,10 @@ impl Worker<'_> {
 
     /// Copies the burst's frames bound for port `m` (and floods, when `flood`) into its guest.
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "n is a burst count, at most BURST (32)"
+    )]
     fn deliver<const TRACE: bool>(
         &mut self,
         table: &PortTable,

@@ -22,6 +22,7 @@ use crate::wire::ETH_HEADER_LEN;
 
 /// The length check: the frame's length without the virtio-net header, or why it is dropped.
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "ETH_HEADER_LEN is 14")]
 pub(super) fn frame_len(total: u32, hdr: u32, max_frame: u32) -> Result<u32, DropReason> {
     if total < hdr + ETH_HEADER_LEN as u32 {
         Err(DropReason::FrameTooShort)

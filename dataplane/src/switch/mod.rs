@@ -459,6 +459,10 @@ impl Switch {
 
     /// Replaces the set of ports. Returns once no worker can still be using a port that is not
     /// in `ports` (so its MACs can be flushed and its device dropped).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "queue pairs are at most bulwark_vhost::MAX_QUEUE_PAIRS (16)"
+    )]
     pub fn set_ports(&self, ports: &[PortSpec]) -> Result<(), Error> {
         let nworkers = self.workers.len();
         let old = self.table.load_full();

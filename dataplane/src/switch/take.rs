@@ -32,6 +32,10 @@ pub(super) fn has_work(q: &mut Queue, sc: &PortCounters) -> bool {
 impl Worker<'_> {
     /// Pops up to `BURST` good chains into `chains`; returns (good chains, entries taken).
     #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "burst counts, at most 2 * BURST (64)"
+    )]
     pub(super) fn take(&mut self, q: &mut Queue, sc: &PortCounters) -> (usize, usize) {
         let hdr = q.hdr_len;
         let mut n = 0;

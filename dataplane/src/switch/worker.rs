@@ -120,6 +120,10 @@ impl<'a> Worker<'a> {
 
     /// One pass of the loop: a quiescent point, the port table, the clock, then one burst from
     /// each queue this worker polls. Returns frames taken.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "milliseconds wrap after 49 days; the rate limits compare them wrapping"
+    )]
     pub(super) fn pass(&mut self, cache: &mut TableCache<'a>) -> usize {
         let slot = &self.sw.workers[self.me];
         // No connection slot is held across passes.
@@ -232,6 +236,10 @@ impl<'a> Worker<'a> {
 
     /// Claims trace budget for the burst's frames and starts their records.
     #[cold]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "queue pairs (<= 16) and workers (<= CPUs) fit in 16 bits, the trace head length (<= 64) in 8"
+    )]
     fn trace_begin(&mut self, src: &PortEntry, qp: usize, n: usize, hdr: u32, now: Now) {
         let k = self.sw.claim_trace(src.id, n);
         for i in 0..k {
