@@ -281,6 +281,8 @@ impl Agent {
             socket: p.cfg.socket.clone(),
             mode: p.cfg.mode,
             segment: p.cfg.segment_id(),
+            tenant: p.cfg.tenant_name().to_string(),
+            tags: p.cfg.tags.clone(),
             state: p.dev.state().as_str().to_string(),
             mac: p.cfg.mac.clone(),
             vhost_connections: p.dev.connections(),
@@ -368,6 +370,28 @@ impl Agent {
             self.switch.policy_epoch()
         );
         self.policy_of(&ports, name)
+    }
+
+    /// Replaces a vNIC's tags (validated as a whole: nothing changes on an error). Saved with
+    /// an API-added port; a config-file port's tags come from the file again after a restart.
+    /// The data plane does not see tags.
+    pub fn set_tags(
+        &self,
+        name: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<PortInfo, ApiError> {
+        crate::config::validate_tags(&tags, "tags")?;
+        let mut ports = self.lock();
+        let rec = ports
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
+        rec.cfg.tags = tags;
+        let persisted = rec.persisted;
+        if persisted {
+            self.save(&ports);
+        }
+        tracing::info!("port {name}: tags {:?}", ports[name].cfg.tags);
+        Ok(self.info(&ports[name]))
     }
 
     /// A port's policy with its per-rule counters.

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::config::PortConfig;
 use crate::model::{
     ApiError, ConnView, ConntrackInfo, Flushed, Health, MacInfo, PolicyInfo, PortInfo, Removed,
-    StatsInfo, TraceInfo, TraceRequest, TraceStarted,
+    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -215,6 +215,14 @@ impl Client {
             "PUT",
             &format!("/v1/ports/{}/policy", segment(name)),
             Some(p),
+        )
+    }
+    /// `PUT /v1/ports/NAME/tags`.
+    pub fn set_tags(&self, name: &str, tags: &Tags) -> Result<PortInfo, ClientError> {
+        self.call(
+            "PUT",
+            &format!("/v1/ports/{}/tags", segment(name)),
+            Some(tags),
         )
     }
     /// `GET /v1/conns` or `GET /v1/ports/NAME/conns`.

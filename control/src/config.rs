@@ -1,6 +1,6 @@
 //! The configuration file (TOML) and its validation. Every error names the field and the reason.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use dataplane::wire::Mac;
@@ -91,9 +91,57 @@ pub struct PortConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
     pub mac: Option<String>,
+    /// The tenant the vNIC belongs to: 1-32 characters from `[A-Za-z0-9_.-]` (default
+    /// `default`). Fixed for the port's life: to move a vNIC to another tenant, remove the port
+    /// and add it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,32}$")]
+    pub tenant: Option<String>,
+    /// Tags, `key = "value"` (`tier = "web"`, `env = "prod"`): at most 32; a key is 1-63
+    /// characters from `[A-Za-z0-9_.-/]`, a value 0-63 characters from `[A-Za-z0-9_.-]`. Keys
+    /// and values are case-sensitive. Changeable at run time (`PUT /v1/ports/NAME/tags`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// The vNIC's firewall policy (default: none, the port is switched at L2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+}
+
+/// The tenant of a port that names none.
+pub const DEFAULT_TENANT: &str = "default";
+/// Most tags a vNIC may carry.
+pub const MAX_TAGS: usize = 32;
+
+/// A name of up to `max` characters from `[A-Za-z0-9_.-]` and `extra`, at least `min` long.
+fn is_name(s: &str, min: usize, max: usize, extra: &str) -> bool {
+    (min..=max).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c) || extra.contains(c))
+}
+
+/// Checks a vNIC's tags; `at` is the field path of the map (e.g. `ports[2].tags`).
+pub fn validate_tags(tags: &BTreeMap<String, String>, at: &str) -> Result<(), ConfigError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ConfigError::new(
+            at,
+            format!("{} tags; a vNIC may have at most {MAX_TAGS}", tags.len()),
+        ));
+    }
+    for (k, v) in tags {
+        if !is_name(k, 1, 63, "/") {
+            return Err(ConfigError::new(
+                format!("{at}.{k}"),
+                "a tag key must be 1-63 characters from A-Z a-z 0-9 _ . - /",
+            ));
+        }
+        if !is_name(v, 0, 63, "") {
+            return Err(ConfigError::new(
+                format!("{at}.{k}"),
+                format!("{v:?}: a tag value must be 0-63 characters from A-Z a-z 0-9 _ . -"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl PortConfig {
@@ -131,6 +179,15 @@ impl PortConfig {
         }
         self.bound_mac(at)?;
         self.uuid(at)?;
+        if let Some(t) = &self.tenant {
+            if !is_name(t, 1, 32, "") {
+                return Err(ConfigError::new(
+                    f("tenant"),
+                    format!("{t:?}: must be 1-32 characters from A-Z a-z 0-9 _ . -"),
+                ));
+            }
+        }
+        validate_tags(&self.tags, &f("tags"))?;
         match (self.segment, self.vlan) {
             (Some(_), Some(_)) => Err(ConfigError::new(
                 f("vlan"),
@@ -178,6 +235,11 @@ impl PortConfig {
             ));
         }
         Ok(Some(mac))
+    }
+
+    /// The tenant (`DEFAULT_TENANT` when none is named).
+    pub fn tenant_name(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(DEFAULT_TENANT)
     }
 
     /// Queue pairs (after `validate` succeeded).
@@ -432,6 +494,44 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         Config::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn tenant_and_tags_are_checked_by_field() {
+        let port = |extra: &str| {
+            format!(
+                "[[ports]]\nname = \"vm1\"\nsocket = \"/tmp/vm1.sock\"\nsegment = 10\n{extra}\n"
+            )
+        };
+        let c = Config::parse(&port(
+            "tenant = \"blue\"\ntags = { tier = \"web\", \"k8s.io/app\" = \"shop\", empty = \"\" }",
+        ))
+        .unwrap();
+        assert_eq!(c.ports[0].tenant_name(), "blue");
+        assert_eq!(c.ports[0].tags["tier"], "web");
+        assert_eq!(c.ports[0].tags["k8s.io/app"], "shop");
+        assert_eq!(
+            Config::parse(&port("")).unwrap().ports[0].tenant_name(),
+            DEFAULT_TENANT
+        );
+
+        let e = err(&port("tenant = \"\""));
+        assert_eq!(e.field, "ports[0].tenant");
+        let e = err(&port("tenant = \"a b\""));
+        assert_eq!(e.field, "ports[0].tenant");
+        let e = err(&port("tags = { \"bad key\" = \"x\" }"));
+        assert_eq!(e.field, "ports[0].tags.bad key");
+        assert!(e.reason.contains("tag key"), "{e}");
+        let e = err(&port("tags = { tier = \"we b\" }"));
+        assert_eq!(e.field, "ports[0].tags.tier");
+        assert!(e.reason.contains("tag value"), "{e}");
+        let long = "x".repeat(64);
+        let e = err(&port(&format!("tags = {{ tier = \"{long}\" }}")));
+        assert_eq!(e.field, "ports[0].tags.tier");
+        let many: Vec<String> = (0..33).map(|i| format!("k{i} = \"v\"")).collect();
+        let e = err(&port(&format!("tags = {{ {} }}", many.join(", "))));
+        assert_eq!(e.field, "ports[0].tags");
+        assert!(e.reason.contains("at most 32"), "{e}");
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub struct PortInfo {
     pub mode: Mode,
     /// Segment id.
     pub segment: u16,
+    /// The tenant the vNIC belongs to.
+    pub tenant: String,
+    /// The vNIC's tags.
+    pub tags: BTreeMap<String, String>,
     /// Link state: stopped, connecting, listening, negotiating, running.
     pub state: String,
     /// The MAC the port is bound to (frames from other source MACs are dropped), if any.
@@ -132,6 +136,15 @@ impl PortInfo {
     pub fn total_drops(&self) -> u64 {
         self.drops.values().sum()
     }
+}
+
+/// `PUT /v1/ports/NAME/tags`: the vNIC's tags, all of them (what is not named is removed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    /// The tags (as `PortConfig::tags`: at most 32; keys 1-63 characters from
+    /// `[A-Za-z0-9_.-/]`, values 0-63 from `[A-Za-z0-9_.-]`).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// `DELETE /v1/ports/NAME`.

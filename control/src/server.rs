@@ -39,7 +39,7 @@ use crate::agent::Agent;
 use crate::config::PortConfig;
 use crate::model::{
     ApiError, ConnView, ConntrackInfo, Flushed, Health, MacInfo, PolicyInfo, PortInfo, Removed,
-    StatsInfo, TraceInfo, TraceRequest, TraceStarted,
+    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -111,6 +111,7 @@ fn routes() -> OpenApiRouter<Arc<Agent>> {
         .routes(routes!(list_ports, add_port))
         .routes(routes!(show_port, remove_port))
         .routes(routes!(show_policy, set_policy))
+        .routes(routes!(set_tags))
         .routes(routes!(port_conns, flush_conns))
         .routes(routes!(start_trace, read_trace))
         .routes(routes!(all_conns))
@@ -413,6 +414,23 @@ async fn set_policy(
     Body(p): Body<PolicyConfig>,
 ) -> Result<Json<PolicyInfo>, ApiError> {
     blocking(move || a.set_policy(&name, p)).await
+}
+
+/// Replaces a vNIC's tags (all of them: a tag not named is removed). The policy does not
+/// change.
+#[utoipa::path(put, path = "/v1/ports/{name}/tags", tag = "bulwark", request_body = Tags,
+    params(("name" = String, Path, description = "port name")),
+    responses(
+        (status = 200, description = "the port, with its new tags", body = PortInfo),
+        (status = 400, description = "a field is wrong (named in `field`)", body = ApiError),
+        (status = 404, description = "no such port", body = ApiError),
+        (status = 413, description = "body too large", body = ApiError)))]
+async fn set_tags(
+    State(a): AgentState,
+    Name(name): Name,
+    Body(t): Body<Tags>,
+) -> Result<Json<PortInfo>, ApiError> {
+    blocking(move || a.set_tags(&name, t.tags)).await
 }
 
 /// A port's tracked connections (it is either end).

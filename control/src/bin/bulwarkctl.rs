@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use control::client::{Client, ClientError, Endpoint};
 use control::config::{Mode, PortConfig, DEFAULT_RUN_DIR};
-use control::model::{ConnView, MacInfo, PolicyInfo, PortInfo, StatsInfo, TraceInfo, TraceView};
+use control::model::{
+    ConnView, MacInfo, PolicyInfo, PortInfo, StatsInfo, Tags, TraceInfo, TraceView,
+};
 use control::policy::PolicyConfig;
 
 /// The command-line client of bulwarkd's API.
@@ -87,6 +89,22 @@ enum PortCmd {
         /// The port.
         name: String,
     },
+    /// Set a vNIC's tags to exactly these (none: remove them all).
+    Tags {
+        /// The port.
+        name: String,
+        /// Tags, KEY=VALUE (e.g. tier=web env=prod).
+        #[arg(value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+}
+
+/// `KEY=VALUE` (bulwarkd checks the characters and lengths, and names the tag it refuses).
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: a tag is KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +132,12 @@ struct AddPort {
     /// The vNIC's UUID (default: generated and kept).
     #[arg(long)]
     uuid: Option<String>,
+    /// The tenant the vNIC belongs to (default: default).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A tag, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -202,9 +226,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 queues: a.queues,
                 uuid: a.uuid.clone(),
                 mac: a.mac.clone(),
+                tenant: a.tenant.clone(),
+                tags: a.tags.iter().cloned().collect(),
                 policy: None,
             };
             show(cli.json, &c.add_port(&cfg).map_err(err)?, render_port)
+        }
+        Cmd::Port(PortCmd::Tags { name, tags }) => {
+            let t = Tags {
+                tags: tags.iter().cloned().collect(),
+            };
+            show(cli.json, &c.set_tags(name, &t).map_err(err)?, render_port)
         }
         Cmd::Port(PortCmd::Del { name }) => {
             show(cli.json, &c.remove_port(name).map_err(err)?, |r| {
@@ -397,6 +429,17 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 
 fn render_port(p: &PortInfo) -> String {
     let mut s = render_ports(std::slice::from_ref(p));
+    let tags: Vec<String> = p.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    s.push_str(&format!(
+        "uuid {}  tenant {}  tags {}\n",
+        p.uuid,
+        p.tenant,
+        if tags.is_empty() {
+            "-".to_string()
+        } else {
+            tags.join(" ")
+        }
+    ));
     s.push_str(&render_drops(std::slice::from_ref(p)));
     s
 }
@@ -623,6 +666,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "name": name, "uuid": "6f0b7d0e-8a8f-4d35-9d0b-0d7c4f3a9a11", "id": 3,
             "socket": "/tmp/vm1.sock", "mode": "client", "segment": 10, "state": "running",
+            "tenant": "default", "tags": {"tier": "web"},
             "vhost_connections": 1, "features": "0x0", "queues": 2, "queues_running": 1,
             "rx_packets_per_worker": [5], "persisted": true, "rx_packets": 5, "rx_bytes": 300,
             "tx_packets": 4, "tx_bytes": 240,
@@ -653,6 +697,43 @@ mod tests {
         // Global options may also come after the command, as scripts write them.
         let c = Cli::try_parse_from(["bulwarkctl", "ports", "--run-dir", "/tmp/r"]).unwrap();
         assert_eq!(c.run_dir.as_deref(), Some(std::path::Path::new("/tmp/r")));
+    }
+
+    #[test]
+    fn tags_parse_as_key_value_pairs() {
+        let c =
+            Cli::try_parse_from(["bulwarkctl", "port", "tags", "vm1", "tier=web", "env="]).unwrap();
+        let Cmd::Port(PortCmd::Tags { name, tags }) = c.cmd else {
+            panic!("not port tags")
+        };
+        assert_eq!(name, "vm1");
+        assert_eq!(
+            tags,
+            [("tier".into(), "web".into()), ("env".into(), String::new())]
+        );
+        let e = Cli::try_parse_from(["bulwarkctl", "port", "tags", "vm1", "tier"]).unwrap_err();
+        assert!(e.to_string().contains("a tag is KEY=VALUE"), "{e}");
+        let c = Cli::try_parse_from([
+            "bulwarkctl",
+            "port",
+            "add",
+            "p",
+            "--socket",
+            "/tmp/p.sock",
+            "--segment",
+            "1",
+            "--tenant",
+            "blue",
+            "--tag",
+            "tier=db",
+        ])
+        .unwrap();
+        let Cmd::Port(PortCmd::Add(a)) = c.cmd else {
+            panic!("not port add")
+        };
+        assert_eq!(a.tenant.as_deref(), Some("blue"));
+        assert_eq!(a.tags, [("tier".into(), "db".into())]);
+        assert!(render_port(&port("vm1", &[])).contains("tenant default  tags tier=web"));
     }
 
     #[test]

@@ -271,7 +271,8 @@ pub struct Stepper<'a> {
 
 impl Stepper<'_> {
     /// One pass of the worker's loop: one burst from each queue it polls, through every
-    /// stage. Returns frames taken.
+    /// stage. Returns the pops made: 0 when nothing was waiting, and one more than the chains
+    /// taken from a ring that ran empty.
     pub fn step(&mut self) -> usize {
         self.worker.pass(&mut self.cache)
     }
