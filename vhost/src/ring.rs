@@ -38,32 +38,22 @@ pub const MAX_CHAIN: usize = 32;
 /// Largest queue size accepted (the virtio limit).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
-// Ring flags from virtio-bindings (u32 there; each fits the 16-bit flags fields).
+/// A ring flag of virtio-bindings (a u32 there) as the 16-bit flags field holds it; a flag
+/// that did not fit would stop the build (the constants below are evaluated at compile time).
 #[expect(
     clippy::cast_possible_truncation,
-    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
+    reason = "checked just above: the value is below 2^16"
 )]
-const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
-)]
-const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
-)]
-const VRING_DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
-)]
-const VRING_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "virtio-bindings' ring flags are u32 constants below 2^16"
-)]
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
+const fn flag16(f: u32) -> u16 {
+    assert!(f <= u16::MAX as u32, "a ring flag wider than 16 bits");
+    f as u16
+}
+
+const VRING_DESC_F_NEXT: u16 = flag16(virtio_ring::VRING_DESC_F_NEXT);
+const VRING_DESC_F_WRITE: u16 = flag16(virtio_ring::VRING_DESC_F_WRITE);
+const VRING_DESC_F_INDIRECT: u16 = flag16(virtio_ring::VRING_DESC_F_INDIRECT);
+const VRING_USED_F_NO_NOTIFY: u16 = flag16(virtio_ring::VRING_USED_F_NO_NOTIFY);
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = flag16(virtio_ring::VRING_AVAIL_F_NO_INTERRUPT);
 
 /// Why a descriptor chain was refused. Each maps to a named drop reason in the dataplane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
