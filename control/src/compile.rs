@@ -42,6 +42,7 @@ pub fn policy(p: &PolicyConfig, at: &str) -> Result<Policy, ConfigError> {
         max_connections: p.max_connections.unwrap_or(u32::MAX),
         new_connections_per_sec: p.new_connections_per_sec.unwrap_or(0),
         filtered: true,
+        groups: Arc::new([]),
     })
 }
 
@@ -121,6 +122,7 @@ fn rule(r: &RuleConfig, index: usize, at: &str) -> Result<Rule, ConfigError> {
         dst_ports: ports(&r.dst_ports, "dst_ports")?,
         icmp_type: r.icmp_type,
         icmp_code: r.icmp_code,
+        peer_groups: Vec::new(),
         action: r.action.into(),
     };
     let has_ports = !rule.src_ports.is_empty() || !rule.dst_ports.is_empty();
@@ -155,6 +157,8 @@ impl From<Action> for ActionName {
             Action::Allow => ActionName::Allow,
             Action::Drop => ActionName::Drop,
             Action::Reject => ActionName::Reject,
+            // Not in a vNIC's own rules (the policy document's actions have `pass`).
+            Action::Pass => ActionName::Drop,
         }
     }
 }

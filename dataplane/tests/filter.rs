@@ -129,6 +129,7 @@ fn rule(
         dst_ports: dports,
         icmp_type: None,
         icmp_code: None,
+        peer_groups: vec![],
         action,
     }
 }
@@ -143,6 +144,7 @@ fn policy(egress: &[Rule], ingress: &[Rule], default: Action) -> Policy {
         max_connections: u32::MAX,
         new_connections_per_sec: 0,
         filtered: true,
+        groups: Arc::new([]),
     }
 }
 
@@ -1327,4 +1329,107 @@ fn a_policy_change_revalidates_only_that_vnics_connections() {
         1000
     )));
     assert_eq!(t.epoch(cd), 1);
+}
+
+/// Group rules match the other vNIC's identity (its group slots), not the addresses in the
+/// packet: a third vNIC that forges an app server's address is still not in "app"; and when a
+/// vNIC leaves the group (a new `Policy` with other groups, its epoch bumped), its connections
+/// are judged again and cut.
+#[test]
+fn group_rules_follow_identity_and_membership() {
+    const APP: u32 = 5;
+    let t = table();
+    let to_app = Rule {
+        peer_groups: vec![APP],
+        ..rule(1, Some(6), "", vec![8080..=8080], Action::Allow)
+    };
+    let from_web = Rule {
+        peer_groups: vec![2],
+        ..rule(1, Some(6), "", vec![8080..=8080], Action::Allow)
+    };
+    let mut web = policy(&[to_app], &[], Action::Drop);
+    web.groups = Arc::new([2]);
+    let mut app = Policy {
+        ingress: Arc::new(
+            Ruleset::compile_tiers(&[&[from_web]], Action::Drop, dataplane::ruleset::Peer::Src)
+                .unwrap(),
+        ),
+        ..policy(&[], &[], Action::Allow)
+    };
+    app.groups = Arc::new([APP]);
+    let intruder = policy(&[], &[], Action::Allow); // in no group
+    let side = |vnic, policy, epoch| Side {
+        vnic,
+        policy,
+        epoch,
+    };
+    let f = Filter {
+        table: &t,
+        epoch: 1,
+    };
+    // web -> app on 8080: both rulesets allow by group.
+    let d = f.decide(
+        &tcp(A, B, 4000, 8080, 10, 0, "S", 0),
+        ZONE,
+        side(1, &web, 0),
+        Some(side(2, &app, 0)),
+        1,
+        1000,
+    );
+    assert!(matches!(d, Decision::Pass { created: true, .. }), "{d:?}");
+    // web -> a vNIC in no group, with app's address: web's egress refuses.
+    let d = f.decide(
+        &tcp(A, B, 4001, 8080, 10, 0, "S", 0),
+        ZONE,
+        side(1, &web, 0),
+        Some(side(3, &intruder, 0)),
+        1,
+        1000,
+    );
+    assert_eq!(
+        d,
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Egress(1, RuleRef::DEFAULT))
+        )
+    );
+    // The intruder forges web's address towards app: app's ingress sees no group "web".
+    let d = f.decide(
+        &tcp(A, B, 4002, 8080, 10, 0, "S", 0),
+        ZONE,
+        side(3, &intruder, 0),
+        Some(side(2, &app, 0)),
+        1,
+        1000,
+    );
+    assert_eq!(
+        d,
+        Decision::Drop(
+            DropReason::PolicyDrop,
+            Some(RuleRef::Ingress(2, RuleRef::DEFAULT))
+        )
+    );
+    // app leaves the group: same rulesets, other groups, a new epoch for app only.
+    let mut moved = app.clone();
+    moved.groups = Arc::new([]);
+    let f2 = Filter {
+        table: &t,
+        epoch: 2,
+    };
+    let d = f2.decide(
+        &tcp(B, A, 8080, 4000, 50, 11, "SA", 0),
+        ZONE,
+        side(2, &moved, 2),
+        Some(side(1, &web, 0)),
+        1,
+        1000,
+    );
+    assert_eq!(
+        d,
+        Decision::Drop(
+            DropReason::PolicyRevoked,
+            Some(RuleRef::Egress(1, RuleRef::DEFAULT))
+        ),
+        "the connection is cut: web may no longer reach it"
+    );
 }

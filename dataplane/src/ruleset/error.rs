@@ -85,6 +85,14 @@ pub enum CompileError {
         /// Index of the rule.
         rule: usize,
     },
+    /// a rule that names peer groups also names addresses on the peer's side (the group
+    /// match replaces the peer's address match)
+    GroupsWithPeerAddresses {
+        /// Index of the rule.
+        rule: usize,
+    },
+    /// `pass` as the ruleset's default action (a verdict is allow, drop or reject)
+    PassAsDefault,
     /// more rules than a verdict can index (u32)
     TooManyRules {
         /// Number of rules given.
@@ -137,6 +145,14 @@ impl fmt::Display for CompileError {
                 "rule {rule}: {field}: prefix length {prefix} is longer than the address \
                  (max {max})"
             ),
+            CompileError::GroupsWithPeerAddresses { rule } => write!(
+                f,
+                "rule {rule}: peer_groups and addresses on the peer's side together \
+                 (a group match replaces the peer's address)"
+            ),
+            CompileError::PassAsDefault => {
+                f.write_str("pass cannot be the default action (allow, drop or reject)")
+            }
             CompileError::NoCommonFamily { rule } => write!(
                 f,
                 "rule {rule}: src and dst: no address family in common, the rule can never match"

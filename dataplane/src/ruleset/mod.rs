@@ -141,6 +141,10 @@ pub enum Action {
     Drop,
     /// Drop it and tell the sender (TCP RST or ICMP unreachable).
     Reject,
+    /// Leave this tier: the rest of its rules are skipped and the next tier decides (as
+    /// Kubernetes' ClusterNetworkPolicy and OVN have it). Never a verdict: a packet that
+    /// passes every tier gets the default action.
+    Pass,
 }
 
 impl fmt::Display for Action {
@@ -149,6 +153,7 @@ impl fmt::Display for Action {
             Action::Allow => "allow",
             Action::Drop => "drop",
             Action::Reject => "reject",
+            Action::Pass => "pass",
         })
     }
 }
@@ -174,8 +179,23 @@ pub struct Rule {
     pub icmp_type: Option<u8>,
     /// ICMP code. None = any; `Some` needs `proto` ICMP or ICMPv6.
     pub icmp_code: Option<u8>,
+    /// Group slots the peer (the ruleset's [`Peer`] side) must be in, any of them; empty = no
+    /// group condition. A rule with groups names no addresses on the peer's side: the group
+    /// replaces them. The peer's groups come from the switch (the vNIC's identity), never from
+    /// the packet.
+    pub peer_groups: Vec<u32>,
     /// What a matching packet gets.
     pub action: Action,
+}
+
+/// Which end of a packet is the "peer" whose groups a ruleset's group rules test: the
+/// destination for a vNIC's egress rules, the source for its ingress rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// The packet's source (ingress rulesets).
+    Src,
+    /// The packet's destination (egress rulesets).
+    Dst,
 }
 
 impl Rule {
@@ -190,13 +210,19 @@ impl Rule {
             dst_ports: Vec::new(),
             icmp_type: None,
             icmp_code: None,
+            peer_groups: Vec::new(),
             action,
         }
     }
 
-    /// True if this rule matches `t`, evaluated field by field from the definition. This is
-    /// the semantics the compiled lookup must reproduce.
+    /// True if this rule matches `t` when the peer is in no group.
     pub fn matches(&self, t: &Tuple) -> bool {
+        self.matches_peer(t, &[])
+    }
+
+    /// True if this rule matches `t` when the peer is in the groups `peer`, evaluated field by
+    /// field from the definition. This is the semantics the compiled lookup must reproduce.
+    pub fn matches_peer(&self, t: &Tuple, peer: &[u32]) -> bool {
         let addr = |list: &[Cidr], a: IpAddr| list.is_empty() || list.iter().any(|c| c.contains(a));
         let port = |list: &[RangeInclusive<u16>], p: u16| {
             list.is_empty() || list.iter().any(|r| r.contains(&p))
@@ -209,6 +235,7 @@ impl Rule {
             && port(&self.dst_ports, t.dport)
             && self.icmp_type.is_none_or(|v| v == t.icmp_type)
             && self.icmp_code.is_none_or(|v| v == t.icmp_code)
+            && (self.peer_groups.is_empty() || self.peer_groups.iter().any(|g| peer.contains(g)))
     }
 }
 
@@ -254,15 +281,41 @@ pub struct Stats {
     pub v6: FamilyStats,
 }
 
-/// An immutable compiled ruleset: the first rule (in list order) that matches a packet decides,
-/// and the default action applies when none does.
+/// An immutable compiled ruleset: rules in ordered **tiers**. Within a tier the first rule (in
+/// list order) that matches a packet decides, unless its action is [`Action::Pass`] (or no rule
+/// of the tier matches): then the next tier decides. The default action applies when no tier
+/// decides. A ruleset of one tier is the classic first-match list.
 pub struct Ruleset {
     rules: Vec<Rule>,
     /// `rules[i].action`, packed so that a verdict reads one small array.
     actions: Vec<Action>,
     default: Action,
+    peer: Peer,
+    tiers: Box<[Tier]>,
+}
+
+/// The compiled rules of one tier (indices into `Ruleset::rules`).
+struct Tier {
+    /// Rules without groups.
     v4: Family<u32>,
     v6: Family<u128>,
+    /// Rules with peer groups: the peer's address dimension holds group slots instead.
+    g4: Family<u32>,
+    g6: Family<u128>,
+    /// Bit `k` set if some rule of this tier names group slot `k` (so a peer's other groups
+    /// are skipped without a walk).
+    groups: Box<[u64]>,
+    /// Number of rules in the tier.
+    rules: usize,
+}
+
+impl Tier {
+    #[inline]
+    fn names_group(&self, g: u32) -> bool {
+        self.groups
+            .get((g / 64) as usize)
+            .is_some_and(|w| w >> (g % 64) & 1 == 1)
+    }
 }
 
 impl fmt::Debug for Ruleset {
@@ -275,8 +328,16 @@ impl fmt::Debug for Ruleset {
     }
 }
 
+/// The addresses a rule names on the peer's side.
+fn peer_side(r: &Rule, peer: Peer) -> &[Cidr] {
+    match peer {
+        Peer::Src => &r.src,
+        Peer::Dst => &r.dst,
+    }
+}
+
 /// Checks the fields of rule `i` that the compiled form cannot express.
-fn validate(i: usize, r: &Rule) -> Result<(), CompileError> {
+fn validate(i: usize, r: &Rule, peer: Peer) -> Result<(), CompileError> {
     let tcp_udp = matches!(r.proto, Some(PROTO_TCP | PROTO_UDP));
     let icmp = matches!(r.proto, Some(PROTO_ICMP | PROTO_ICMPV6));
     for (field, list) in [(Field::Src, &r.src), (Field::Dst, &r.dst)] {
@@ -291,6 +352,9 @@ fn validate(i: usize, r: &Rule) -> Result<(), CompileError> {
                 });
             }
         }
+    }
+    if !r.peer_groups.is_empty() && !peer_side(r, peer).is_empty() {
+        return Err(CompileError::GroupsWithPeerAddresses { rule: i });
     }
     if !r.src.is_empty() && !r.dst.is_empty() {
         let has = |l: &[Cidr], v4: bool| l.iter().any(|c| c.is_ipv4() == v4);
@@ -398,6 +462,26 @@ fn dims<K: tree::Key>(
     Some([addrs(&r.src)?, addrs(&r.dst)?, proto_l4, second])
 }
 
+/// The lower of two rule indices, if any.
+#[inline(always)]
+fn best(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Group slots as the intervals of the peer's key dimension in a group family.
+fn slots<K: tree::Key>(groups: &[u32]) -> Vec<Iv<K>> {
+    merge(
+        groups
+            .iter()
+            .map(|&g| (K::from_u32(g), K::from_u32(g)))
+            .collect(),
+    )
+}
+
 /// The two L4 key values of `t`: ICMP type and code for ICMP and ICMPv6, ports otherwise.
 #[inline]
 fn l4_key(t: &Tuple) -> (u16, u16) {
@@ -409,9 +493,21 @@ fn l4_key(t: &Tuple) -> (u16, u16) {
 }
 
 impl Ruleset {
-    /// Compiles `rules` (first match wins) with `default` for packets no rule matches.
+    /// Compiles `rules` (one tier, first match wins) with `default` for packets no rule
+    /// matches. Group rules, if any, test the destination's groups.
     pub fn compile(rules: &[Rule], default: Action) -> Result<Ruleset, CompileError> {
-        Ruleset::compile_with(rules, default, Params::DEFAULT)
+        Ruleset::compile_tiers(&[rules], default, Peer::Dst)
+    }
+
+    /// Compiles tiers of rules, in order, with `default` for packets no tier decides; group
+    /// rules test the groups of `peer`. Rule indices (in errors and verdicts) count through
+    /// the tiers: the second tier's first rule follows the first tier's last.
+    pub fn compile_tiers(
+        tiers: &[&[Rule]],
+        default: Action,
+        peer: Peer,
+    ) -> Result<Ruleset, CompileError> {
+        Ruleset::compile_with(tiers, default, peer, Params::DEFAULT)
     }
 
     #[expect(
@@ -419,79 +515,190 @@ impl Ruleset {
         reason = "rule indices: compile_with refuses more than u32::MAX rules just above"
     )]
     pub(crate) fn compile_with(
-        rules: &[Rule],
+        tiers: &[&[Rule]],
         default: Action,
+        peer: Peer,
         p: Params,
     ) -> Result<Ruleset, CompileError> {
-        if u32::try_from(rules.len()).is_err() {
-            return Err(CompileError::TooManyRules { count: rules.len() });
+        let count: usize = tiers.iter().map(|t| t.len()).sum();
+        if u32::try_from(count).is_err() {
+            return Err(CompileError::TooManyRules { count });
         }
-        let mut v4 = Family::<u32>::new();
-        let mut v6 = Family::<u128>::new();
-        for (i, r) in rules.iter().enumerate() {
-            validate(i, r)?;
-            // Cannot truncate: checked against u32 above.
-            let idx = i as u32;
-            let d4 = dims(r, |c| match c.addr {
-                IpAddr::V4(a) => Some(cidr::v4_range(a, c.prefix)),
-                IpAddr::V6(_) => None,
-            });
-            if let Some(d) = d4 {
-                v4.push(idx, &d);
-            }
-            let d6 = dims(r, |c| match c.addr {
-                IpAddr::V6(a) => Some(cidr::v6_range(a, c.prefix)),
-                IpAddr::V4(_) => None,
-            });
-            if let Some(d) = d6 {
-                v6.push(idx, &d);
-            }
+        if default == Action::Pass {
+            return Err(CompileError::PassAsDefault);
         }
-        v4.build(p);
-        v6.build(p);
+        let mut rules: Vec<Rule> = Vec::with_capacity(count);
+        let mut compiled = Vec::with_capacity(tiers.len());
+        let pd = match peer {
+            Peer::Src => tree::D_SRC,
+            Peer::Dst => tree::D_DST,
+        };
+        for tier_rules in tiers {
+            let mut t = Tier {
+                v4: Family::new(),
+                v6: Family::new(),
+                g4: Family::new(),
+                g6: Family::new(),
+                groups: Box::new([]),
+                rules: tier_rules.len(),
+            };
+            let mut groups: Vec<u64> = Vec::new();
+            for r in tier_rules.iter() {
+                let i = rules.len();
+                validate(i, r, peer)?;
+                // Cannot truncate: checked against u32 above.
+                let idx = i as u32;
+                let d4 = dims(r, |c| match c.addr {
+                    IpAddr::V4(a) => Some(cidr::v4_range(a, c.prefix)),
+                    IpAddr::V6(_) => None,
+                });
+                let d6 = dims(r, |c| match c.addr {
+                    IpAddr::V6(a) => Some(cidr::v6_range(a, c.prefix)),
+                    IpAddr::V4(_) => None,
+                });
+                if r.peer_groups.is_empty() {
+                    if let Some(d) = d4 {
+                        t.v4.push(idx, &d);
+                    }
+                    if let Some(d) = d6 {
+                        t.v6.push(idx, &d);
+                    }
+                } else {
+                    for &g in &r.peer_groups {
+                        let w = (g / 64) as usize;
+                        if groups.len() <= w {
+                            groups.resize(w + 1, 0);
+                        }
+                        groups[w] |= 1 << (g % 64);
+                    }
+                    if let Some(mut d) = d4 {
+                        d[pd] = slots(&r.peer_groups);
+                        t.g4.push(idx, &d);
+                    }
+                    if let Some(mut d) = d6 {
+                        d[pd] = slots(&r.peer_groups);
+                        t.g6.push(idx, &d);
+                    }
+                }
+                rules.push(r.clone());
+            }
+            for f in [&mut t.v4, &mut t.g4] {
+                f.build(p);
+            }
+            for f in [&mut t.v6, &mut t.g6] {
+                f.build(p);
+            }
+            t.groups = groups.into_boxed_slice();
+            compiled.push(t);
+        }
         Ok(Ruleset {
-            rules: rules.to_vec(),
             actions: rules.iter().map(|r| r.action).collect(),
+            rules,
             default,
-            v4,
-            v6,
+            peer,
+            tiers: compiled.into_boxed_slice(),
         })
     }
 
-    /// The verdict for `t`: the first matching rule's action, or the default action.
+    /// The verdict for `t` when the peer is in no group (only rules without groups can match).
     ///
     /// Does not allocate or lock; walks a few short decision trees (see the module docs).
     #[inline]
     pub fn lookup(&self, t: &Tuple) -> Verdict {
+        self.lookup_peer(t, &[])
+    }
+
+    /// The verdict for `t` when the peer (the ruleset's [`Peer`] side) is in the group slots
+    /// `peer`: per tier, the address trees, and for each of the peer's groups that the tier
+    /// names, the group trees with that slot as the peer's key.
+    #[inline]
+    pub fn lookup_peer(&self, t: &Tuple, peer: &[u32]) -> Verdict {
         let (a, b) = l4_key(t);
         let proto_l4 = u32::from(t.proto) << 16 | u32::from(a);
         let hit = match (t.src, t.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                self.v4
-                    .lookup(&[u32::from(s), u32::from(d), proto_l4, u32::from(b)])
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => self.v6.lookup(&[
-                u128::from(s),
-                u128::from(d),
-                u128::from(proto_l4),
-                u128::from(b),
-            ]),
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.first(
+                [u32::from(s), u32::from(d), proto_l4, u32::from(b)],
+                peer,
+                |t| (&t.v4, &t.g4),
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.first(
+                [
+                    u128::from(s),
+                    u128::from(d),
+                    u128::from(proto_l4),
+                    u128::from(b),
+                ],
+                peer,
+                |t| (&t.v6, &t.g6),
+            ),
             _ => None,
         };
         self.verdict(hit)
     }
 
-    /// The verdict for `t` by checking every rule in order with [`Rule::matches`]. Slow (linear
-    /// in the number of rules); it is the reference `lookup` is tested against, and a baseline
-    /// for benchmarks. Not for the data path.
+    /// The first rule, tier by tier, that decides `key` (of the family `fam` picks).
+    #[inline(always)]
+    fn first<K: tree::Key>(
+        &self,
+        mut key: [K; DIMS],
+        peer: &[u32],
+        fam: impl Fn(&Tier) -> (&Family<K>, &Family<K>),
+    ) -> Option<u32> {
+        let pd = match self.peer {
+            Peer::Src => tree::D_SRC,
+            Peer::Dst => tree::D_DST,
+        };
+        for tier in self.tiers.iter() {
+            let (addrs, groups) = fam(tier);
+            let mut hit = addrs.lookup(&key);
+            if !peer.is_empty() {
+                let addr = key[pd];
+                for &g in peer {
+                    if tier.names_group(g) {
+                        key[pd] = K::from_u32(g);
+                        hit = best(hit, groups.lookup(&key));
+                    }
+                }
+                key[pd] = addr;
+            }
+            if let Some(i) = hit {
+                if self.actions[i as usize] != Action::Pass {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// The verdict for `t` (peer in no group) by checking every rule in order.
+    pub fn lookup_linear(&self, t: &Tuple) -> Verdict {
+        self.lookup_linear_peer(t, &[])
+    }
+
+    /// The verdict for `t` with the peer in `peer`, by checking every rule in order with
+    /// [`Rule::matches_peer`], tier by tier. Slow (linear in the number of rules); it is the
+    /// reference `lookup_peer` is tested against, and a baseline for benchmarks. Not for the
+    /// data path.
     #[expect(
         clippy::cast_possible_truncation,
         reason = "rule indices: compile refuses more than u32::MAX rules"
     )]
-    pub fn lookup_linear(&self, t: &Tuple) -> Verdict {
-        let hit = self.rules.iter().position(|r| r.matches(t));
-        // Cannot truncate: `compile` rejects more than u32::MAX rules.
-        self.verdict(hit.map(|i| i as u32))
+    pub fn lookup_linear_peer(&self, t: &Tuple, peer: &[u32]) -> Verdict {
+        let mut start = 0;
+        for tier in self.tiers.iter() {
+            let end = start + tier.rules;
+            let hit = self.rules[start..end]
+                .iter()
+                .position(|r| r.matches_peer(t, peer));
+            if let Some(i) = hit {
+                if self.actions[start + i] != Action::Pass {
+                    // Cannot truncate: `compile` rejects more than u32::MAX rules.
+                    return self.verdict(Some((start + i) as u32));
+                }
+            }
+            start = end;
+        }
+        self.verdict(None)
     }
 
     #[inline]
@@ -506,6 +713,16 @@ impl Ruleset {
                 rule: None,
             },
         }
+    }
+
+    /// Number of tiers.
+    pub fn tiers(&self) -> usize {
+        self.tiers.len()
+    }
+
+    /// Which side's groups the group rules test.
+    pub fn peer(&self) -> Peer {
+        self.peer
     }
 
     /// The rules given to `compile`, in order; `Verdict::rule` indexes this.
@@ -534,7 +751,7 @@ impl Ruleset {
     }
 
     /// Approximate heap and inline size of the ruleset: the compiled trees and rule boxes of
-    /// both families, plus the copy of the source rules kept for `rules()`.
+    /// every tier, plus the copy of the source rules kept for `rules()`.
     pub fn memory_bytes(&self) -> usize {
         let source: usize = self
             .rules
@@ -543,21 +760,38 @@ impl Ruleset {
                 (r.src.capacity() + r.dst.capacity()) * std::mem::size_of::<Cidr>()
                     + (r.src_ports.capacity() + r.dst_ports.capacity())
                         * std::mem::size_of::<RangeInclusive<u16>>()
+                    + r.peer_groups.capacity() * 4
+            })
+            .sum();
+        let tiers: usize = self
+            .tiers
+            .iter()
+            .map(|t| {
+                std::mem::size_of::<Tier>()
+                    + t.groups.len() * 8
+                    + t.v4.memory_bytes()
+                    + t.v6.memory_bytes()
+                    + t.g4.memory_bytes()
+                    + t.g6.memory_bytes()
             })
             .sum();
         std::mem::size_of::<Ruleset>()
             + self.rules.capacity() * std::mem::size_of::<Rule>()
             + self.actions.capacity()
             + source
-            + self.v4.memory_bytes()
-            + self.v6.memory_bytes()
+            + tiers
     }
 
-    /// Shape of the compiled trees.
+    /// Shape of the compiled trees, summed over the tiers (group rules counted with their
+    /// address family).
     pub fn stats(&self) -> Stats {
-        Stats {
-            v4: self.v4.stats(),
-            v6: self.v6.stats(),
+        let mut s = Stats::default();
+        for t in self.tiers.iter() {
+            s.v4.add(&t.v4.stats());
+            s.v4.add(&t.g4.stats());
+            s.v6.add(&t.v6.stats());
+            s.v6.add(&t.g6.stats());
         }
+        s
     }
 }

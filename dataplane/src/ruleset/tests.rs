@@ -361,7 +361,7 @@ fn rand_rule(g: &mut Rng, id: u32) -> Rule {
     let fam = g.pick(&[0, 1, 1, 1, 2, 2]);
     r.src = rand_addrs(g, fam);
     r.dst = rand_addrs(g, fam);
-    if validate(0, &r).is_err() {
+    if validate(0, &r, Peer::Dst).is_err() {
         // Mixed lists without a family in common: drop one side.
         r.dst.clear();
     }
@@ -565,7 +565,7 @@ fn differential(seed: u64, n_rules: usize, n_packets: usize) -> usize {
     let default = g.pick(&[Action::Allow, Action::Drop]);
     let sets: Vec<Ruleset> = SHAPES
         .iter()
-        .map(|&p| Ruleset::compile_with(&rules, default, p).unwrap())
+        .map(|&p| Ruleset::compile_with(&[&rules], default, Peer::Dst, p).unwrap())
         .collect();
     let mut hits = 0;
     for k in 0..n_packets {
@@ -683,4 +683,163 @@ fn overlapping_rules_leave_uncovered_space_empty() {
         let v = check(&rs, &t);
         assert_eq!(v.action == Action::Reject, i % 4 == 2, "{t:?} {v:?}");
     }
+}
+
+/// A random ruleset in tiers: some rules `pass`, some name peer groups (slots 0..12, on the
+/// side `peer`; their peer-side addresses removed), each packet looked up with a random set of
+/// peer groups. Compiled against the linear reference for every build shape.
+fn differential_tiers(seed: u64, n_rules: usize, n_packets: usize, peer: Peer) -> usize {
+    let mut g = Rng::new(seed ^ 0x7165_7273);
+    let mut rules = rand_rules(&mut g, n_rules);
+    for r in &mut rules {
+        if g.chance(10) {
+            r.action = Action::Pass;
+        }
+        if g.chance(40) {
+            let n = 1 + g.below(3) as usize;
+            r.peer_groups = (0..n).map(|_| g.below(12) as u32).collect();
+            match peer {
+                Peer::Src => r.src.clear(),
+                Peer::Dst => r.dst.clear(),
+            }
+        }
+    }
+    // Cut into 1 to 4 tiers.
+    let ntiers = 1 + g.below(4) as usize;
+    let mut cuts: Vec<usize> = (0..ntiers - 1)
+        .map(|_| g.below(rules.len() as u64 + 1) as usize)
+        .collect();
+    cuts.sort_unstable();
+    let mut tiers: Vec<&[Rule]> = Vec::new();
+    let mut at = 0;
+    for c in cuts.into_iter().chain([rules.len()]) {
+        tiers.push(&rules[at..c]);
+        at = c;
+    }
+    let default = g.pick(&[Action::Allow, Action::Drop]);
+    let sets: Vec<Ruleset> = SHAPES
+        .iter()
+        .map(|&p| Ruleset::compile_with(&tiers, default, peer, p).unwrap())
+        .collect();
+    let mut hits = 0;
+    for k in 0..n_packets {
+        let t = if !rules.is_empty() && k % 2 == 0 {
+            let i = g.below(rules.len() as u64) as usize;
+            tuple_in(&mut g, &rules[i])
+        } else {
+            rand_tuple(&mut g)
+        };
+        let mut groups: Vec<u32> = (0..g.below(4)).map(|_| g.below(14) as u32).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let want = sets[0].lookup_linear_peer(&t, &groups);
+        assert_ne!(want.action, Action::Pass, "pass is never a verdict");
+        hits += usize::from(want.rule.is_some());
+        for (rs, p) in sets.iter().zip(SHAPES) {
+            assert_eq!(
+                rs.lookup_peer(&t, &groups),
+                want,
+                "seed {seed}, {n_rules} rules, {p:?}, tuple {t:?}, groups {groups:?}"
+            );
+        }
+    }
+    hits
+}
+
+#[test]
+fn differential_tiers_pass_and_groups() {
+    let (mut hits, mut total) = (0, 0);
+    for seed in 0..200 {
+        let peer = if seed % 2 == 0 { Peer::Dst } else { Peer::Src };
+        hits += differential_tiers(seed, (seed % 60) as usize, 200, peer);
+        total += 200;
+    }
+    assert_mixed(hits, total);
+}
+
+#[test]
+fn pass_skips_the_rest_of_its_tier_only() {
+    let allow_ssh = Rule {
+        proto: Some(PROTO_TCP),
+        dst_ports: vec![22..=22],
+        ..Rule::any(1, Action::Allow)
+    };
+    let pass_ssh = Rule {
+        action: Action::Pass,
+        id: 2,
+        ..allow_ssh.clone()
+    };
+    let drop_all = Rule::any(3, Action::Drop);
+    let allow_all = Rule::any(4, Action::Allow);
+    // Tier 1: pass ssh, drop everything else. Tier 2: allow all.
+    let rs = Ruleset::compile_tiers(
+        &[&[pass_ssh, drop_all], &[allow_all]],
+        Action::Drop,
+        Peer::Dst,
+    )
+    .unwrap();
+    let ssh = tcp("10.0.0.1", "10.0.0.2", 40000, 22);
+    let web = tcp("10.0.0.1", "10.0.0.2", 40000, 80);
+    assert_eq!(
+        check(&rs, &ssh),
+        Verdict {
+            action: Action::Allow,
+            rule: Some(2)
+        }
+    );
+    assert_eq!(
+        check(&rs, &web),
+        Verdict {
+            action: Action::Drop,
+            rule: Some(1)
+        }
+    );
+    // A pass in the last tier falls to the default.
+    let rs = Ruleset::compile_tiers(&[&[Rule::any(9, Action::Pass)]], Action::Reject, Peer::Dst)
+        .unwrap();
+    assert_eq!(
+        check(&rs, &web),
+        Verdict {
+            action: Action::Reject,
+            rule: None
+        }
+    );
+    assert!(matches!(
+        Ruleset::compile(&[], Action::Pass),
+        Err(CompileError::PassAsDefault)
+    ));
+}
+
+#[test]
+fn group_rules_match_the_peer_identity_not_its_address() {
+    // Egress of a web vNIC: tcp/8080 to group 3 (app) allowed, the rest dropped.
+    let to_app = Rule {
+        proto: Some(PROTO_TCP),
+        dst_ports: vec![8080..=8080],
+        peer_groups: vec![3],
+        ..Rule::any(1, Action::Allow)
+    };
+    let rs = Ruleset::compile_tiers(&[&[to_app]], Action::Drop, Peer::Dst).unwrap();
+    let t = tcp("10.0.0.1", "10.0.0.9", 40000, 8080);
+    let t6 = tcp("fd00::1", "fd00::9", 40000, 8080);
+    for t in [t, t6] {
+        assert_eq!(rs.lookup_peer(&t, &[3]).action, Action::Allow);
+        assert_eq!(rs.lookup_peer(&t, &[1, 3, 7]).action, Action::Allow);
+        // The same addresses, a peer in other groups (or none): dropped.
+        assert_eq!(rs.lookup_peer(&t, &[1, 2, 700]).action, Action::Drop);
+        assert_eq!(rs.lookup(&t).action, Action::Drop);
+        assert_eq!(rs.lookup_peer(&t, &[3]), rs.lookup_linear_peer(&t, &[3]));
+    }
+    // Groups and peer addresses together do not compile.
+    let bad = Rule {
+        dst: vec![cidr("10.0.0.0/8")],
+        peer_groups: vec![1],
+        ..Rule::any(1, Action::Allow)
+    };
+    assert!(matches!(
+        Ruleset::compile_tiers(&[std::slice::from_ref(&bad)], Action::Drop, Peer::Dst),
+        Err(CompileError::GroupsWithPeerAddresses { rule: 0 })
+    ));
+    // On the other side (an ingress ruleset, peer = source) the destination may be named.
+    assert!(Ruleset::compile_tiers(&[&[bad]], Action::Drop, Peer::Src).is_ok());
 }

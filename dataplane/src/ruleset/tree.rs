@@ -365,6 +365,19 @@ pub struct FamilyStats {
     pub max_binth: usize,
 }
 
+impl FamilyStats {
+    /// Adds `o`'s counts to these (maxima stay maxima).
+    pub fn add(&mut self, o: &FamilyStats) {
+        self.rules += o.rules;
+        self.trees += o.trees;
+        self.nodes += o.nodes;
+        self.leaf_entries += o.leaf_entries;
+        self.max_leaf = self.max_leaf.max(o.max_leaf);
+        self.max_depth = self.max_depth.max(o.max_depth);
+        self.max_binth = self.max_binth.max(o.max_binth);
+    }
+}
+
 /// The compiled rules of one address family.
 #[derive(Debug)]
 pub(crate) struct Family<K> {
@@ -529,7 +542,9 @@ impl<K: Key> Family<K> {
     }
 
     /// The best (lowest) index in the source rule list of a rule matching `key`.
-    #[inline]
+    // Always inlined: with the tier loop around it LLVM stopped inlining it into
+    // `Ruleset::lookup_peer`, which cost about 20 instructions a lookup (scripts/framecost).
+    #[inline(always)]
     pub(crate) fn lookup(&self, key: &[K; DIMS]) -> Option<u32> {
         let mut k = [K::ZERO; KEY_SLOTS];
         k[..DIMS].copy_from_slice(key);

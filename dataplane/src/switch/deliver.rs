@@ -153,7 +153,9 @@ impl Worker<'_> {
             match self.dest[i] {
                 Dest::Port(p) if p == m => {}
                 Dest::Flood if flood => {
-                    if let Some(Err(r)) = self.flood_check[i].map(|c| c.admits(&dst.policy)) {
+                    let groups = table.port(src).map_or(&[][..], |s| &s.policy.groups[..]);
+                    if let Some(Err(r)) = self.flood_check[i].map(|c| c.admits(&dst.policy, groups))
+                    {
                         dc.drop(r);
                         if TRACE && i < self.traced {
                             self.traces[i].delivery_drop.get_or_insert(r);

@@ -47,8 +47,9 @@ impl FloodCheck {
         FloodCheck::Ingress(crate::filter::tuple(p))
     }
 
-    /// Whether the member with `policy` accepts it, or the reason it does not.
-    pub(super) fn admits(&self, policy: &Policy) -> Result<(), DropReason> {
+    /// Whether the member with `policy` accepts it from a sender in the groups `sender`, or
+    /// the reason it does not.
+    pub(super) fn admits(&self, policy: &Policy, sender: &[u32]) -> Result<(), DropReason> {
         if !policy.filtered {
             return Ok(());
         }
@@ -57,7 +58,9 @@ impl FloodCheck {
                 Err(DropReason::NonIpDeniedIngress)
             }
             FloodCheck::Nd if policy.nd != Action::Allow => Err(DropReason::NdDeniedIngress),
-            FloodCheck::Ingress(t) if policy.ingress.lookup(t).action != Action::Allow => {
+            FloodCheck::Ingress(t)
+                if policy.ingress.lookup_peer(t, sender).action != Action::Allow =>
+            {
                 Err(DropReason::PolicyDropIngress)
             }
             _ => Ok(()),
@@ -234,6 +237,7 @@ mod tests {
             dst_ports: vec![53..=53],
             icmp_type: None,
             icmp_code: None,
+            peer_groups: Vec::new(),
             action: Action::Allow,
         }];
         Policy {
@@ -259,19 +263,22 @@ mod tests {
         let open = member(Action::Allow, Action::Allow, Action::Allow);
         let dns = FloodCheck::of(&udp_to(53));
         let other = FloodCheck::of(&udp_to(54));
-        assert_eq!(dns.admits(&strict), Ok(()));
-        assert_eq!(other.admits(&strict), Err(DropReason::PolicyDropIngress));
-        assert_eq!(other.admits(&open), Ok(()));
+        assert_eq!(dns.admits(&strict, &[]), Ok(()));
         assert_eq!(
-            FloodCheck::NonIp.admits(&strict),
+            other.admits(&strict, &[]),
+            Err(DropReason::PolicyDropIngress)
+        );
+        assert_eq!(other.admits(&open, &[]), Ok(()));
+        assert_eq!(
+            FloodCheck::NonIp.admits(&strict, &[]),
             Err(DropReason::NonIpDeniedIngress)
         );
         assert_eq!(
-            FloodCheck::Nd.admits(&strict),
+            FloodCheck::Nd.admits(&strict, &[]),
             Err(DropReason::NdDeniedIngress)
         );
         // A member without a firewall takes everything.
-        assert_eq!(other.admits(&Policy::none()), Ok(()));
-        assert_eq!(FloodCheck::NonIp.admits(&Policy::none()), Ok(()));
+        assert_eq!(other.admits(&Policy::none(), &[]), Ok(()));
+        assert_eq!(FloodCheck::NonIp.admits(&Policy::none(), &[]), Ok(()));
     }
 }

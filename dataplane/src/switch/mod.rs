@@ -505,6 +505,15 @@ impl Switch {
             // A new policy's epoch is set below, once the table's epoch is known.
             let (rules, policy_epoch) = match old.port(p.id) {
                 Some(o) if Arc::ptr_eq(&o.policy, &p.policy) => (o.rules.clone(), o.policy_epoch),
+                // Same rulesets, other groups (a membership change): a new epoch, the
+                // rules' counters kept.
+                Some(o)
+                    if Arc::ptr_eq(&o.policy.egress, &p.policy.egress)
+                        && Arc::ptr_eq(&o.policy.ingress, &p.policy.ingress) =>
+                {
+                    policy_changed = true;
+                    (o.rules.clone(), u64::MAX)
+                }
                 o => {
                     policy_changed |= o.is_some();
                     (Arc::new(RuleCounters::new(&p.policy, nworkers)), u64::MAX)
