@@ -9,6 +9,7 @@ use dataplane::filter::Policy;
 use dataplane::ruleset::{Action, Cidr, Rule, Ruleset};
 
 use crate::config::{Config, ConfigError, PortConfig, TimeoutsSection};
+use crate::document::Service;
 use crate::policy::{ActionName, OneOrMany, PolicyConfig, RuleConfig, StrOrNum};
 
 /// Compiles a port's policy (no firewall without one); `at` prefixes field names.
@@ -21,13 +22,10 @@ pub fn port_policy(p: &PortConfig, at: &str) -> Result<Arc<Policy>, ConfigError>
 
 /// Compiles a policy for one vNIC; `at` prefixes field names in errors (e.g. `ports[0].policy`).
 pub fn policy(p: &PolicyConfig, at: &str) -> Result<Policy, ConfigError> {
-    let rules = |list: &[RuleConfig], name: &str| -> Result<Vec<Rule>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, r)| rule(r, i, &format!("{at}.{name}[{i}]")))
-            .collect()
-    };
-    let (eg, ing) = (rules(&p.egress, "egress")?, rules(&p.ingress, "ingress")?);
+    let (eg, ing) = (
+        rules(&p.egress, &format!("{at}.egress"))?,
+        rules(&p.ingress, &format!("{at}.ingress"))?,
+    );
     let build = |rs: &[Rule], default: ActionName, name: &str| {
         Ruleset::compile(rs, default.into())
             .map(Arc::new)
@@ -89,66 +87,110 @@ fn port_range(v: &StrOrNum, at: &str) -> Result<RangeInclusive<u16>, ConfigError
     }
 }
 
-fn rule(r: &RuleConfig, index: usize, at: &str) -> Result<Rule, ConfigError> {
-    let cidrs = |list: &OneOrMany<String>, name: &str| -> Result<Vec<Cidr>, ConfigError> {
-        list.items()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                c.parse::<Cidr>().map_err(|e| {
-                    ConfigError::new(format!("{at}.{name}[{i}]"), format!("{c:?}: {e}"))
-                })
-            })
-            .collect()
-    };
-    let ports =
-        |list: &OneOrMany<StrOrNum>, name: &str| -> Result<Vec<RangeInclusive<u16>>, ConfigError> {
+fn cidr_list(list: &OneOrMany<String>, at: &str) -> Result<Vec<Cidr>, ConfigError> {
+    list.items()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<Cidr>()
+                .map_err(|e| ConfigError::new(format!("{at}[{i}]"), format!("{c:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The protocol, port and ICMP fields of a rule or a service, checked together; each field is
+/// named `at.<name>` with the name the caller's format uses.
+struct L4<'a> {
+    proto: Option<&'a StrOrNum>,
+    src_ports: (&'a OneOrMany<StrOrNum>, &'static str),
+    dst_ports: (&'a OneOrMany<StrOrNum>, &'static str),
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
+}
+
+impl L4<'_> {
+    /// `Rule::any(id, action)` with these fields set.
+    fn rule(&self, id: u32, action: Action, at: &str) -> Result<Rule, ConfigError> {
+        let ports = |(list, name): (&OneOrMany<StrOrNum>, &str)| {
             list.items()
                 .iter()
                 .enumerate()
                 .map(|(i, p)| port_range(p, &format!("{at}.{name}[{i}]")))
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
         };
-    let proto = match &r.proto {
-        Some(p) => proto(p, &format!("{at}.proto"))?,
-        None => None,
-    };
-    let rule = Rule {
-        id: r.id.unwrap_or(u32::try_from(index + 1).unwrap_or(u32::MAX)),
-        src: cidrs(&r.src, "src")?,
-        dst: cidrs(&r.dst, "dst")?,
-        proto,
-        src_ports: ports(&r.src_ports, "src_ports")?,
-        dst_ports: ports(&r.dst_ports, "dst_ports")?,
+        let proto = match self.proto {
+            Some(p) => proto(p, &format!("{at}.proto"))?,
+            None => None,
+        };
+        let mut rule = Rule::any(id, action);
+        rule.proto = proto;
+        rule.src_ports = ports(self.src_ports)?;
+        rule.dst_ports = ports(self.dst_ports)?;
+        rule.icmp_type = self.icmp_type;
+        rule.icmp_code = self.icmp_code;
+        let has_ports = !rule.src_ports.is_empty() || !rule.dst_ports.is_empty();
+        if has_ports && !matches!(proto, Some(ip_proto::TCP | ip_proto::UDP)) {
+            let field = if rule.src_ports.is_empty() {
+                self.dst_ports.1
+            } else {
+                self.src_ports.1
+            };
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                "ports need proto tcp or udp",
+            ));
+        }
+        if (rule.icmp_type.is_some() || rule.icmp_code.is_some())
+            && !matches!(proto, Some(ip_proto::ICMP | ip_proto::ICMPV6))
+        {
+            let field = if rule.icmp_type.is_some() {
+                "icmp_type"
+            } else {
+                "icmp_code"
+            };
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                "ICMP type/code need proto icmp or icmpv6",
+            ));
+        }
+        Ok(rule)
+    }
+}
+
+fn rule(r: &RuleConfig, index: usize, at: &str) -> Result<Rule, ConfigError> {
+    let id = r.id.unwrap_or(u32::try_from(index + 1).unwrap_or(u32::MAX));
+    let mut rule = L4 {
+        proto: r.proto.as_ref(),
+        src_ports: (&r.src_ports, "src_ports"),
+        dst_ports: (&r.dst_ports, "dst_ports"),
         icmp_type: r.icmp_type,
         icmp_code: r.icmp_code,
-        peer_groups: Vec::new(),
-        action: r.action.into(),
-    };
-    let has_ports = !rule.src_ports.is_empty() || !rule.dst_ports.is_empty();
-    if has_ports && !matches!(proto, Some(6 | 17)) {
-        let field = if rule.src_ports.is_empty() {
-            "dst_ports"
-        } else {
-            "src_ports"
-        };
-        return Err(ConfigError::new(
-            format!("{at}.{field}"),
-            "ports need proto tcp or udp",
-        ));
     }
-    if (rule.icmp_type.is_some() || rule.icmp_code.is_some()) && !matches!(proto, Some(1 | 58)) {
-        let field = if rule.icmp_type.is_some() {
-            "icmp_type"
-        } else {
-            "icmp_code"
-        };
-        return Err(ConfigError::new(
-            format!("{at}.{field}"),
-            "ICMP type/code need proto icmp or icmpv6",
-        ));
-    }
+    .rule(id, r.action.into(), at)?;
+    rule.src = cidr_list(&r.src, &format!("{at}.src"))?;
+    rule.dst = cidr_list(&r.dst, &format!("{at}.dst"))?;
     Ok(rule)
+}
+
+/// A vNIC's own rules (a port's `policy.egress` or `.ingress`), compiled; `at` names the list.
+pub fn rules(list: &[RuleConfig], at: &str) -> Result<Vec<Rule>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| rule(r, i, &format!("{at}[{i}]")))
+        .collect()
+}
+
+/// A policy document's service as the rule that matches it (any addresses, action allow,
+/// id 0); `at` names the service (`services[2]`).
+pub fn service_rule(s: &Service, at: &str) -> Result<Rule, ConfigError> {
+    L4 {
+        proto: Some(&s.proto),
+        src_ports: (&s.src_ports, "src_ports"),
+        dst_ports: (&s.ports, "ports"),
+        icmp_type: s.icmp_type,
+        icmp_code: s.icmp_code,
+    }
+    .rule(0, Action::Allow, at)
 }
 
 impl From<Action> for ActionName {

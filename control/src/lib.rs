@@ -15,7 +15,9 @@
 pub mod agent;
 pub mod client;
 pub mod compile;
+pub mod compiler;
 pub mod config;
+pub mod document;
 pub mod identity;
 pub mod logger;
 pub mod model;

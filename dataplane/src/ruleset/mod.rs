@@ -160,7 +160,7 @@ impl fmt::Display for Action {
 
 /// One rule. A packet matches when every field matches; an empty list or `None` matches
 /// anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Operator-visible id; not interpreted (duplicates are allowed).
     pub id: u32,
