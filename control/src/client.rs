@@ -13,9 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::PortConfig;
+use crate::document::Document;
 use crate::model::{
-    ApiError, ConnView, ConntrackInfo, Flushed, Health, MacInfo, PolicyInfo, PortInfo, Removed,
-    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
+    ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo, PolicyApplied,
+    PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo, StatsInfo,
+    Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -263,6 +265,40 @@ impl Client {
     /// `GET /v1/stats`.
     pub fn stats(&self) -> Result<StatsInfo, ClientError> {
         self.get("/v1/stats")
+    }
+    /// `GET /v1/policy`.
+    pub fn policy_doc(&self) -> Result<PolicyDoc, ClientError> {
+        self.get("/v1/policy")
+    }
+    /// `PUT /v1/policy[?dry_run=true]`.
+    pub fn apply_policy(
+        &self,
+        doc: &Document,
+        dry_run: bool,
+    ) -> Result<PolicyApplied, ClientError> {
+        let q = if dry_run { "?dry_run=true" } else { "" };
+        self.call("PUT", &format!("/v1/policy{q}"), Some(doc))
+    }
+    /// `GET /v1/policy/history`.
+    pub fn policy_history(&self) -> Result<Vec<RevisionInfo>, ClientError> {
+        self.get("/v1/policy/history")
+    }
+    /// `DELETE /v1/policy/apps/NAME[?dry_run=true]`.
+    pub fn remove_app(&self, app: &str, dry_run: bool) -> Result<PolicyApplied, ClientError> {
+        let q = if dry_run { "?dry_run=true" } else { "" };
+        self.call(
+            "DELETE",
+            &format!("/v1/policy/apps/{}{q}", segment(app)),
+            None::<&()>,
+        )
+    }
+    /// `GET /v1/groups`.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, ClientError> {
+        self.get("/v1/groups")
+    }
+    /// `POST /v1/reach`.
+    pub fn reach(&self, req: &ReachRequest) -> Result<ReachInfo, ClientError> {
+        self.call("POST", "/v1/reach", Some(req))
     }
 }
 

@@ -44,7 +44,7 @@ pub fn policy(p: &PolicyConfig, at: &str) -> Result<Policy, ConfigError> {
     })
 }
 
-fn proto(v: &StrOrNum, at: &str) -> Result<Option<u8>, ConfigError> {
+pub(crate) fn proto(v: &StrOrNum, at: &str) -> Result<Option<u8>, ConfigError> {
     let bad = || {
         ConfigError::new(
             at,

@@ -224,6 +224,8 @@ pub struct Compiler {
     defaults: (Action, Action),
     classes: HashMap<Arc<[u32]>, Class>,
     cache: Cache,
+    /// Per group: its addresses, with those of the groups it includes.
+    cidrs: Vec<Vec<Cidr>>,
 }
 
 fn action(a: DocAction) -> Action {
@@ -236,10 +238,10 @@ fn action(a: DocAction) -> Action {
 }
 
 impl Compiler {
-    /// Checks `doc` as a whole and prepares it; `cache` (the previous compiler's, from
-    /// [`Compiler::into_cache`]) keeps the rulesets that do not change. Every error names the
-    /// object and field.
-    pub fn new(doc: Arc<Document>, cache: Cache) -> Result<Compiler, ConfigError> {
+    /// Checks `doc` as a whole and prepares it. Every error names the object and field. Give
+    /// it the previous compiler's rulesets ([`Compiler::put_cache`]) to keep those that do
+    /// not change.
+    pub fn new(doc: Arc<Document>) -> Result<Compiler, ConfigError> {
         let refs = doc.check()?;
         let services: Vec<Rule> = doc
             .services
@@ -347,7 +349,8 @@ impl Compiler {
             exclude: doc.exclude.iter().cloned().collect(),
             defaults: (doc.defaults.egress.into(), doc.defaults.ingress.into()),
             classes: HashMap::new(),
-            cache,
+            cache: Cache::default(),
+            cidrs,
             doc,
         })
     }
@@ -361,6 +364,25 @@ impl Compiler {
     pub fn into_cache(mut self) -> Cache {
         self.cache.sweep();
         self.cache
+    }
+
+    /// Takes the ruleset cache out (the compiler goes on with an empty one).
+    pub fn take_cache(&mut self) -> Cache {
+        std::mem::take(&mut self.cache)
+    }
+
+    /// Adds compiled rulesets (a former compiler's) to the cache.
+    pub fn put_cache(&mut self, cache: Cache) {
+        if self.cache.is_empty() {
+            self.cache = cache;
+        } else {
+            self.cache.rulesets.extend(cache.rulesets);
+        }
+    }
+
+    /// A group's addresses (its `cidrs` and those of the groups it includes).
+    pub fn group_cidrs(&self, slot: u32) -> &[Cidr] {
+        self.cidrs.get(slot as usize).map_or(&[], Vec::as_slice)
     }
 
     /// Rulesets in the cache.
@@ -659,6 +681,48 @@ fn build(
     let rs = Arc::new(rs);
     cache.rulesets.insert(key, rs.clone());
     Ok((rs, 1))
+}
+
+/// A vNIC without a document: its own rules as one tier, or no firewall when it has none.
+pub fn own_only(own: Option<&PolicyConfig>, at: &str) -> Result<Compiled, ConfigError> {
+    let start = Instant::now();
+    let (policy, compiled) = match own {
+        Some(p) => (crate::compile::policy(p, &format!("{at}policy"))?, 2),
+        None => (Policy::none(), 0),
+    };
+    let names = |rules: &[Rule]| -> Vec<RuleName> {
+        let policy: Arc<str> = Arc::from("own");
+        rules
+            .iter()
+            .map(|r| RuleName {
+                level: Level::Vnic,
+                policy: policy.clone(),
+                rule: Arc::from(r.id.to_string().as_str()),
+            })
+            .collect()
+    };
+    let names = Names {
+        egress: names(policy.egress.rules()),
+        ingress: names(policy.ingress.rules()),
+    };
+    Ok(Compiled {
+        slots: policy.groups.clone(),
+        policy: Arc::new(policy),
+        names: Arc::new(names),
+        time: start.elapsed(),
+        compiled,
+    })
+}
+
+impl From<Action> for DocAction {
+    fn from(a: Action) -> DocAction {
+        match a {
+            Action::Allow => DocAction::Allow,
+            Action::Drop => DocAction::Drop,
+            Action::Reject => DocAction::Reject,
+            Action::Pass => DocAction::Pass,
+        }
+    }
 }
 
 impl From<ActionName> for DocAction {

@@ -481,7 +481,8 @@ impl Selector {
     }
 }
 
-fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
+/// Checks an object's name: 1-64 characters from `[A-Za-z0-9_.-]`.
+pub fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .chars()

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::{ConfigError, Mode};
-use crate::policy::{ActionName, PolicyConfig};
+use crate::policy::PolicyConfig;
 
 /// An error: its HTTP status, the field at fault when there is one, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -168,10 +168,28 @@ pub struct PolicyInfo {
     pub port: String,
     /// The port's policy epoch (it grows with every change of this vNIC's rules).
     pub epoch: u64,
-    /// The policy as written (`null`: no firewall on this port).
+    /// The port's own rules and defaults as written (`null`: none; without a policy
+    /// document, no firewall on this port).
     pub policy: Option<PolicyConfig>,
+    /// The port is filtered (false: no document and no rules of its own, or on the document's
+    /// exclusion list).
+    #[serde(default)]
+    pub filtered: bool,
+    /// What its egress rules do with what no rule decides.
+    #[serde(default = "default_allow")]
+    pub egress_default: crate::document::DocAction,
+    /// What its ingress rules do with what no rule decides.
+    #[serde(default = "default_allow")]
+    pub ingress_default: crate::document::DocAction,
+    /// The groups of the policy document it is in now.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Counters per rule (they restart when the policy is replaced).
     pub rules: RuleTables,
+}
+
+fn default_allow() -> crate::document::DocAction {
+    crate::document::DocAction::Allow
 }
 
 /// Per-rule counters of both rulesets.
@@ -190,8 +208,15 @@ pub struct RuleInfo {
     pub index: usize,
     /// Operator id (default: position from 1).
     pub id: u32,
+    /// Where it comes from: `tier/policy/rule` (`application/three-tier/web-to-app`), or
+    /// `vnic/own/ID` for the vNIC's own rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What it matches, in words (`to group app, tcp dport 8080`).
+    #[serde(default)]
+    pub matches: String,
     /// Its action.
-    pub action: ActionName,
+    pub action: crate::document::DocAction,
     /// Packets it decided (including every packet of the connections it admitted).
     pub packets: u64,
     /// Bytes of those packets.
@@ -377,4 +402,139 @@ pub struct TraceInfo {
     pub lost: u64,
     /// The records, oldest first.
     pub records: Vec<TraceView>,
+}
+
+/// What an apply of a policy document did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyApplied {
+    /// The revision the document got (dry run: the one it would get).
+    pub revision: u64,
+    /// Nothing was changed: this is what the apply would do.
+    pub dry_run: bool,
+    /// Time to check and compile the document for every vNIC, milliseconds.
+    pub compile_ms: f64,
+    /// Time to publish the result to the workers, milliseconds (0 in a dry run).
+    pub publish_ms: f64,
+    /// Rulesets compiled (the others were kept, or shared between vNICs).
+    pub rulesets_compiled: u32,
+    /// Rulesets in use after the apply (vNICs with equal rules share one).
+    pub rulesets: usize,
+    /// Every vNIC: its rule counts, compile time and what changed.
+    pub vnics: Vec<VnicChange>,
+}
+
+/// One vNIC in an apply.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VnicChange {
+    /// Port name.
+    pub port: String,
+    /// Filtered at all (false: on the exclusion list, or no document and no rules of its own).
+    pub filtered: bool,
+    /// Its egress rules after the apply.
+    pub egress_rules: usize,
+    /// Its ingress rules after the apply.
+    pub ingress_rules: usize,
+    /// Rules it gains: `egress application/three-tier/web-to-app`.
+    pub added: Vec<String>,
+    /// Rules it loses.
+    pub removed: Vec<String>,
+    /// Its tracked connections that the new rules do not allow (cut on their next packet).
+    pub conns_cut: usize,
+    /// Time spent compiling it, microseconds (about 0 when its rulesets were shared or kept).
+    pub compile_us: u64,
+}
+
+/// The running policy document.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyDoc {
+    /// Its revision (0: none applied yet; ports carry only their own rules).
+    pub revision: u64,
+    /// When it was applied, seconds since the Unix epoch (0: never).
+    pub applied_at: u64,
+    /// The document (absent before the first apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<crate::document::Document>,
+}
+
+/// One entry of the policy's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RevisionInfo {
+    /// The revision.
+    pub revision: u64,
+    /// When, seconds since the Unix epoch.
+    pub at: u64,
+    /// What made it: `apply`, `remove-app NAME`.
+    pub source: String,
+    /// The revision the apply named as its base (absent: it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+    /// What changed: objects added, removed and changed, by kind and name.
+    pub changes: Vec<String>,
+    /// vNICs whose rules changed.
+    pub vnics_changed: usize,
+}
+
+/// A group with its resolved members.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupInfo {
+    /// Name.
+    pub name: String,
+    /// Its tenant (absent: the provider's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The application that owns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Its slot: the number its members carry and group rules test.
+    pub slot: u32,
+    /// The vNICs in it now, by name.
+    pub vnics: Vec<String>,
+    /// The addresses in it (its `cidrs` and those of the groups it includes).
+    pub cidrs: Vec<String>,
+}
+
+/// `POST /v1/reach`: may one vNIC reach another?
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReachRequest {
+    /// The vNIC that opens the connection.
+    pub from: String,
+    /// The vNIC it connects to.
+    pub to: String,
+    /// "tcp", "udp", "icmp", "icmpv6", or a protocol number.
+    pub proto: crate::policy::StrOrNum,
+    /// Destination port (TCP, UDP; default 0), or ICMP type (default echo request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Source address (default: 0.0.0.0; group rules do not read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ip: Option<String>,
+    /// Destination address (default: 0.0.0.0, or :: when `src_ip` is IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_ip: Option<String>,
+}
+
+/// The answer to a reach question, without a packet sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReachInfo {
+    /// The connection would be opened.
+    pub allowed: bool,
+    /// The sender's egress decision.
+    pub egress: ReachStep,
+    /// The receiver's ingress decision.
+    pub ingress: ReachStep,
+    /// The tuple judged.
+    pub tuple: String,
+}
+
+/// One side's decision.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReachStep {
+    /// The vNIC.
+    pub port: String,
+    /// allow, drop or reject (the vNIC has no firewall: allow).
+    pub action: String,
+    /// The rule that decided (`application/three-tier/web-to-app`); absent: the default action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }

@@ -37,9 +37,11 @@ use utoipa_axum::routes;
 
 use crate::agent::Agent;
 use crate::config::PortConfig;
+use crate::document::{Document, Format};
 use crate::model::{
-    ApiError, ConnView, ConntrackInfo, Flushed, Health, MacInfo, PolicyInfo, PortInfo, Removed,
-    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
+    ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo, PolicyApplied,
+    PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo, StatsInfo,
+    Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -118,6 +120,11 @@ fn routes() -> OpenApiRouter<Arc<Agent>> {
         .routes(routes!(conntrack))
         .routes(routes!(macs))
         .routes(routes!(stats))
+        .routes(routes!(get_policy_doc, apply_policy_doc))
+        .routes(routes!(policy_history))
+        .routes(routes!(remove_app))
+        .routes(routes!(groups))
+        .routes(routes!(reach))
 }
 
 /// The OpenAPI document of every route.
@@ -307,19 +314,60 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes =
-            Bytes::from_request(req, state)
-                .await
-                .map_err(|e| match e.status().as_u16() {
-                    413 => ApiError::with(413, "", "the body is over the size limit"),
-                    status => ApiError::with(status, "", e.body_text()),
-                })?;
+        let bytes = read_body(req, state).await?;
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
             let msg = e.to_string();
             // serde names unknown and missing fields in its message; surface the name.
             let field = msg.split('`').nth(1).unwrap_or("").to_string();
             ApiError::bad(field, msg)
         })
+    }
+}
+
+/// A request's body, within the size limit.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e| match e.status().as_u16() {
+            413 => ApiError::with(413, "", "the body is over the size limit"),
+            status => ApiError::with(status, "", e.body_text()),
+        })
+}
+
+/// A policy document (JSON) as the body; errors name the field by its whole path
+/// (`policies[0].rules[2].action`).
+struct DocBody(Document);
+
+impl<S: Send + Sync> FromRequest<S> for DocBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ApiError::bad("", format!("the body is not UTF-8: {e}")))?;
+        Ok(DocBody(Document::parse(text, Format::Json)?))
+    }
+}
+
+/// `?dry_run=true`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DryRun {
+    /// Report what would change and change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+struct Query<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| ApiError::with(e.status().as_u16(), "dry_run", e.body_text()))
     }
 }
 
@@ -509,4 +557,73 @@ async fn start_trace(
         (status = 404, description = "no such port", body = ApiError)))]
 async fn read_trace(State(a): AgentState, Name(name): Name) -> Result<Json<TraceInfo>, ApiError> {
     blocking(move || a.trace(&name)).await
+}
+
+/// The running policy document and its revision.
+#[utoipa::path(get, path = "/v1/policy", tag = "bulwark",
+    responses((status = 200, description = "the document", body = PolicyDoc)))]
+async fn get_policy_doc(State(a): AgentState) -> Result<Json<PolicyDoc>, ApiError> {
+    blocking(move || Ok(a.policy_doc())).await
+}
+
+/// Applies a policy document as a whole (all or nothing). With `base_revision`, refused
+/// when another revision landed since. With `?dry_run=true`, reports the change per vNIC
+/// (rules added and removed, connections that would be cut) and changes nothing.
+#[utoipa::path(put, path = "/v1/policy", tag = "bulwark", request_body = Document,
+    params(DryRun),
+    responses(
+        (status = 200, description = "applied (or, dry run, what would change)", body = PolicyApplied),
+        (status = 400, description = "a field is wrong (named in `field`)", body = ApiError),
+        (status = 409, description = "`base_revision` is not the running revision", body = ApiError),
+        (status = 413, description = "body too large", body = ApiError)))]
+async fn apply_policy_doc(
+    State(a): AgentState,
+    Query(q): Query<DryRun>,
+    DocBody(doc): DocBody,
+) -> Result<Json<PolicyApplied>, ApiError> {
+    blocking(move || a.apply_policy(doc, q.dry_run)).await
+}
+
+/// The revision history of the policy, oldest first (the last 1000).
+#[utoipa::path(get, path = "/v1/policy/history", tag = "bulwark",
+    responses((status = 200, description = "revisions", body = Vec<RevisionInfo>)))]
+async fn policy_history(State(a): AgentState) -> Result<Json<Vec<RevisionInfo>>, ApiError> {
+    blocking(move || Ok(a.policy_history())).await
+}
+
+/// Removes every service, group and policy an application owns, as a new revision;
+/// refused (naming the referrer) if an object that stays refers to one of them.
+#[utoipa::path(delete, path = "/v1/policy/apps/{name}", tag = "bulwark",
+    params(("name" = String, Path, description = "application name"), DryRun),
+    responses(
+        (status = 200, description = "removed (or, dry run, what would change)", body = PolicyApplied),
+        (status = 400, description = "an object that stays refers to one of the application's (named in `field`)", body = ApiError),
+        (status = 404, description = "the application owns nothing", body = ApiError)))]
+async fn remove_app(
+    State(a): AgentState,
+    Name(name): Name,
+    Query(q): Query<DryRun>,
+) -> Result<Json<PolicyApplied>, ApiError> {
+    blocking(move || a.remove_app(&name, q.dry_run)).await
+}
+
+/// The policy document's groups with the vNICs in them now.
+#[utoipa::path(get, path = "/v1/groups", tag = "bulwark",
+    responses((status = 200, description = "groups and members", body = Vec<GroupInfo>)))]
+async fn groups(State(a): AgentState) -> Result<Json<Vec<GroupInfo>>, ApiError> {
+    blocking(move || Ok(a.groups())).await
+}
+
+/// May one vNIC open a connection to another, and by which rules? Answered from the
+/// compiled rules; no packet is sent.
+#[utoipa::path(post, path = "/v1/reach", tag = "bulwark", request_body = ReachRequest,
+    responses(
+        (status = 200, description = "the verdicts", body = ReachInfo),
+        (status = 400, description = "a field is wrong (named in `field`)", body = ApiError),
+        (status = 413, description = "body too large", body = ApiError)))]
+async fn reach(
+    State(a): AgentState,
+    Body(req): Body<ReachRequest>,
+) -> Result<Json<ReachInfo>, ApiError> {
+    blocking(move || a.reach(&req)).await
 }

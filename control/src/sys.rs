@@ -39,3 +39,12 @@ pub fn wait_signal() -> i32 {
         sig
     }
 }
+
+/// This host's name (the kernel's), or "localhost" if it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

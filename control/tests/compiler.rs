@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use control::compiler::{Cache, Compiler, Level, VnicIn};
+use control::compiler::{Compiler, Level, VnicIn};
 use control::document::{Document, Format, VnicAttrs};
 use control::policy::PolicyConfig;
 use dataplane::ruleset::{Action, Tuple};
@@ -53,7 +53,7 @@ fn yaml(text: &str) -> Document {
 }
 
 fn compiler(text: &str) -> Compiler {
-    Compiler::new(Arc::new(yaml(text)), Cache::default()).unwrap_or_else(|e| panic!("{e}"))
+    Compiler::new(Arc::new(yaml(text))).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tcp(dport: u16) -> Tuple {
@@ -148,11 +148,11 @@ fn vnics_with_the_same_groups_share_rulesets() {
     // A new document that changes only app-to-db leaves web's rulesets as they were.
     let d = c.vnic(&v("db1", &[("tier", "db")]).input(), "").unwrap();
     let cache = c.into_cache();
-    let mut c2 = Compiler::new(
-        Arc::new(yaml(&THREE_TIER.replace("ports: 5432", "ports: 5433"))),
-        cache,
-    )
+    let mut c2 = Compiler::new(Arc::new(yaml(
+        &THREE_TIER.replace("ports: 5432", "ports: 5433"),
+    )))
     .unwrap();
+    c2.put_cache(cache);
     let a2 = c2.vnic(&v("web1", &[("tier", "web")]).input(), "").unwrap();
     assert!(Arc::ptr_eq(&a.policy.egress, &a2.policy.egress));
     assert_eq!(a2.compiled, 0);
@@ -558,14 +558,14 @@ fn bad_documents_name_the_field() {
     ];
     for (text, field, why) in cases {
         let e = Document::parse(&text, Format::Yaml)
-            .and_then(|d| Compiler::new(Arc::new(d), Cache::default()).map(|_| ()))
+            .and_then(|d| Compiler::new(Arc::new(d)).map(|_| ()))
             .expect_err(&text);
         assert_eq!(e.field, field, "{e}\n{text}");
         assert!(e.reason.contains(why), "{e}: wanted {why:?}");
     }
     // A cycle of groups is refused at the group that closes it.
     let cyc = "groups:\n  - { name: a, groups: [b] }\n  - { name: b, groups: [a] }\n";
-    let e = Compiler::new(Arc::new(yaml(cyc)), Cache::default()).unwrap_err();
+    let e = Compiler::new(Arc::new(yaml(cyc))).unwrap_err();
     assert_eq!(e.field, "groups[1].groups[0]", "{e}");
     assert!(e.reason.contains("includes itself"), "{e}");
     // JSON errors are named the same way.

@@ -17,19 +17,20 @@ fn tenant_and_tags_come_from_the_config_and_the_api_and_change_at_run_time() {
                 "server",
                 "tenant = \"blue\"\ntags = { tier = \"web\", env = \"prod\" }",
             ),
-            ("b", 10, "server", ""),
+            ("b", 10, "server", "tenant = \"blue\""),
+            ("z", 30, "server", ""),
         ],
         &[worker_cpu()],
     );
     let a = sw.port("a");
     assert_eq!(a["tenant"], "blue", "{a}");
     assert_eq!(a["tags"], json!({"tier": "web", "env": "prod"}));
-    let b = sw.port("b");
+    let z = sw.port("z");
     assert_eq!(
-        b["tenant"], "default",
+        z["tenant"], "default",
         "a port that names no tenant is in `default`"
     );
-    assert_eq!(b["tags"], json!({}));
+    assert_eq!(z["tags"], json!({}));
 
     // Replace a's tags: exactly the new set.
     let (status, v) = sw.api(
@@ -71,7 +72,7 @@ fn tenant_and_tags_come_from_the_config_and_the_api_and_change_at_run_time() {
         "POST",
         "/v1/ports",
         Some(
-            &json!({"name": "c", "socket": sock, "segment": 10, "mode": "server",
+            &json!({"name": "c", "socket": sock, "segment": 20, "mode": "server",
                     "tenant": "green", "tags": {"tier": "app"}})
             .to_string(),
         ),

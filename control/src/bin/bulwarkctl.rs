@@ -8,10 +8,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use control::client::{Client, ClientError, Endpoint};
 use control::config::{Mode, PortConfig, DEFAULT_RUN_DIR};
+use control::document::{Document, Format};
 use control::model::{
-    ConnView, MacInfo, PolicyInfo, PortInfo, StatsInfo, Tags, TraceInfo, TraceView,
+    ConnView, GroupInfo, MacInfo, PolicyApplied, PolicyInfo, PortInfo, ReachInfo, ReachRequest,
+    RevisionInfo, StatsInfo, Tags, TraceInfo, TraceView,
 };
-use control::policy::PolicyConfig;
+use control::policy::{PolicyConfig, StrOrNum};
 
 /// The command-line client of bulwarkd's API.
 #[derive(Debug, Parser)]
@@ -43,8 +45,27 @@ enum Cmd {
     /// One port: show, add or delete.
     #[command(subcommand)]
     Port(PortCmd),
-    /// A port's firewall rules with per-rule counters (`policy NAME`), or `policy set NAME FILE`.
+    /// A port's effective rules in the order of decision, with per-rule counters (`policy
+    /// NAME`); the policy document (`policy apply -f FILE`, `policy get`, `policy history`,
+    /// `policy remove-app APP`); a port's own rules (`policy set NAME FILE`).
     Policy(PolicyArgs),
+    /// The policy document's groups with the vNICs in them now.
+    Groups,
+    /// May one vNIC open a connection to another, and by which rules? No packet is sent.
+    Reach {
+        /// The vNIC that opens the connection.
+        from: String,
+        /// The vNIC it connects to.
+        to: String,
+        /// What: tcp/PORT, udp/PORT, icmp, icmpv6, or PROTO[/PORT] (icmp/TYPE for ICMP).
+        service: String,
+        /// Source address (default 0.0.0.0: only CIDR rules read it).
+        #[arg(long)]
+        src_ip: Option<String>,
+        /// Destination address.
+        #[arg(long)]
+        dst_ip: Option<String>,
+    },
     /// Tracked connections (of one port, or all).
     Conns {
         /// Only this port's (it is either end).
@@ -162,8 +183,36 @@ enum PolicyCmd {
         /// The port.
         name: String,
     },
-    /// Replace a port's policy. FILE: JSON, or TOML if it ends in .toml; '-' reads JSON from
-    /// stdin; '{}' allows everything (and tracks it).
+    /// Apply a policy document (YAML or JSON) as a whole: all or nothing. Every error names
+    /// the object and field.
+    Apply {
+        /// The document: YAML (.yaml, .yml) or JSON; '-' reads YAML or JSON from stdin.
+        #[arg(short = 'f', long = "file")]
+        file: String,
+        /// Print what would change per vNIC (rules added and removed, connections that would
+        /// be cut), and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse the apply if the running revision is not this one (overrides the document's
+        /// base_revision).
+        #[arg(long, value_name = "REVISION")]
+        base: Option<u64>,
+    },
+    /// Print the running policy document (YAML; --json for JSON) and its revision.
+    Get,
+    /// The revisions applied: when, what made them, what changed.
+    History,
+    /// Remove every service, group and policy an application owns.
+    RemoveApp {
+        /// The application.
+        app: String,
+        /// Print what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Replace a port's own rules and defaults (the last tier of its policy). FILE: JSON, or
+    /// TOML if it ends in .toml; '-' reads JSON from stdin; '{}' allows everything (and tracks
+    /// it).
     Set {
         /// The port.
         name: String,
@@ -255,10 +304,87 @@ fn run(cli: Cli) -> Result<(), String> {
             (Some(PolicyCmd::Show { name }), _) | (None, Some(name)) => {
                 show(cli.json, &c.policy(name).map_err(err)?, render_policy)
             }
+            (
+                Some(PolicyCmd::Apply {
+                    file,
+                    dry_run,
+                    base,
+                }),
+                _,
+            ) => {
+                let mut doc = read_document(file)?;
+                if base.is_some() {
+                    doc.base_revision = *base;
+                }
+                let r = c.apply_policy(&doc, *dry_run).map_err(err)?;
+                show(cli.json, &r, render_applied)
+            }
+            (Some(PolicyCmd::Get), _) => {
+                let d = c.policy_doc().map_err(err)?;
+                if cli.json {
+                    show(true, &d, |_| String::new())
+                } else {
+                    match &d.document {
+                        None => "no policy document applied (revision 0)\n".to_string(),
+                        Some(doc) => {
+                            let mut doc = doc.clone();
+                            doc.base_revision = Some(d.revision);
+                            format!(
+                                "# revision {} (base_revision set: edit and apply this file)\n{}",
+                                d.revision,
+                                serde_norway::to_string(&doc).map_err(|e| e.to_string())?
+                            )
+                        }
+                    }
+                }
+            }
+            (Some(PolicyCmd::History), _) => {
+                show(cli.json, &c.policy_history().map_err(err)?, |h| {
+                    render_history(h)
+                })
+            }
+            (Some(PolicyCmd::RemoveApp { app, dry_run }), _) => {
+                let r = c.remove_app(app, *dry_run).map_err(err)?;
+                show(cli.json, &r, render_applied)
+            }
             (None, None) => {
-                return Err("policy: name a port (policy NAME, or policy set NAME FILE)".into())
+                return Err(
+                    "policy: name a port (policy NAME), or: policy apply -f FILE, policy get, \
+                     policy history, policy remove-app APP, policy set NAME FILE"
+                        .into(),
+                )
             }
         },
+        Cmd::Groups => show(cli.json, &c.groups().map_err(err)?, |g| render_groups(g)),
+        Cmd::Reach {
+            from,
+            to,
+            service,
+            src_ip,
+            dst_ip,
+        } => {
+            let (proto, port) = match service.split_once('/') {
+                Some((p, n)) => (
+                    p.to_string(),
+                    Some(n.parse::<u16>().map_err(|_| {
+                        format!("{service:?}: expected PROTO/PORT with a port 0-65535")
+                    })?),
+                ),
+                None => (service.clone(), None),
+            };
+            let req = ReachRequest {
+                from: from.clone(),
+                to: to.clone(),
+                proto: match proto.parse::<u64>() {
+                    Ok(n) => StrOrNum::Num(n),
+                    Err(_) => StrOrNum::Str(proto),
+                },
+                port,
+                src_ip: src_ip.clone(),
+                dst_ip: dst_ip.clone(),
+            };
+            show(cli.json, &c.reach(&req).map_err(err)?, render_reach)
+        }
         Cmd::Conns { name } => show(cli.json, &c.conns(name.as_deref()).map_err(err)?, |v| {
             render_conns(v)
         }),
@@ -494,56 +620,208 @@ fn render_drops(ports: &[PortInfo]) -> String {
 
 fn render_policy(v: &PolicyInfo) -> String {
     let mut s = format!("port {}  (policy epoch {})\n", v.port, v.epoch);
-    let Some(p) = &v.policy else {
-        s.push_str("no policy: no firewall on this port (plain L2 between unfiltered ports)\n");
+    if !v.filtered {
+        s.push_str(
+            "not filtered: no policy document and no rules of its own, or on the document's \
+             exclusion list (plain L2 between unfiltered ports)\n",
+        );
         return s;
-    };
-    let name = |a: control::policy::ActionName| {
+    }
+    let name = |a: control::document::DocAction| {
         serde_json::to_value(a)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
     };
     s.push_str(&format!(
-        "egress default {}, ingress default {}, non-IP {}, ND {}, TCP pickup {}\n",
-        name(p.egress_default),
-        name(p.ingress_default),
-        name(p.non_ip),
-        name(p.nd),
-        p.tcp_pickup
+        "groups {}\negress default {}, ingress default {}",
+        if v.groups.is_empty() {
+            "-".to_string()
+        } else {
+            v.groups.join(" ")
+        },
+        name(v.egress_default),
+        name(v.ingress_default),
     ));
-    for (dir, written, counted) in [
-        ("egress", &p.egress, &v.rules.egress),
-        ("ingress", &p.ingress, &v.rules.ingress),
-    ] {
+    if let Some(p) = &v.policy {
+        s.push_str(&format!(
+            ", non-IP {}, ND {}, TCP pickup {}",
+            name(p.non_ip.into()),
+            name(p.nd.into()),
+            p.tcp_pickup
+        ));
+    }
+    s.push('\n');
+    for (dir, counted) in [("egress", &v.rules.egress), ("ingress", &v.rules.ingress)] {
         let rows: Vec<Vec<String>> = counted
             .iter()
             .map(|r| {
-                let mut m = written
-                    .get(r.index)
-                    .and_then(|w| serde_json::to_value(w).ok())
-                    .unwrap_or_default();
-                if let Some(o) = m.as_object_mut() {
-                    o.remove("id");
-                    o.remove("action");
-                }
                 vec![
                     r.id.to_string(),
+                    r.name.clone().unwrap_or_default(),
                     name(r.action),
+                    r.matches.clone(),
                     r.packets.to_string(),
                     r.bytes.to_string(),
                     r.connections.to_string(),
-                    m.to_string(),
                 ]
             })
             .collect();
-        s.push_str(&format!("\n{dir} rules:\n"));
+        s.push_str(&format!("\n{dir} rules, in the order of decision:\n"));
         s.push_str(&table(
-            &["ID", "ACTION", "PACKETS", "BYTES", "CONNS", "MATCH"],
+            &["ID", "RULE", "ACTION", "MATCH", "PACKETS", "BYTES", "CONNS"],
             &rows,
         ));
     }
     s
+}
+
+/// A policy document from a file: YAML or JSON (by extension; '-': stdin, YAML, which also
+/// reads JSON). Errors name the field by its path.
+fn read_document(file: &str) -> Result<Document, String> {
+    let text = if file == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        t
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?
+    };
+    let format = if file.ends_with(".json") {
+        Format::Json
+    } else {
+        Format::Yaml
+    };
+    Document::parse(&text, format).map_err(|e| format!("{file}: {e}"))
+}
+
+fn render_applied(r: &PolicyApplied) -> String {
+    let mut s = if r.dry_run {
+        format!(
+            "dry run: nothing changed; as revision {} this would compile {} rulesets ({} in use) in {:.1} ms\n",
+            r.revision, r.rulesets_compiled, r.rulesets, r.compile_ms
+        )
+    } else {
+        format!(
+            "revision {} applied: {} rulesets compiled ({} in use) in {:.1} ms, published in {:.1} ms\n",
+            r.revision, r.rulesets_compiled, r.rulesets, r.compile_ms, r.publish_ms
+        )
+    };
+    let rows: Vec<Vec<String>> = r
+        .vnics
+        .iter()
+        .map(|v| {
+            vec![
+                v.port.clone(),
+                if v.filtered { "yes" } else { "no" }.to_string(),
+                v.egress_rules.to_string(),
+                v.ingress_rules.to_string(),
+                format!("+{} -{}", v.added.len(), v.removed.len()),
+                v.conns_cut.to_string(),
+                v.compile_us.to_string(),
+            ]
+        })
+        .collect();
+    s.push_str(&table(
+        &[
+            "PORT",
+            "FILTERED",
+            "EGRESS",
+            "INGRESS",
+            "RULES",
+            "CONNS CUT",
+            "COMPILE US",
+        ],
+        &rows,
+    ));
+    for v in &r.vnics {
+        for a in &v.added {
+            s.push_str(&format!("  {}: + {a}\n", v.port));
+        }
+        for a in &v.removed {
+            s.push_str(&format!("  {}: - {a}\n", v.port));
+        }
+    }
+    s
+}
+
+fn render_history(h: &[RevisionInfo]) -> String {
+    if h.is_empty() {
+        return "no revisions yet\n".into();
+    }
+    let rows: Vec<Vec<String>> = h
+        .iter()
+        .map(|r| {
+            vec![
+                r.revision.to_string(),
+                r.at.to_string(),
+                r.source.clone(),
+                opt(&r.base),
+                r.vnics_changed.to_string(),
+                if r.changes.is_empty() {
+                    "-".into()
+                } else {
+                    r.changes.join(" ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "REVISION",
+            "AT (UNIX)",
+            "SOURCE",
+            "BASE",
+            "VNICS",
+            "CHANGES",
+        ],
+        &rows,
+    )
+}
+
+fn render_groups(g: &[GroupInfo]) -> String {
+    if g.is_empty() {
+        return "no groups (no policy document applied, or it has none)\n".into();
+    }
+    let rows: Vec<Vec<String>> = g
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                opt(&g.tenant),
+                opt(&g.app),
+                if g.vnics.is_empty() {
+                    "-".into()
+                } else {
+                    g.vnics.join(" ")
+                },
+                if g.cidrs.is_empty() {
+                    "-".into()
+                } else {
+                    g.cidrs.join(" ")
+                },
+            ]
+        })
+        .collect();
+    table(&["GROUP", "TENANT", "APP", "VNICS", "CIDRS"], &rows)
+}
+
+fn render_reach(r: &ReachInfo) -> String {
+    let step = |s: &control::model::ReachStep, dir: &str| {
+        format!(
+            "  {} {dir}: {} by {}\n",
+            s.port,
+            s.action,
+            s.rule.as_deref().unwrap_or("the default action")
+        )
+    };
+    format!(
+        "{}: {}\n{}{}",
+        r.tuple,
+        if r.allowed { "ALLOWED" } else { "DENIED" },
+        step(&r.egress, "egress"),
+        step(&r.ingress, "ingress")
+    )
 }
 
 fn proto_name(p: u8) -> String {

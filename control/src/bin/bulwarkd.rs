@@ -124,6 +124,8 @@ fn run(args: Args) -> Result<(), String> {
     agent
         .start()
         .map_err(|e| format!("cannot start the punt thread: {e}"))?;
+    // The policy document before any port: no vNIC is ever published without it.
+    agent.restore_policy().map_err(|e| format!("state: {e}"))?;
 
     for p in cfg.ports {
         let name = p.name.clone();

@@ -20,6 +20,7 @@ use dataplane::switch::{L2Decision, PuntItem, RuleStat, TraceEvent, TraceRecord,
 use dataplane::{DropReason, PortSpec, PortStats, Switch, MAX_PORTS};
 use uuid::Uuid;
 
+use crate::compiler::{Names, RuleName};
 use crate::config::{check_ports, ConfigError, Mode, PortConfig};
 use crate::identity::{write_atomically, Identities, Identity, IdentityError};
 use crate::model::{
@@ -27,11 +28,18 @@ use crate::model::{
     RuleInfo, RuleTables, StatsInfo, TraceInfo, TraceStarted, TraceView, WorkerInfo,
 };
 use crate::policy::PolicyConfig;
+use dataplane::ruleset::Peer;
+
+mod policy;
 
 struct PortRecord {
     cfg: PortConfig,
-    /// `cfg.policy`, compiled.
+    /// The vNIC's policy: the document's rules in its scope and `cfg.policy`, compiled.
     policy: Arc<Policy>,
+    /// The names of `policy`'s rules.
+    names: Arc<Names>,
+    /// Time its last compilation took.
+    compile_time: std::time::Duration,
     id: u16,
     /// The vNIC's durable identity (`identity`).
     uuid: Uuid,
@@ -52,6 +60,10 @@ pub struct Agent {
     state_file: Option<PathBuf>,
     /// Trace records drained from the punt rings, per port id, until the API reads them.
     traces: Mutex<Traces>,
+    /// The policy document and its compiler. Locked only while `ports` is held.
+    doc: Mutex<policy::DocState>,
+    /// This host's name (the `host` attribute of selectors).
+    host: String,
 }
 
 /// Trace records kept per port.
@@ -80,9 +92,20 @@ impl Agent {
             switch,
             ports: Mutex::new(BTreeMap::new()),
             identities: Mutex::new(identities),
+            doc: Mutex::new(policy::DocState::new(
+                state_file
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf),
+            )),
             state_file,
             traces: Mutex::new(Traces::default()),
+            host: crate::sys::host_name(),
         }
+    }
+
+    fn doc(&self) -> std::sync::MutexGuard<'_, policy::DocState> {
+        self.doc.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn identities(&self) -> std::sync::MutexGuard<'_, Identities> {
@@ -118,8 +141,21 @@ impl Agent {
     /// Adds a port and starts its socket; `persist` records it in the state file.
     pub fn add_port(&self, cfg: PortConfig, persist: bool) -> Result<PortInfo, ApiError> {
         let segment = cfg.validate("")?;
-        let policy = crate::compile::port_policy(&cfg, "")?;
         let mut ports = self.lock();
+        if let Some(other) = ports
+            .values()
+            .find(|p| p.cfg.segment_id() == segment && p.cfg.tenant_name() != cfg.tenant_name())
+        {
+            return Err(ApiError::conflict(
+                "tenant",
+                format!(
+                    "segment {segment} belongs to tenant {:?} (port {:?}); a segment holds one tenant's vNICs",
+                    other.cfg.tenant_name(),
+                    other.cfg.name
+                ),
+            ));
+        }
+        let compiled = self.compile_vnic(&mut self.doc(), &cfg)?;
         if ports.contains_key(&cfg.name) {
             return Err(ApiError::conflict(
                 "name",
@@ -187,7 +223,9 @@ impl Agent {
             base: self.switch.port_stats(id),
             base_workers: self.switch.port_stats_per_worker(id),
             cfg,
-            policy,
+            policy: compiled.policy,
+            names: compiled.names,
+            compile_time: compiled.time,
             id,
             uuid: ident.uuid,
             dev,
@@ -348,18 +386,22 @@ impl Agent {
 }
 
 impl Agent {
-    /// Replaces a port's policy. Connections it no longer allows are cut on their next
+    /// Replaces a port's own rules (the last tier of its policy, after the document's) and
+    /// its defaults. Connections it no longer allows are cut on their next
     /// packet; the others continue. Persisted for ports added through the API; a port from
     /// the config file gets the file's policy back at the next start.
     pub fn set_policy(&self, name: &str, policy: PolicyConfig) -> Result<PolicyInfo, ApiError> {
-        let compiled = Arc::new(crate::compile::policy(&policy, "policy")?);
+        crate::compile::policy(&policy, "policy")?;
         let mut ports = self.lock();
         let rec = ports
             .get_mut(name)
             .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
-        let (egress, ingress) = (compiled.egress.len(), compiled.ingress.len());
-        rec.cfg.policy = Some(policy);
-        rec.policy = compiled;
+        let mut cfg = rec.cfg.clone();
+        cfg.policy = Some(policy);
+        let compiled = self.compile_vnic(&mut self.doc(), &cfg)?;
+        let (egress, ingress) = (compiled.policy.egress.len(), compiled.policy.ingress.len());
+        rec.cfg = cfg;
+        rec.install(compiled);
         let persisted = rec.persisted;
         self.publish(&ports);
         if persisted {
@@ -374,7 +416,9 @@ impl Agent {
 
     /// Replaces a vNIC's tags (validated as a whole: nothing changes on an error). Saved with
     /// an API-added port; a config-file port's tags come from the file again after a restart.
-    /// The data plane does not see tags.
+    /// The data plane does not see tags: the vNIC's groups are worked out again, and where
+    /// they change, its policy is published with its new groups (its connections that its
+    /// new groups do not allow, at either end, are cut on their next packet).
     pub fn set_tags(
         &self,
         name: &str,
@@ -385,8 +429,14 @@ impl Agent {
         let rec = ports
             .get_mut(name)
             .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
-        rec.cfg.tags = tags;
-        let persisted = rec.persisted;
+        let mut cfg = rec.cfg.clone();
+        cfg.tags = tags;
+        let compiled = self.compile_vnic(&mut self.doc(), &cfg)?;
+        rec.cfg = cfg;
+        if rec.install(compiled) {
+            self.publish(&ports);
+        }
+        let persisted = ports[name].persisted;
         if persisted {
             self.save(&ports);
         }
@@ -409,7 +459,11 @@ impl Agent {
             .get(name)
             .ok_or_else(|| ApiError::not_found(format!("no port named {name:?}")))?;
         let stats = self.switch.rule_stats(rec.id).unwrap_or_default();
-        let rows = |rules: &[dataplane::ruleset::Rule], st: &[RuleStat]| {
+        let doc = self.doc();
+        let rows = |rules: &[dataplane::ruleset::Rule],
+                    st: &[RuleStat],
+                    names: &[RuleName],
+                    peer: Peer| {
             rules
                 .iter()
                 .enumerate()
@@ -418,6 +472,8 @@ impl Agent {
                     RuleInfo {
                         index: i,
                         id: r.id,
+                        name: names.get(i).map(ToString::to_string),
+                        matches: policy::describe(&doc, r, peer),
                         action: r.action.into(),
                         packets: s.packets,
                         bytes: s.bytes,
@@ -430,9 +486,28 @@ impl Agent {
             port: name.to_string(),
             epoch: self.switch.port_policy_epoch(rec.id).unwrap_or(0),
             policy: rec.cfg.policy.clone(),
+            filtered: rec.policy.filtered,
+            egress_default: rec.policy.egress.default_action().into(),
+            ingress_default: rec.policy.ingress.default_action().into(),
+            groups: rec
+                .policy
+                .groups
+                .iter()
+                .filter_map(|&g| doc.group_name(g))
+                .collect(),
             rules: RuleTables {
-                egress: rows(rec.policy.egress.rules(), &stats.egress),
-                ingress: rows(rec.policy.ingress.rules(), &stats.ingress),
+                egress: rows(
+                    rec.policy.egress.rules(),
+                    &stats.egress,
+                    &rec.names.egress,
+                    Peer::Dst,
+                ),
+                ingress: rows(
+                    rec.policy.ingress.rules(),
+                    &stats.ingress,
+                    &rec.names.ingress,
+                    Peer::Src,
+                ),
             },
         })
     }
