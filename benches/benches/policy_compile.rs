@@ -3,7 +3,7 @@
 //! `Switch::set_ports` with one worker polling):
 //!
 //! - `full`: 10,000 rules over 1,000 vNICs, compiled and published from nothing.
-//! - `one-rule`: the same document with one rule's port changed (a new revision).
+//! - `one-rule`: the same document with one rule's service changed (a new revision).
 //! - `join`: one vNIC re-tagged into another group (what `PUT /v1/ports/NAME/tags` does).
 //! - `big-vnic`: one vNIC carrying 10,000 rules.
 //!
@@ -29,13 +29,14 @@ const PER_APP: usize = 10;
 const RULES_PER_APP: usize = 100;
 const RUNS: usize = 7;
 
-fn document(port_of_rule0: u16) -> Document {
+/// The document; `changed`: application 0's first rule allows another service.
+fn document(changed: bool) -> Document {
     let mut services = Vec::new();
     let mut groups = Vec::new();
     let mut policies = Vec::new();
     for k in 0..RULES_PER_APP {
         services.push(serde_json::json!({"name": format!("s{k}"), "proto": "tcp",
-            "ports": [if k == 0 { port_of_rule0 } else { 1000 + k as u16 }]}));
+            "ports": [1000 + k]}));
     }
     for a in 0..APPS {
         groups.push(serde_json::json!({"name": format!("app{a}"),
@@ -44,11 +45,14 @@ fn document(port_of_rule0: u16) -> Document {
             .map(|k| {
                 serde_json::json!({"name": format!("r{k}"),
                     "src": format!("app{}", (a + k + 1) % APPS), "dst": format!("app{a}"),
-                    "services": format!("s{k}"), "action": "allow"})
+                    "services": format!("s{}", if changed && a == 0 && k == 0 { 1 } else { k }),
+                    "action": "allow"})
             })
             .collect();
-        policies.push(serde_json::json!({"name": format!("p{a}"), "tier": "application",
-            "rules": rules}));
+        policies.push(
+            serde_json::json!({"name": format!("p{a}"), "tier": "application",
+            "rules": rules}),
+        );
     }
     let text = serde_json::json!({"services": services, "groups": groups, "policies": policies})
         .to_string();
@@ -125,8 +129,8 @@ fn main() {
     });
     let workers = sw.spawn_workers().expect("a worker");
     let vs = vnics();
-    let doc = Arc::new(document(1000));
-    let changed = Arc::new(document(999));
+    let doc = Arc::new(document(false));
+    let changed = Arc::new(document(true));
     let rules: usize = doc.policies.iter().map(|p| p.rules.len()).sum();
     println!(
         "{rules} rules, {} groups, {} vNICs; median of {RUNS} runs",
@@ -135,6 +139,7 @@ fn main() {
     );
 
     let (mut full, mut full_compile, mut one, mut join) = (vec![], vec![], vec![], vec![]);
+    let mut one_parts = Vec::new();
     let mut stats = (0u32, 0u32, 0usize);
     for _ in 0..RUNS {
         // From nothing: an empty switch, an empty cache.
@@ -147,15 +152,22 @@ fn main() {
         full.push(t.elapsed());
         full_compile.push(tc);
         stats.0 = compiled.iter().map(|c| c.compiled).sum();
-        stats.2 = compiled.iter().map(|c| c.policy.ingress.len()).max().unwrap_or(0);
+        stats.2 = compiled
+            .iter()
+            .map(|c| c.policy.ingress.len())
+            .max()
+            .unwrap_or(0);
 
         // One rule changed: a new document, the rulesets kept by content.
         let t = Instant::now();
-        let mut c2 = Compiler::new(changed.clone()).expect("document");
+        let mut c2 = Compiler::next(&mut c, changed.clone()).expect("document");
+        let t_new = t.elapsed();
         c2.put_cache(c.take_cache());
         let compiled2 = compile_all(&mut c2, &vs);
+        let t_vnics = t.elapsed();
         publish(&sw, &vs, &compiled2);
         one.push(t.elapsed());
+        one_parts.push((t_new, t_vnics - t_new));
         stats.1 = compiled2.iter().map(|c| c.compiled).sum();
 
         // A vNIC joins another group (re-tagged): its groups, its class's rulesets, publish.
@@ -189,9 +201,11 @@ fn main() {
         stats.2
     );
     println!(
-        "one-rule: {} ({} rulesets compiled)",
+        "one-rule: {} ({} rulesets compiled; document checked in {}, vNICs compiled in {})",
         ms(median(one)),
-        stats.1
+        stats.1,
+        ms(median(one_parts.iter().map(|p| p.0).collect())),
+        ms(median(one_parts.iter().map(|p| p.1).collect())),
     );
     println!("join: {}", ms(median(join)));
 
@@ -199,7 +213,8 @@ fn main() {
     let mut big = Vec::new();
     for _ in 0..3 {
         let mut d = (*doc).clone();
-        d.groups.push(serde_json::from_str(r#"{"name": "big", "vnics": ["big"]}"#).unwrap());
+        d.groups
+            .push(serde_json::from_str(r#"{"name": "big", "vnics": ["big"]}"#).unwrap());
         for p in &mut d.policies {
             p.applied_to = Some(vec!["big".to_string()]);
             for r in &mut p.rules {

@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::ConfigError;
-use crate::document::{endpoint, DocAction, Document, Endpoint, Selector, Tier, VnicAttrs};
+use crate::document::{
+    endpoint, DocAction, DocRule, Document, Endpoint, PolicyDef, Selector, Tier, VnicAttrs,
+};
 use crate::policy::{ActionName, PolicyConfig};
 
 /// Where a compiled rule stands in the order of decision.
@@ -157,6 +159,8 @@ struct DRule {
     dst: Side,
     /// One template per service (protocol, ports); empty = any traffic.
     services: Vec<Rule>,
+    /// The group slots whose members carry it.
+    applied: Vec<u32>,
 }
 
 /// A group, resolved for membership tests.
@@ -171,6 +175,9 @@ struct DGroup {
 /// The rules of every vNIC that has one set of slots (and no own rules).
 #[derive(Debug)]
 struct Class {
+    /// The document rules in its scope, in the order of decision (what it was made from: a
+    /// next document's compiler keeps the class if these are the same rules).
+    scoped: Vec<Arc<DRule>>,
     egress: Vec<(RuleName, Rule)>,
     ingress: Vec<(RuleName, Rule)>,
     /// Compiled, per default action: (egress default, ingress default) -> rulesets.
@@ -217,7 +224,11 @@ pub struct Compiler {
     /// Group indices, each after the groups it includes.
     order: Vec<usize>,
     /// Rules in the order of decision.
-    rules: Vec<DRule>,
+    rules: Vec<Arc<DRule>>,
+    /// Per policy (by name): its rules as written, in written order.
+    by_policy: HashMap<String, Vec<Arc<DRule>>>,
+    /// Per vNIC name: what its slots were computed from, and its slots.
+    memo: HashMap<String, (VnicKey, Arc<[u32]>)>,
     /// Per group slot: the rules applied to its members (indices into `rules`, ascending).
     by_slot: Vec<Vec<u32>>,
     exclude: HashSet<String>,
@@ -226,6 +237,24 @@ pub struct Compiler {
     cache: Cache,
     /// Per group: its addresses, with those of the groups it includes.
     cidrs: Vec<Vec<Cidr>>,
+}
+
+/// What a vNIC's group slots depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VnicKey {
+    segment: u16,
+    tenant: String,
+    host: String,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+impl VnicKey {
+    fn is(&self, v: &VnicAttrs<'_>) -> bool {
+        self.segment == v.segment
+            && self.tenant == v.tenant
+            && self.host == v.host
+            && self.tags == *v.tags
+    }
 }
 
 fn action(a: DocAction) -> Action {
@@ -242,7 +271,23 @@ impl Compiler {
     /// it the previous compiler's rulesets ([`Compiler::put_cache`]) to keep those that do
     /// not change.
     pub fn new(doc: Arc<Document>) -> Result<Compiler, ConfigError> {
+        Compiler::build(doc, None)
+    }
+
+    /// The compiler of a document that follows `old`'s: rules, group memberships and classes
+    /// of vNICs that did not change are taken over from `old` (which keeps working, only
+    /// slower), so a one-rule change costs about what that rule touches. The ruleset cache is
+    /// not taken (see [`Compiler::take_cache`]).
+    pub fn next(old: &mut Compiler, doc: Arc<Document>) -> Result<Compiler, ConfigError> {
+        Compiler::build(doc, Some(old))
+    }
+
+    fn build(doc: Arc<Document>, old: Option<&mut Compiler>) -> Result<Compiler, ConfigError> {
         let refs = doc.check()?;
+        // Rules resolve the same way when the groups and services are the same.
+        let same_sets = old
+            .as_ref()
+            .is_some_and(|o| o.doc.groups == doc.groups && o.doc.services == doc.services);
         let services: Vec<Rule> = doc
             .services
             .iter()
@@ -285,21 +330,46 @@ impl Compiler {
             ))
         });
         let mut rules = Vec::new();
+        let mut by_policy: HashMap<String, Vec<Arc<DRule>>> = HashMap::new();
         let mut by_slot: Vec<Vec<u32>> = vec![Vec::new(); doc.groups.len()];
-        let lookup = |n: &str, _: String| Ok(refs.groups[n]);
+        let lookup = |n: &str, _: &dyn Fn() -> String| Ok(refs.groups[n]);
+        // The rules of `old` that are written the same, in a policy of the same tier, tenant
+        // and scope: taken over as they are.
+        let kept = |p: &PolicyDef| -> Option<(&[DocRule], &[Arc<DRule>])> {
+            let o = old.as_ref().filter(|_| same_sets)?;
+            let op = o.doc.policies.iter().find(|q| q.name == p.name)?;
+            (op.tier == p.tier && op.tenant == p.tenant && op.applied_to == p.applied_to)
+                .then(|| Some((&op.rules[..], &o.by_policy.get(&p.name)?[..])))
+                .flatten()
+        };
         for &pi in &pols {
             let p = &doc.policies[pi];
             let level = Level::of(p.tier, p.tenant.is_some());
             let policy: Arc<str> = Arc::from(p.name.as_str());
+            let before = kept(p);
+            let mut mine = Vec::with_capacity(p.rules.len());
             for (ri, r) in p.rules.iter().enumerate() {
-                let at = format!("policies[{pi}].rules[{ri}]");
+                let index = u32::try_from(rules.len()).expect("at most MAX_RULES rules");
+                if let Some((written, resolved)) = before {
+                    if let (Some(w), Some(d)) = (written.get(ri), resolved.get(ri)) {
+                        if w == r {
+                            for &g in &d.applied {
+                                by_slot[g as usize].push(index);
+                            }
+                            mine.push(d.clone());
+                            rules.push(d.clone());
+                            continue;
+                        }
+                    }
+                }
+                let at = || format!("policies[{pi}].rules[{ri}]");
                 let side = |list: &[String], name: &str| -> Result<Side, ConfigError> {
                     let mut s = Side {
                         any: list.is_empty(),
                         ..Side::default()
                     };
                     for (j, e) in list.iter().enumerate() {
-                        match endpoint(e, &format!("{at}.{name}[{j}]"), &lookup)? {
+                        match endpoint(e, &|| format!("{}.{name}[{j}]", at()), &lookup)? {
                             Endpoint::Any => s.any = true,
                             Endpoint::Cidr(c) => s.cidrs.push(c),
                             Endpoint::Group(g) => {
@@ -319,11 +389,10 @@ impl Compiler {
                     }
                     _ => src.groups.iter().chain(&dst.groups).copied().collect(),
                 };
-                let index = u32::try_from(rules.len()).expect("at most MAX_RULES rules");
-                for g in applied {
+                for &g in &applied {
                     by_slot[g as usize].push(index);
                 }
-                rules.push(DRule {
+                let d = Arc::new(DRule {
                     name: RuleName {
                         level,
                         policy: policy.clone(),
@@ -338,7 +407,30 @@ impl Compiler {
                         .iter()
                         .map(|s| services[refs.services[s]].clone())
                         .collect(),
+                    applied: applied.into_iter().collect(),
                 });
+                mine.push(d.clone());
+                rules.push(d);
+            }
+            by_policy.insert(p.name.clone(), mine);
+        }
+        let (mut classes, mut memo) = (HashMap::new(), HashMap::new());
+        if let Some(o) = old {
+            if o.doc.groups == doc.groups {
+                memo = std::mem::take(&mut o.memo);
+            }
+            // A class whose rules are the same rules (the same objects, in the same order)
+            // is the same class.
+            for (slots, c) in std::mem::take(&mut o.classes) {
+                let now: Vec<u32> = scoped(&by_slot, &slots).collect();
+                let same = now.len() == c.scoped.len()
+                    && now
+                        .iter()
+                        .zip(&c.scoped)
+                        .all(|(&i, b)| Arc::ptr_eq(&rules[i as usize], b));
+                if same {
+                    classes.insert(slots, c);
+                }
             }
         }
         Ok(Compiler {
@@ -348,7 +440,9 @@ impl Compiler {
             by_slot,
             exclude: doc.exclude.iter().cloned().collect(),
             defaults: (doc.defaults.egress.into(), doc.defaults.ingress.into()),
-            classes: HashMap::new(),
+            classes,
+            memo,
+            by_policy,
             cache: Cache::default(),
             cidrs,
             doc,
@@ -428,15 +522,11 @@ impl Compiler {
 
     /// The rules of a vNIC in `slots` (egress and ingress, each in the order of decision).
     fn class(&self, slots: &[u32]) -> Class {
-        let mut scoped: Vec<u32> = slots
-            .iter()
-            .flat_map(|&g| self.by_slot[g as usize].iter().copied())
+        let scoped: Vec<Arc<DRule>> = scoped(&self.by_slot, slots)
+            .map(|i| self.rules[i as usize].clone())
             .collect();
-        scoped.sort_unstable();
-        scoped.dedup();
         let (mut egress, mut ingress) = (Vec::new(), Vec::new());
-        for &i in &scoped {
-            let r = &self.rules[i as usize];
+        for r in &scoped {
             // Egress: this vNIC sends, the peer is the destination.
             if let Some(me) = own_side(&r.src, slots) {
                 entries(r, &me, &r.dst, Peer::Dst, &mut egress);
@@ -450,6 +540,7 @@ impl Compiler {
             ingress: ingress.iter().map(|(n, _)| n.clone()).collect(),
         });
         Class {
+            scoped,
             egress,
             ingress,
             compiled: HashMap::new(),
@@ -470,7 +561,20 @@ impl Compiler {
                 compiled: 0,
             });
         }
-        let slots: Arc<[u32]> = self.slots(&v.attrs).into();
+        let slots = match self.memo.get(v.attrs.name) {
+            Some((k, s)) if k.is(&v.attrs) => s.clone(),
+            _ => {
+                let s: Arc<[u32]> = self.slots(&v.attrs).into();
+                let key = VnicKey {
+                    segment: v.attrs.segment,
+                    tenant: v.attrs.tenant.to_string(),
+                    host: v.attrs.host.to_string(),
+                    tags: v.attrs.tags.clone(),
+                };
+                self.memo.insert(v.attrs.name.to_string(), (key, s.clone()));
+                s
+            }
+        };
         if !self.classes.contains_key(&slots) {
             let c = self.class(&slots);
             self.classes.insert(slots.clone(), c);
@@ -578,6 +682,17 @@ impl Compiler {
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
+}
+
+/// The rules applied to a vNIC in `slots` (indices, ascending, each once).
+fn scoped(by_slot: &[Vec<u32>], slots: &[u32]) -> impl Iterator<Item = u32> {
+    let mut all: Vec<u32> = slots
+        .iter()
+        .flat_map(|&g| by_slot[g as usize].iter().copied())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into_iter()
 }
 
 /// How a vNIC in `slots` stands on `side` of a rule: `Some([])` if it is there by identity (or

@@ -20,7 +20,7 @@
 //! group named "ap"`. Errors the parser finds (an unknown field, a wrong type) are named by the
 //! same path, with indices.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -483,6 +483,11 @@ impl Selector {
 
 /// Checks an object's name: 1-64 characters from `[A-Za-z0-9_.-]`.
 pub fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
+    check_name_at(name, &|| at.to_string())
+}
+
+/// `check_name`, the path made only for an error.
+fn check_name_at(name: &str, at: &dyn Fn() -> String) -> Result<(), ConfigError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .chars()
@@ -491,7 +496,7 @@ pub fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::new(
-            at,
+            at(),
             format!("{name:?}: a name is 1-64 characters from [A-Za-z0-9_.-]"),
         ))
     }
@@ -616,13 +621,13 @@ impl Document {
                     ));
                 }
             }
-            let group_ref = |n: &str, f: String| -> Result<usize, ConfigError> {
+            let group_ref = |n: &str, f: &dyn Fn() -> String| -> Result<usize, ConfigError> {
                 let Some(&k) = groups.get(n) else {
-                    return Err(ConfigError::new(f, format!("no group named {n:?}")));
+                    return Err(ConfigError::new(f(), format!("no group named {n:?}")));
                 };
                 if p.tenant.is_some() && self.groups[k].tenant != p.tenant {
                     return Err(ConfigError::new(
-                        f,
+                        f(),
                         format!(
                             "group {n:?} is {}; tenant {:?}'s policy names only its own groups",
                             owner(&self.groups[k].tenant),
@@ -634,24 +639,25 @@ impl Document {
             };
             if let Some(a) = &p.applied_to {
                 for (j, n) in a.iter().enumerate() {
-                    group_ref(n, format!("{at}.applied_to[{j}]"))?;
+                    group_ref(n, &|| format!("{at}.applied_to[{j}]"))?;
                 }
             }
-            let mut rule_names = BTreeSet::new();
+            let mut rule_names = HashSet::with_capacity(p.rules.len());
             for (r, rule) in p.rules.iter().enumerate() {
-                let at = format!("{at}.rules[{r}]");
-                check_name(&rule.name, &format!("{at}.name"))?;
+                // Paths are made only for an error: a document may have a million rules.
+                let at = || format!("{at}.rules[{r}]");
+                check_name_at(&rule.name, &|| format!("{}.name", at()))?;
                 if !rule_names.insert(rule.name.as_str()) {
                     return Err(ConfigError::new(
-                        format!("{at}.name"),
+                        format!("{}.name", at()),
                         format!("a second rule named {:?} in policy {:?}", rule.name, p.name),
                     ));
                 }
                 let mut named = 0;
                 for (side, list) in [("src", &rule.src), ("dst", &rule.dst)] {
                     for (j, e) in list.items().iter().enumerate() {
-                        let f = format!("{at}.{side}[{j}]");
-                        if let Endpoint::Group(_) = endpoint(e, &f, &|n, f| group_ref(n, f))? {
+                        let f = || format!("{}.{side}[{j}]", at());
+                        if let Endpoint::Group(_) = endpoint(e, &f, &group_ref)? {
                             named += 1;
                         }
                     }
@@ -659,20 +665,20 @@ impl Document {
                 for (j, s) in rule.services.items().iter().enumerate() {
                     if !services.contains_key(s) {
                         return Err(ConfigError::new(
-                            format!("{at}.services[{j}]"),
+                            format!("{}.services[{j}]", at()),
                             format!("no service named {s:?}"),
                         ));
                     }
                 }
                 if let Some(a) = &rule.applied_to {
                     for (j, n) in a.iter().enumerate() {
-                        group_ref(n, format!("{at}.applied_to[{j}]"))?;
+                        group_ref(n, &|| format!("{}.applied_to[{j}]", at()))?;
                     }
                 }
                 let scoped = rule.applied_to.as_ref().or(p.applied_to.as_ref());
                 if scoped.is_none_or(|a| a.is_empty()) && named == 0 {
                     return Err(ConfigError::new(
-                        format!("{at}.applied_to"),
+                        format!("{}.applied_to", at()),
                         "the rule names no group, so it needs applied_to (a rule never applies to every vNIC by default)",
                     ));
                 }
@@ -747,11 +753,12 @@ fn check_app(app: &Option<String>, at: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Reads a `src`/`dst` entry: "any", a CIDR, or a group name (resolved by `group`).
+/// Reads a `src`/`dst` entry: "any", a CIDR, or a group name (resolved by `group`); `at` makes
+/// the entry's path, for an error (only then: a document has many rules).
 pub fn endpoint(
     e: &str,
-    at: &str,
-    group: &dyn Fn(&str, String) -> Result<usize, ConfigError>,
+    at: &dyn Fn() -> String,
+    group: &dyn Fn(&str, &dyn Fn() -> String) -> Result<usize, ConfigError>,
 ) -> Result<Endpoint, ConfigError> {
     if e == "any" {
         return Ok(Endpoint::Any);
@@ -762,7 +769,7 @@ pub fn endpoint(
         return e
             .parse::<dataplane::ruleset::Cidr>()
             .map(Endpoint::Cidr)
-            .map_err(|err| ConfigError::new(at, format!("{e:?}: {err}")));
+            .map_err(|err| ConfigError::new(at(), format!("{e:?}: {err}")));
     }
-    group(e, at.to_string()).map(Endpoint::Group)
+    group(e, at).map(Endpoint::Group)
 }

@@ -602,3 +602,97 @@ policies:
     assert_eq!(e.field, "policies[0].rules[0].dst[0]", "{e}");
     assert!(e.reason.contains("application \"shop\""), "{e}");
 }
+
+/// A next document's compiler takes over what did not change, and only that.
+#[test]
+fn the_next_document_keeps_what_did_not_change() {
+    let mut c = compiler(THREE_TIER);
+    let (web, app, db) = (
+        v("web1", &[("tier", "web")]),
+        v("app1", &[("tier", "app")]),
+        v("db1", &[("tier", "db")]),
+    );
+    let before: Vec<_> = [&web, &app, &db]
+        .iter()
+        .map(|x| c.vnic(&x.input(), "").unwrap())
+        .collect();
+    // One rule changes (app-to-db now drops): web is untouched, app's egress and db's
+    // ingress change.
+    let mut c2 = Compiler::next(
+        &mut c,
+        Arc::new(yaml(&THREE_TIER.replace(
+            "services: [pg], action: allow",
+            "services: [pg], action: drop",
+        ))),
+    )
+    .unwrap();
+    c2.put_cache(c.take_cache());
+    let after: Vec<_> = [&web, &app, &db]
+        .iter()
+        .map(|x| c2.vnic(&x.input(), "").unwrap())
+        .collect();
+    assert!(Arc::ptr_eq(
+        &before[0].policy.egress,
+        &after[0].policy.egress
+    ));
+    assert!(Arc::ptr_eq(
+        &before[1].policy.ingress,
+        &after[1].policy.ingress
+    ));
+    assert!(!Arc::ptr_eq(
+        &before[1].policy.egress,
+        &after[1].policy.egress
+    ));
+    assert!(!Arc::ptr_eq(
+        &before[2].policy.ingress,
+        &after[2].policy.ingress
+    ));
+    assert_eq!(reach(&mut c2, &app, &db, &tcp(5432)).0, Action::Drop);
+    assert_eq!(
+        reach(&mut c2, &web, &app, &tcp(8080)),
+        (Action::Allow, Action::Allow)
+    );
+    // A group changes: memberships are worked out again (web1 is now in "app").
+    let regrouped = THREE_TIER.replace("{ tag: tier, eq: app }", "{ tag: tier, in: [app, web] }");
+    let mut c3 = Compiler::next(&mut c2, Arc::new(yaml(&regrouped))).unwrap();
+    let w = c3.vnic(&web.input(), "").unwrap();
+    assert_eq!(w.slots.len(), 2);
+    assert_eq!(
+        reach(&mut c3, &web, &web, &tcp(8080)),
+        (Action::Allow, Action::Allow)
+    );
+    // Priorities reorder two policies: the order of decision changes, so do the rulesets.
+    let two = r#"
+groups:
+  - { name: g, vnics: [a, b] }
+policies:
+  - { name: p1, tier: application, priority: 1, rules: [ { name: r, src: g, dst: g, action: allow } ] }
+  - { name: p2, tier: application, priority: 2, rules: [ { name: r, src: g, dst: g, action: drop } ] }
+"#;
+    let mut d = compiler(two);
+    assert_eq!(
+        reach(&mut d, &v("a", &[]), &v("b", &[]), &tcp(1)).0,
+        Action::Allow
+    );
+    let mut d2 = Compiler::next(
+        &mut d,
+        Arc::new(yaml(&two.replace("priority: 2", "priority: 0"))),
+    )
+    .unwrap();
+    assert_eq!(
+        reach(&mut d2, &v("a", &[]), &v("b", &[]), &tcp(1)).0,
+        Action::Drop
+    );
+    // A vNIC's tags change under the same document: its memo is not used.
+    let mut moved = v("web1", &[("tier", "db")]);
+    assert_eq!(reach(&mut c3, &moved, &app, &tcp(8080)).0, Action::Drop);
+    assert_eq!(
+        reach(&mut c3, &app, &moved, &tcp(5432)),
+        (Action::Allow, Action::Allow)
+    );
+    moved.tags.insert("tier".into(), "web".into());
+    assert_eq!(
+        reach(&mut c3, &moved, &app, &tcp(8080)),
+        (Action::Allow, Action::Allow)
+    );
+}

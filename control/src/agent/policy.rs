@@ -255,7 +255,11 @@ impl Agent {
         doc.base_revision = None;
         check_inventory(&doc, &ports)?;
         let start = Instant::now();
-        let mut comp = Compiler::new(Arc::new(doc))?;
+        let doc = Arc::new(doc);
+        let mut comp = match st.compiler.as_mut() {
+            Some(old) => Compiler::next(old, doc)?,
+            None => Compiler::new(doc)?,
+        };
         comp.put_cache(st.take_cache());
         let mut results: Vec<(String, Compiled)> = Vec::with_capacity(ports.len());
         for (name, rec) in ports.iter() {
