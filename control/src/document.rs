@@ -753,12 +753,15 @@ fn check_app(app: &Option<String>, at: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Resolves a group name (the second argument makes the path, for an error).
+pub type GroupRef<'a> = dyn Fn(&str, &dyn Fn() -> String) -> Result<usize, ConfigError> + 'a;
+
 /// Reads a `src`/`dst` entry: "any", a CIDR, or a group name (resolved by `group`); `at` makes
 /// the entry's path, for an error (only then: a document has many rules).
 pub fn endpoint(
     e: &str,
     at: &dyn Fn() -> String,
-    group: &dyn Fn(&str, &dyn Fn() -> String) -> Result<usize, ConfigError>,
+    group: &GroupRef<'_>,
 ) -> Result<Endpoint, ConfigError> {
     if e == "any" {
         return Ok(Endpoint::Any);
