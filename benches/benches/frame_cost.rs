@@ -225,6 +225,7 @@ fn run(case: &str, passes: usize, flows: u32) -> Outcome {
             dev: rig.devs[i].clone(),
             policy,
             mac: None,
+            guard: Default::default(),
         })
         .collect();
     sw.set_ports(&specs).expect("ports publish");

@@ -107,6 +107,7 @@ fn publish(sw: &Switch, vs: &[Vnic], compiled: &[Compiled]) {
             dev: v.dev.clone(),
             policy: c.policy.clone(),
             mac: None,
+            guard: Default::default(),
         })
         .collect();
     sw.set_ports(&specs).expect("port table");

@@ -102,10 +102,45 @@ pub struct PortConfig {
     /// and values are case-sensitive. Changeable at run time (`PUT /v1/ports/NAME/tags`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
-    /// The vNIC's firewall policy (default: none, the port is switched at L2 only).
+    /// The vNIC's own rules and defaults: the last tier of its firewall, after the policy
+    /// document's (default: none; with no document either, the port is switched at L2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+    /// Spoof guard: `off` (default: nothing is dropped; addresses are still learned from ARP
+    /// and ND), `learn` (the first use of an address no other vNIC of the segment owns binds
+    /// it, up to `max_addresses`), `strict` (only `addresses` and DHCP leases). `learn` and
+    /// `strict` need `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoof_guard: Option<GuardMode>,
+    /// Addresses bound to the vNIC from the start (IPv4 or IPv6, no prefix length).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Most addresses the vNIC may have bound, 1-256 (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 256)]
+    pub max_addresses: Option<u32>,
+    /// The guest serves DHCP: its DHCP replies pass and the leases they grant are bound to
+    /// the clients' vNICs. From any other guarded vNIC a DHCP server reply is dropped
+    /// (`dhcp_server_untrusted`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp_server: bool,
 }
+
+/// A vNIC's spoof guard mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// Nothing is dropped; addresses are learned from ARP, ND and DHCP.
+    #[default]
+    Off,
+    /// Trust on first use.
+    Learn,
+    /// Bound addresses only.
+    Strict,
+}
+
+/// Addresses a vNIC may bind when the config does not say.
+pub const DEFAULT_MAX_ADDRESSES: u32 = 16;
 
 /// The tenant of a port that names none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -188,6 +223,13 @@ impl PortConfig {
             }
         }
         validate_tags(&self.tags, &f("tags"))?;
+        self.addresses(at)?;
+        if self.spoof_guard.unwrap_or_default() != GuardMode::Off && self.mac.is_none() {
+            return Err(ConfigError::new(
+                f("mac"),
+                "spoof_guard learn and strict need the guest's MAC (mac = \"52:54:00:...\")",
+            ));
+        }
         match (self.segment, self.vlan) {
             (Some(_), Some(_)) => Err(ConfigError::new(
                 f("vlan"),
@@ -235,6 +277,47 @@ impl PortConfig {
             ));
         }
         Ok(Some(mac))
+    }
+
+    /// The static addresses, checked (`at` prefixes field names).
+    pub fn addresses(&self, at: &str) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        let max = self.max_addresses.unwrap_or(DEFAULT_MAX_ADDRESSES);
+        if !(1..=256).contains(&max) {
+            return Err(ConfigError::new(
+                format!("{at}max_addresses"),
+                format!("{max} is out of range 1-256"),
+            ));
+        }
+        if self.addresses.len() > max as usize {
+            return Err(ConfigError::new(
+                format!("{at}addresses"),
+                format!("{} addresses; max_addresses is {max}", self.addresses.len()),
+            ));
+        }
+        let mut out = Vec::with_capacity(self.addresses.len());
+        for (i, a) in self.addresses.iter().enumerate() {
+            let ip: std::net::IpAddr = a.parse().map_err(|_| {
+                ConfigError::new(
+                    format!("{at}addresses[{i}]"),
+                    format!("{a:?} is not an IP address (no prefix length: 10.0.0.5, fd00::5)"),
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_multicast() || ip == std::net::IpAddr::from([255u8; 4])
+            {
+                return Err(ConfigError::new(
+                    format!("{at}addresses[{i}]"),
+                    format!("{a}: a vNIC's address is a unicast address"),
+                ));
+            }
+            if out.contains(&ip) {
+                return Err(ConfigError::new(
+                    format!("{at}addresses[{i}]"),
+                    format!("{a} is listed twice"),
+                ));
+            }
+            out.push(ip);
+        }
+        Ok(out)
     }
 
     /// The tenant (`DEFAULT_TENANT` when none is named).

@@ -101,6 +101,16 @@ pub struct PortInfo {
     pub tenant: String,
     /// The vNIC's tags.
     pub tags: BTreeMap<String, String>,
+    /// Its spoof guard mode.
+    #[serde(default)]
+    pub spoof_guard: crate::config::GuardMode,
+    /// Its bound addresses (spoof guard off: the addresses it was seen to use), with where
+    /// each comes from.
+    #[serde(default)]
+    pub addresses: Vec<AddressInfo>,
+    /// Addresses it claimed that another vNIC of its segment had bound (not bound to it).
+    #[serde(default)]
+    pub address_conflicts: u64,
     /// Link state: stopped, connecting, listening, negotiating, running.
     pub state: String,
     /// The MAC the port is bound to (frames from other source MACs are dropped), if any.
@@ -537,4 +547,18 @@ pub struct ReachStep {
     /// The rule that decided (`application/three-tier/web-to-app`); absent: the default action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+}
+
+/// One of a vNIC's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AddressInfo {
+    /// The address.
+    pub address: String,
+    /// Where it comes from.
+    pub source: crate::agent::AddressSource,
+    /// Since when, seconds since the Unix epoch.
+    pub since: u64,
+    /// A DHCP lease's end, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }

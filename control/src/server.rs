@@ -39,9 +39,9 @@ use crate::agent::Agent;
 use crate::config::PortConfig;
 use crate::document::{Document, Format};
 use crate::model::{
-    ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo, PolicyApplied,
-    PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo, StatsInfo,
-    Tags, TraceInfo, TraceRequest, TraceStarted,
+    AddressInfo, ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo,
+    PolicyApplied, PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo,
+    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -114,6 +114,7 @@ fn routes() -> OpenApiRouter<Arc<Agent>> {
         .routes(routes!(show_port, remove_port))
         .routes(routes!(show_policy, set_policy))
         .routes(routes!(set_tags))
+        .routes(routes!(forget_address))
         .routes(routes!(port_conns, flush_conns))
         .routes(routes!(start_trace, read_trace))
         .routes(routes!(all_conns))
@@ -315,10 +316,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
-        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
-            let msg = e.to_string();
-            // serde names unknown and missing fields in its message; surface the name.
-            let field = msg.split('`').nth(1).unwrap_or("").to_string();
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.inner().to_string();
+            // The path names the field (`policy.egress[1].action`); at the top level serde
+            // names a missing field only in its message: surface the name.
+            let field = if path.is_empty() || path == "." {
+                msg.split('`').nth(1).unwrap_or("").to_string()
+            } else {
+                path
+            };
             ApiError::bad(field, msg)
         })
     }
@@ -381,6 +389,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Name {
         axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map(|p| Name(p.0))
+            .map_err(|e| ApiError::with(e.status().as_u16(), "name", e.body_text()))
+    }
+}
+
+/// A port name and an address from the path.
+struct NameAddr(String, String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NameAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|p| NameAddr(p.0 .0, p.0 .1))
             .map_err(|e| ApiError::with(e.status().as_u16(), "name", e.body_text()))
     }
 }
@@ -626,4 +648,21 @@ async fn reach(
     Body(req): Body<ReachRequest>,
 ) -> Result<Json<ReachInfo>, ApiError> {
     blocking(move || a.reach(&req)).await
+}
+
+/// Unbinds an address the vNIC learned (ARP, ND, first use, DHCP); its static addresses are
+/// its config's. Returns the addresses it keeps.
+#[utoipa::path(delete, path = "/v1/ports/{name}/addresses/{address}", tag = "bulwark",
+    params(("name" = String, Path, description = "port name"),
+           ("address" = String, Path, description = "IPv4 or IPv6 address")),
+    responses(
+        (status = 200, description = "the addresses it keeps", body = Vec<AddressInfo>),
+        (status = 400, description = "not an address", body = ApiError),
+        (status = 404, description = "no such port, or it has no such address", body = ApiError),
+        (status = 409, description = "a static address", body = ApiError)))]
+async fn forget_address(
+    State(a): AgentState,
+    NameAddr(name, addr): NameAddr,
+) -> Result<Json<Vec<AddressInfo>>, ApiError> {
+    blocking(move || a.forget_address(&name, &addr)).await
 }

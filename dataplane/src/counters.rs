@@ -81,6 +81,12 @@ drop_reasons! {
     CtTableFull = "ct_table_full": "connection table full",
     CtVnicLimit = "ct_vnic_limit": "vNIC at its maximum number of connections",
     CtVnicRate = "ct_vnic_rate": "vNIC opening connections faster than its limit",
+    IpSpoofed = "ip_spoofed": "source IP address the vNIC may not use (spoof guard)",
+    ArpSpoofed = "arp_spoofed": "ARP that claims an address the vNIC may not use, or names another MAC (spoof guard)",
+    NdSpoofed = "nd_spoofed": "neighbour discovery that claims an address the vNIC may not use, or names another MAC (spoof guard)",
+    ArpMalformed = "arp_malformed": "ARP frame that is not Ethernet/IPv4 ARP or is cut short (spoof guard)",
+    AddressLimit = "address_limit": "new source address beyond the vNIC's address limit (spoof guard, learn mode)",
+    DhcpServerUntrusted = "dhcp_server_untrusted": "DHCP server reply from a vNIC that is not a DHCP server (spoof guard)",
 }
 
 impl DropReason {

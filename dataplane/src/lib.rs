@@ -21,6 +21,7 @@
 
 pub mod counters;
 pub mod filter;
+pub mod guard;
 pub mod mac_table;
 pub mod parse;
 pub mod reply;

@@ -30,7 +30,10 @@ use crate::model::{
 use crate::policy::PolicyConfig;
 use dataplane::ruleset::Peer;
 
+mod addresses;
 mod policy;
+
+pub use addresses::Source as AddressSource;
 
 struct PortRecord {
     cfg: PortConfig,
@@ -40,6 +43,12 @@ struct PortRecord {
     names: Arc<Names>,
     /// Time its last compilation took.
     compile_time: std::time::Duration,
+    /// Its bound (or, spoof guard off, discovered) addresses.
+    bindings: BTreeMap<std::net::IpAddr, addresses::Binding>,
+    /// What the data plane checks: `cfg`'s spoof guard mode and `bindings`.
+    guard: Arc<dataplane::guard::Guard>,
+    /// Addresses it claimed that another vNIC of its segment had bound.
+    conflicts: u64,
     id: u16,
     /// The vNIC's durable identity (`identity`).
     uuid: Uuid,
@@ -64,6 +73,10 @@ pub struct Agent {
     doc: Mutex<policy::DocState>,
     /// This host's name (the `host` attribute of selectors).
     host: String,
+    /// Claims and leases the workers punted, until the punt thread settles them.
+    pending: Mutex<addresses::Pending>,
+    /// Learned bindings of an earlier run, per port name, until the port comes back.
+    saved_addresses: Mutex<BTreeMap<String, BTreeMap<std::net::IpAddr, addresses::Binding>>>,
 }
 
 /// Trace records kept per port.
@@ -101,7 +114,13 @@ impl Agent {
             state_file,
             traces: Mutex::new(Traces::default()),
             host: crate::sys::host_name(),
+            pending: Mutex::new(addresses::Pending::default()),
+            saved_addresses: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, addresses::Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn doc(&self) -> std::sync::MutexGuard<'_, policy::DocState> {
@@ -172,6 +191,8 @@ impl Agent {
                 ),
             ));
         }
+        let bindings = self.initial_bindings(&ports, &cfg)?;
+        let guard = addresses::guard(&cfg, &bindings);
         let uuid = cfg.uuid("")?;
         let live: Vec<(&str, Identity)> = ports
             .values()
@@ -226,6 +247,9 @@ impl Agent {
             policy: compiled.policy,
             names: compiled.names,
             compile_time: compiled.time,
+            bindings,
+            guard,
+            conflicts: 0,
             id,
             uuid: ident.uuid,
             dev,
@@ -276,6 +300,8 @@ impl Agent {
             if rec.persisted {
                 self.save(&ports);
             }
+            self.saved_addresses().remove(name);
+            self.save_addresses(&ports);
         }
         Ok(())
     }
@@ -290,6 +316,7 @@ impl Agent {
                 policy: p.policy.clone(),
                 // Validated when the port was added.
                 mac: p.cfg.bound_mac("").ok().flatten(),
+                guard: p.guard.clone(),
             })
             .collect();
         if let Err(e) = self.switch.set_ports(&specs) {
@@ -321,6 +348,9 @@ impl Agent {
             segment: p.cfg.segment_id(),
             tenant: p.cfg.tenant_name().to_string(),
             tags: p.cfg.tags.clone(),
+            spoof_guard: p.cfg.spoof_guard.unwrap_or_default(),
+            addresses: addresses::address_infos(&p.bindings),
+            address_conflicts: p.conflicts,
             state: p.dev.state().as_str().to_string(),
             mac: p.cfg.mac.clone(),
             vhost_connections: p.dev.connections(),
@@ -658,6 +688,7 @@ impl Agent {
             .spawn(move || {
                 while let Some(agent) = weak.upgrade() {
                     agent.drain_punts();
+                    agent.settle();
                     drop(agent);
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -673,7 +704,10 @@ impl Agent {
     pub fn drain_punts(&self) {
         let mut t = self.traces();
         let Traces { records, lost } = &mut *t;
+        let mut pending = self.pending();
         self.switch.drain_punts(|item| match item {
+            PuntItem::Claim { port, zone, claim } => pending.claim(port, zone, claim),
+            PuntItem::Dhcp { port, zone, reply } => pending.lease(port, zone, reply),
             PuntItem::Trace(r) => {
                 let buf = records.entry(r.port).or_default();
                 if buf.len() >= TRACE_BUFFER {

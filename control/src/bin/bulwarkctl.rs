@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use control::client::{Client, ClientError, Endpoint};
-use control::config::{Mode, PortConfig, DEFAULT_RUN_DIR};
+use control::config::{GuardMode, Mode, PortConfig, DEFAULT_RUN_DIR};
 use control::document::{Document, Format};
 use control::model::{
     ConnView, GroupInfo, MacInfo, PolicyApplied, PolicyInfo, PortInfo, ReachInfo, ReachRequest,
@@ -159,6 +159,26 @@ struct AddPort {
     /// A tag, KEY=VALUE; repeat for more.
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
+    /// Spoof guard: off (default), learn (trust on first use) or strict (bound addresses
+    /// only); learn and strict need --mac.
+    #[arg(long, value_enum)]
+    spoof_guard: Option<GuardArg>,
+    /// An address bound to the vNIC from the start (IPv4 or IPv6); repeat for more.
+    #[arg(long = "address")]
+    addresses: Vec<String>,
+    /// Most addresses the vNIC may bind, 1-256 (default 16).
+    #[arg(long)]
+    max_addresses: Option<u32>,
+    /// The guest serves DHCP (its replies pass and its leases are bound to the clients).
+    #[arg(long)]
+    dhcp_server: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GuardArg {
+    Off,
+    Learn,
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -278,6 +298,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 tenant: a.tenant.clone(),
                 tags: a.tags.iter().cloned().collect(),
                 policy: None,
+                spoof_guard: a.spoof_guard.map(|g| match g {
+                    GuardArg::Off => GuardMode::Off,
+                    GuardArg::Learn => GuardMode::Learn,
+                    GuardArg::Strict => GuardMode::Strict,
+                }),
+                addresses: a.addresses.clone(),
+                max_addresses: a.max_addresses,
+                dhcp_server: a.dhcp_server,
             };
             show(cli.json, &c.add_port(&cfg).map_err(err)?, render_port)
         }
@@ -566,6 +594,29 @@ fn render_port(p: &PortInfo) -> String {
             tags.join(" ")
         }
     ));
+    let guard = serde_json::to_value(p.spoof_guard)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    s.push_str(&format!("spoof guard {guard}"));
+    if p.address_conflicts > 0 {
+        s.push_str(&format!(
+            ", {} claims of other vNICs' addresses refused",
+            p.address_conflicts
+        ));
+    }
+    s.push('\n');
+    for a in &p.addresses {
+        let source = serde_json::to_value(a.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        s.push_str(&format!("  address {} ({source}", a.address));
+        if let Some(e) = a.expires {
+            s.push_str(&format!(", lease ends at {e}"));
+        }
+        s.push_str(")\n");
+    }
     s.push_str(&render_drops(std::slice::from_ref(p)));
     s
 }

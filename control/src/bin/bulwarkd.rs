@@ -126,6 +126,10 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot start the punt thread: {e}"))?;
     // The policy document before any port: no vNIC is ever published without it.
     agent.restore_policy().map_err(|e| format!("state: {e}"))?;
+    // And the addresses the vNICs had learned, so no guest can claim them first.
+    agent
+        .restore_addresses()
+        .map_err(|e| format!("state: {e}"))?;
 
     for p in cfg.ports {
         let name = p.name.clone();

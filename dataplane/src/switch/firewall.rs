@@ -16,14 +16,16 @@
 //! - Counters: per rule, packets, bytes and connections admitted (`RuleCounters`).
 
 use super::l2::{Classified, Dest};
-use super::punt::{TraceEvent, TraceRecord, Verdict};
+use super::punt::{PuntItem, TraceEvent, TraceRecord, Verdict};
 use super::worker::{Now, Worker};
 use super::{PortEntry, PortTable};
 use crate::counters::DropReason;
 use crate::filter::{Decision, Filter, Policy, RuleRef};
+use crate::guard::{dhcp_reply, Check, DHCP_READ};
 use crate::parse::{Packet, HEADROOM, L3};
 use crate::reply::reject;
 use crate::ruleset::{Action, Tuple};
+use crate::wire::Mac;
 
 /// How a flooded frame is judged at each member it is copied to.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +89,36 @@ impl Worker<'_> {
         };
         let len = self.len[n];
         let hl = (len as usize).min(HEADROOM);
+        // The spoof guard first: what it drops never reaches the rules or the table.
+        if src.guard.wants(p) {
+            let h = &self.hdrs[n][..hl];
+            let smac = Mac(h[6..12].try_into().expect("an Ethernet header"));
+            match src
+                .guard
+                .check(p, h, smac, src.segment, src.id, &table.owners)
+            {
+                Check::Pass => {}
+                Check::Drop(r) => return r.into(),
+                Check::Claim(claim) => self.punt(PuntItem::Claim {
+                    port: src.id,
+                    zone: src.segment,
+                    claim,
+                }),
+                Check::Snoop => {
+                    let mut buf = [0u8; DHCP_READ];
+                    let off = self.vhdr + u32::from(p.l4_off) + 8;
+                    let got = self.chains[n].read_at(off, &mut buf);
+                    let udp = usize::from(p.l4_len).saturating_sub(8);
+                    if let Some(reply) = dhcp_reply(&buf[..got.min(udp)]) {
+                        self.punt(PuntItem::Dhcp {
+                            port: src.id,
+                            zone: src.segment,
+                            reply,
+                        });
+                    }
+                }
+            }
+        }
         let f = Filter {
             table: &self.sw.ct,
             epoch: table.epoch,

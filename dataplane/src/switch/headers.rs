@@ -47,6 +47,7 @@ impl Worker<'_> {
         sc: &PortCounters,
     ) {
         let sw = self.sw;
+        self.vhdr = hdr;
         let filter = Filter {
             table: &sw.ct,
             epoch: table.epoch,

@@ -200,6 +200,7 @@ mod tests {
             id,
             segment,
             mac: mac.map(Mac),
+            guard: Arc::default(),
             backend: Backend::Vhost(Arc::new(bulwark_vhost::NetDevice::default())),
             rules: Arc::new(RuleCounters::new(&policy, 1)),
             policy,

@@ -33,6 +33,7 @@
 //! workers share one, and a flow, polled by one worker, always lands on one queue (no
 //! reordering).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,6 +45,7 @@ use conntrack::{ConnInfo, Table, Timeouts};
 
 use crate::counters::{bump, Counters, PortStats, MAX_PORTS};
 use crate::filter::{Policy, Side};
+use crate::guard::{Guard, Mode as GuardMode, Owners};
 use crate::mac_table::{MacEntry, MacTable};
 use crate::wire::Mac;
 
@@ -118,6 +120,9 @@ pub struct PortSpec {
     /// The guest's MAC, when the port is bound to it: frames from any other source MAC are
     /// dropped (`src_mac_spoofed`).
     pub mac: Option<Mac>,
+    /// Its spoof guard: mode and bound addresses (`guard`). Publishing another `Arc` binds or
+    /// unbinds addresses; it never touches the port's connections.
+    pub guard: Arc<Guard>,
 }
 
 #[derive(Debug)]
@@ -125,6 +130,7 @@ struct PortEntry {
     id: u16,
     segment: u16,
     mac: Option<Mac>,
+    guard: Arc<Guard>,
     /// Its queues (the worker's only way to its frames).
     backend: Backend,
     policy: Arc<Policy>,
@@ -242,6 +248,8 @@ struct PortTable {
     filtered: Vec<bool>,
     /// (port id, queue pair) each worker polls.
     polled: Vec<Vec<(u16, u16)>>,
+    /// Every port's bound addresses: (segment, address) -> port.
+    owners: Owners,
 }
 
 impl PortTable {
@@ -497,7 +505,17 @@ impl Switch {
                 }
             };
             table.members[group].push(p.id);
-            table.filtered[group] |= p.policy.filtered;
+            // A guarded port's frames are parsed, so its segment is too.
+            table.filtered[group] |= p.policy.filtered || p.guard.mode != GuardMode::Off;
+            for a in p
+                .guard
+                .v4
+                .iter()
+                .map(|&a| IpAddr::V4(a))
+                .chain(p.guard.v6.iter().map(|&a| IpAddr::V6(a)))
+            {
+                table.owners.entry((p.segment, a)).or_insert(p.id);
+            }
             // Queue pairs are spread over workers; a port's first pair goes to worker id % n.
             for q in 0..p.dev.queue_pairs() {
                 table.polled[(idx + q) % nworkers].push((p.id, q as u16));
@@ -523,6 +541,7 @@ impl Switch {
                 id: p.id,
                 segment: p.segment,
                 mac: p.mac,
+                guard: p.guard.clone(),
                 backend: Backend::Vhost(p.dev.clone()),
                 policy: p.policy.clone(),
                 rules,
@@ -751,6 +770,7 @@ mod tests {
             segment: 1,
             dev: Arc::new(NetDevice::default()),
             mac: None,
+            guard: Arc::default(),
             policy: Arc::new(Policy {
                 max_connections: max.unwrap_or(u32::MAX),
                 new_connections_per_sec: 7,

@@ -16,6 +16,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::counters::DropReason;
 use crate::filter::RuleRef;
+use crate::guard::{Claim, DhcpReply};
 use crate::parse::{Packet, ParseError};
 
 /// Items each worker's punt ring holds.
@@ -26,9 +27,31 @@ pub const TRACE_HEAD: usize = 64;
 
 /// What a stage hands to the control threads.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "items are copied into rings allocated at start; a Box would allocate per item on a worker"
+)]
 pub enum PuntItem {
     /// One traced frame.
     Trace(TraceRecord),
+    /// A port used or announced an address it has not bound (spoof guard and discovery).
+    Claim {
+        /// The port.
+        port: u16,
+        /// Its segment.
+        zone: u16,
+        /// The address, and how.
+        claim: Claim,
+    },
+    /// A trusted DHCP server's reply (punted whatever its type; the agent binds ACKs).
+    Dhcp {
+        /// The server's port.
+        port: u16,
+        /// Its segment.
+        zone: u16,
+        /// What it said.
+        reply: DhcpReply,
+    },
 }
 
 /// The L2 stage's decision.

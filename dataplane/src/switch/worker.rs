@@ -57,6 +57,8 @@ pub(super) struct Worker<'a> {
     /// Frames of this burst that are traced (the first `traced`; 0 when the port is not).
     pub(super) traced: usize,
     pub(super) traces: Box<[TraceRecord]>,
+    /// The virtio-net header length of the burst's port (where a frame starts in its chain).
+    pub(super) vhdr: u32,
 }
 
 /// Switch-clock seconds for `elapsed` since boot, never 0 (0 marks "never seen").
@@ -92,6 +94,7 @@ impl<'a> Worker<'a> {
             reply_len: [0; BURST],
             traced: 0,
             traces: vec![TraceRecord::EMPTY; BURST].into_boxed_slice(),
+            vhdr: 0,
         }
     }
 
@@ -265,9 +268,15 @@ impl<'a> Worker<'a> {
     #[cold]
     fn trace_end(&mut self) {
         for i in 0..self.traced {
-            if !self.sw.punts.push(self.me, PuntItem::Trace(self.traces[i])) {
-                bump(&self.sw.workers[self.me].punt_dropped, 1);
-            }
+            self.punt(PuntItem::Trace(self.traces[i]));
+        }
+    }
+
+    /// Hands an item to the control threads; a full ring drops it (counted).
+    #[cold]
+    pub(super) fn punt(&self, item: PuntItem) {
+        if !self.sw.punts.push(self.me, item) {
+            bump(&self.sw.workers[self.me].punt_dropped, 1);
         }
     }
 }
