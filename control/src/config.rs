@@ -425,6 +425,12 @@ pub struct Config {
     /// Ports to attach at start.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// A policy document (YAML, or JSON if it ends in .json) applied at start when the run
+    /// directory holds no policy revision yet; a relative path is read from the config file's
+    /// directory. Once a revision exists, the run directory's is kept (apply a new one with
+    /// `bulwarkctl policy apply -f FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -443,8 +449,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text)
-            .map_err(|e| ConfigError::new(e.field, format!("{} (in {})", e.reason, path.display())))
+        let mut cfg = Config::parse(&text).map_err(|e| {
+            ConfigError::new(e.field, format!("{} (in {})", e.reason, path.display()))
+        })?;
+        if let (Some(p), Some(dir)) = (&cfg.policy_file, path.parent()) {
+            if p.is_relative() {
+                cfg.policy_file = Some(dir.join(p));
+            }
+        }
+        Ok(cfg)
     }
 
     /// Checks everything that does not need the machine.

@@ -428,3 +428,40 @@ fn a_new_vnic_is_filtered_from_its_first_frame() {
     );
     assert_eq!((s, v["field"].clone()), (409, json!("tenant")), "{v}");
 }
+
+/// A config file's `policy_file` is applied at the first start; after that the run
+/// directory's revisions are kept (an apply through the API survives a restart).
+#[test]
+fn the_config_file_names_the_first_policy() {
+    let doc = std::env::temp_dir().join(format!("bulwark-policy-{}.yaml", std::process::id()));
+    std::fs::write(
+        &doc,
+        "groups:\n  - { name: web, select: { tag: tier, eq: web } }\n\
+         policies:\n  - name: p\n    tier: application\n    rules:\n      \
+         - { name: r, src: web, dst: any, action: allow }\n",
+    )
+    .unwrap();
+    let mut sw = Bulwarkd::start_top(
+        &format!("policy_file = \"{}\"", doc.display()),
+        &[("a", 10, "server", "tags = { tier = \"web\" }")],
+        &[worker_cpu()],
+        &[],
+    );
+    let _ = std::fs::remove_file(&doc);
+    assert_eq!(revision(&sw), 1);
+    let (_, p) = sw.api("GET", "/v1/ports/a/policy", None);
+    assert_eq!(p["rules"]["egress"][0]["name"], "application/p/r", "{p}");
+    let mut next = three_tier();
+    next["base_revision"] = json!(1);
+    let (s, v) = apply(&sw, &next, "");
+    assert_eq!(s, 200, "{v}");
+    // The file is gone and revision 2 is in the run directory: a restart keeps revision 2.
+    sw.restart();
+    assert_eq!(revision(&sw), 2);
+    assert!(
+        sw.log()
+            .contains("policy revision 2 of the run directory kept"),
+        "{}",
+        sw.log()
+    );
+}

@@ -125,7 +125,34 @@ fn run(args: Args) -> Result<(), String> {
         .start()
         .map_err(|e| format!("cannot start the punt thread: {e}"))?;
     // The policy document before any port: no vNIC is ever published without it.
-    agent.restore_policy().map_err(|e| format!("state: {e}"))?;
+    let revision = agent.restore_policy().map_err(|e| format!("state: {e}"))?;
+    if let Some(file) = &cfg.policy_file {
+        if revision == 0 {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("config: policy_file: cannot read {}: {e}", file.display()))?;
+            let format = if file.extension().is_some_and(|e| e == "json") {
+                control::document::Format::Json
+            } else {
+                control::document::Format::Yaml
+            };
+            let doc = control::document::Document::parse(&text, format)
+                .map_err(|e| format!("config: policy_file {}: {e}", file.display()))?;
+            let r = agent
+                .apply_policy(doc, false)
+                .map_err(|e| format!("config: policy_file {}: {e}", file.display()))?;
+            tracing::info!(
+                "policy_file {} applied as revision {}",
+                file.display(),
+                r.revision
+            );
+        } else {
+            tracing::info!(
+                "policy revision {revision} of the run directory kept; policy_file {} is applied \
+                 only to a run directory without one (bulwarkctl policy apply -f applies it now)",
+                file.display()
+            );
+        }
+    }
     // And the addresses the vNICs had learned, so no guest can claim them first.
     agent
         .restore_addresses()

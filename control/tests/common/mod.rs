@@ -48,6 +48,17 @@ impl Bulwarkd {
 
     /// Like `start_extra`, with extra command-line arguments for bulwarkd.
     pub fn start_args(ports: &[(&str, u16, &str, &str)], cpus: &[usize], args: &[String]) -> Self {
+        Self::start_top("", ports, cpus, args)
+    }
+
+    /// `start_args` with `top` (top-level keys, e.g. `policy_file = "..."`) at the head of the
+    /// config file; files the test writes into `dir()` before may be named relative to it.
+    pub fn start_top(
+        top: &str,
+        ports: &[(&str, u16, &str, &str)],
+        cpus: &[usize],
+        args: &[String],
+    ) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -59,7 +70,7 @@ impl Bulwarkd {
         std::fs::create_dir_all(&dir).unwrap();
         let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
         let mut cfg = format!(
-            "[switch]\nworkers = [{}]\nmac_aging_secs = 300\n",
+            "{top}\n[switch]\nworkers = [{}]\nmac_aging_secs = 300\n",
             cpus.join(", ")
         );
         for (name, seg, mode, extra) in ports {
