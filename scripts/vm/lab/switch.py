@@ -14,9 +14,11 @@ from .util import API_READY_TIMEOUT, tail
 class Bulwarkd:
     kind = "bulwarkd"
 
-    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag=""):
+    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag="", tags=None):
         """Writes bulwarkd{tag}.toml with one client-mode port per guest; start() starts the process.
-        tag names a second instance's files: bulwarkd{tag}.toml, run{tag}/, bulwarkd{tag}.N.log."""
+        tag names a second instance's files: bulwarkd{tag}.toml, run{tag}/, bulwarkd{tag}.N.log.
+        tags: {guest name: {key: value}}, the vNICs' tags in the config (the policy document's
+        selectors read them; `bulwarkctl port tags` changes them at run time)."""
         self.bin, self.ctl = bin, ctl
         self.workdir = workdir
         self.tag = tag
@@ -30,7 +32,11 @@ class Bulwarkd:
                  "mac_aging_secs = 300", ""]
         for g in guests:
             lines += ["[[ports]]", f'name = "{g.name}"', f'socket = "{g.sock}"', 'mode = "client"',
-                      f"segment = {g.segment}"] + ([f"queues = {g.queues}"] if g.queues > 1 else []) + [""]
+                      f"segment = {g.segment}"] + ([f"queues = {g.queues}"] if g.queues > 1 else [])
+            t = (tags or {}).get(g.name)
+            if t:
+                lines.append("tags = { " + ", ".join(f'{k} = "{v}"' for k, v in t.items()) + " }")
+            lines.append("")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))
 
