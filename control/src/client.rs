@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::config::PortConfig;
 use crate::document::Document;
 use crate::model::{
-    ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo, PolicyApplied,
-    PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo, StatsInfo,
-    Tags, TraceInfo, TraceRequest, TraceStarted,
+    AddressInfo, ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo,
+    PolicyApplied, PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo,
+    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -289,6 +289,14 @@ impl Client {
         self.call(
             "DELETE",
             &format!("/v1/policy/apps/{}{q}", segment(app)),
+            None::<&()>,
+        )
+    }
+    /// `DELETE /v1/ports/NAME/addresses/ADDR`.
+    pub fn forget_address(&self, name: &str, addr: &str) -> Result<Vec<AddressInfo>, ClientError> {
+        self.call(
+            "DELETE",
+            &format!("/v1/ports/{}/addresses/{}", segment(name), segment(addr)),
             None::<&()>,
         )
     }

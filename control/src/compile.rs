@@ -32,8 +32,8 @@ pub fn policy(p: &PolicyConfig, at: &str) -> Result<Policy, ConfigError> {
             .map_err(|e| ConfigError::new(format!("{at}.{name}"), e.to_string()))
     };
     Ok(Policy {
-        egress: build(&eg, p.egress_default, "egress")?,
-        ingress: build(&ing, p.ingress_default, "ingress")?,
+        egress: build(&eg, p.egress_default.unwrap_or_default(), "egress")?,
+        ingress: build(&ing, p.ingress_default.unwrap_or_default(), "ingress")?,
         non_ip: p.non_ip.into(),
         nd: p.nd.into(),
         tcp_pickup: p.tcp_pickup,

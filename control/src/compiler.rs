@@ -579,8 +579,12 @@ impl Compiler {
             let c = self.class(&slots);
             self.classes.insert(slots.clone(), c);
         }
+        // A vNIC's own defaults, where it states them; the document's otherwise.
         let defaults = match v.own {
-            Some(p) => (p.egress_default.into(), p.ingress_default.into()),
+            Some(p) => (
+                p.egress_default.map_or(self.defaults.0, Into::into),
+                p.ingress_default.map_or(self.defaults.1, Into::into),
+            ),
             None => self.defaults,
         };
         let mut compiled = 0;

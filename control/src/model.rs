@@ -501,6 +501,9 @@ pub struct GroupInfo {
     pub vnics: Vec<String>,
     /// The addresses in it (its `cidrs` and those of the groups it includes).
     pub cidrs: Vec<String>,
+    /// Its vNICs' addresses (bound, or learned), by which a remote peer would know them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// `POST /v1/reach`: may one vNIC reach another?

@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! [ports.policy]
-//! egress_default = "drop"        # what the VM sends when no rule matches (default "allow")
+//! egress_default = "drop"        # what the VM sends when no rule matches (default: the
+//!                                # policy document's default, "allow" without a document)
 //! ingress_default = "drop"       # what is delivered to the VM when no rule matches
 //! non_ip = "allow"               # ARP and other non-IP frames (default "allow")
 //! nd = "allow"                   # ICMPv6 neighbour discovery (default "allow")
@@ -121,12 +122,13 @@ pub struct PolicyConfig {
     /// Rules for what is delivered to the VM.
     #[serde(default)]
     pub ingress: Vec<RuleConfig>,
-    /// Action when no egress rule matches.
-    #[serde(default)]
-    pub egress_default: ActionName,
-    /// Action when no ingress rule matches.
-    #[serde(default)]
-    pub ingress_default: ActionName,
+    /// Action when no egress rule matches (default: the policy document's default, or allow
+    /// when no document is applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_default: Option<ActionName>,
+    /// Action when no ingress rule matches (default as for `egress_default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_default: Option<ActionName>,
     /// Non-IP frames.
     #[serde(default)]
     pub non_ip: ActionName,

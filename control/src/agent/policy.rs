@@ -415,18 +415,21 @@ impl Agent {
         let Some(c) = &st.compiler else {
             return Vec::new();
         };
-        let mut members: Vec<Vec<String>> = vec![Vec::new(); c.document().groups.len()];
+        let n = c.document().groups.len();
+        let mut members: Vec<Vec<String>> = vec![Vec::new(); n];
+        let mut addrs: Vec<Vec<String>> = vec![Vec::new(); n];
         for (name, rec) in ports.iter() {
             for s in c.slots(&rec.attrs(&self.host)) {
                 members[s as usize].push(name.clone());
+                addrs[s as usize].extend(rec.bindings.keys().map(ToString::to_string));
             }
         }
         c.document()
             .groups
             .iter()
-            .zip(members)
+            .zip(members.into_iter().zip(addrs))
             .enumerate()
-            .map(|(i, (g, vnics))| {
+            .map(|(i, (g, (vnics, addresses)))| {
                 let slot = u32::try_from(i).unwrap_or(u32::MAX);
                 GroupInfo {
                     name: g.name.clone(),
@@ -439,6 +442,7 @@ impl Agent {
                         .iter()
                         .map(ToString::to_string)
                         .collect(),
+                    addresses,
                 }
             })
             .collect()

@@ -110,6 +110,13 @@ enum PortCmd {
         /// The port.
         name: String,
     },
+    /// Unbind an address the vNIC learned (ARP, ND, first use, DHCP).
+    Forget {
+        /// The port.
+        name: String,
+        /// The address.
+        address: String,
+    },
     /// Set a vNIC's tags to exactly these (none: remove them all).
     Tags {
         /// The port.
@@ -314,6 +321,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 tags: tags.iter().cloned().collect(),
             };
             show(cli.json, &c.set_tags(name, &t).map_err(err)?, render_port)
+        }
+        Cmd::Port(PortCmd::Forget { name, address }) => {
+            let left = c.forget_address(name, address).map_err(err)?;
+            show(cli.json, &left, |l| {
+                let mut s = format!("port {name}: {address} unbound; it keeps");
+                if l.is_empty() {
+                    s.push_str(" no address");
+                }
+                for a in l {
+                    s.push(' ');
+                    s.push_str(&a.address);
+                }
+                s.push('\n');
+                s
+            })
         }
         Cmd::Port(PortCmd::Del { name }) => {
             show(cli.json, &c.remove_port(name).map_err(err)?, |r| {
@@ -851,10 +873,18 @@ fn render_groups(g: &[GroupInfo]) -> String {
                 } else {
                     g.cidrs.join(" ")
                 },
+                if g.addresses.is_empty() {
+                    "-".into()
+                } else {
+                    g.addresses.join(" ")
+                },
             ]
         })
         .collect();
-    table(&["GROUP", "TENANT", "APP", "VNICS", "CIDRS"], &rows)
+    table(
+        &["GROUP", "TENANT", "APP", "VNICS", "CIDRS", "VNIC ADDRESSES"],
+        &rows,
+    )
 }
 
 fn render_reach(r: &ReachInfo) -> String {
