@@ -672,10 +672,18 @@ vlan = 20
         let text = text.replace("workers = [1]", "workers = [0]");
         let c = Config::parse(&text).unwrap_or_else(|e| panic!("README example: {e}"));
         let p = crate::compile::port_policy(&c.ports[0], "").unwrap();
-        assert_eq!(p.egress.len(), 4);
-        assert_eq!(p.ingress.rules()[0].id, 100);
+        assert_eq!(p.egress.len(), 2);
+        assert_eq!(
+            p.egress.rules()[1].action,
+            dataplane::ruleset::Action::Reject
+        );
         assert_eq!(p.max_connections, 10000);
         assert!(!p.tcp_pickup);
+        let port = &c.ports[0];
+        assert_eq!(port.tags["tier"], "web");
+        assert_eq!(port.spoof_guard, Some(GuardMode::Learn));
+        assert_eq!(port.addresses("").unwrap().len(), 2);
+        assert_eq!(c.policy_file.as_deref(), Some(Path::new("policy.yaml")));
         let sc = crate::compile::switch_config(&c);
         assert_eq!(sc.ct_capacity, 1 << 20);
         assert_eq!(sc.ct_timeouts, Timeouts::default());

@@ -519,10 +519,12 @@ pub struct ReachRequest {
     /// Destination port (TCP, UDP; default 0), or ICMP type (default echo request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// Source address (default: 0.0.0.0; group rules do not read it).
+    /// Source address (default: an address `from` has bound or learned, else 0.0.0.0; group
+    /// rules do not read it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_ip: Option<String>,
-    /// Destination address (default: 0.0.0.0, or :: when `src_ip` is IPv6).
+    /// Destination address (default: an address `to` has, of the same family, else 0.0.0.0 or
+    /// ::).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_ip: Option<String>,
 }

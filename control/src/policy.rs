@@ -7,7 +7,7 @@
 //!                                # policy document's default, "allow" without a document)
 //! ingress_default = "drop"       # what is delivered to the VM when no rule matches
 //! non_ip = "allow"               # ARP and other non-IP frames (default "allow")
-//! nd = "allow"                   # ICMPv6 neighbour discovery (default "allow")
+//! nd = "allow"                   # ICMPv6 neighbour and multicast listener discovery (default "allow")
 //! tcp_pickup = false             # accept mid-stream TCP as new connections (default false)
 //! max_connections = 10000        # most open connections the VM may own (default: no limit)
 //! new_connections_per_sec = 2000 # new connections per second (default 0: unlimited)
@@ -132,7 +132,7 @@ pub struct PolicyConfig {
     /// Non-IP frames.
     #[serde(default)]
     pub non_ip: ActionName,
-    /// ICMPv6 neighbour discovery.
+    /// ICMPv6 neighbour and multicast listener discovery (types 130-137, 143).
     #[serde(default)]
     pub nd: ActionName,
     /// Accept mid-stream TCP as a new connection.

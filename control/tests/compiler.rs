@@ -696,3 +696,52 @@ policies:
         (Action::Allow, Action::Allow)
     );
 }
+
+/// The documents the README and docs/examples show are valid and mean what they say.
+#[test]
+fn the_documented_examples_compile() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```yaml\n")
+        .expect("a yaml block in the README")
+        + 8;
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let mut c = compiler(text);
+    let mut web = v("web1", &[("tier", "web")]);
+    web.tenant = "shop";
+    let mut db = v("db1", &[("tier", "db")]);
+    db.tenant = "shop";
+    let app = v("app1", &[("tier", "app")]);
+    assert_eq!(
+        reach(&mut c, &web, &app, &tcp(8080)),
+        (Action::Allow, Action::Allow)
+    );
+    assert_eq!(
+        reach(&mut c, &app, &db, &tcp(5432)),
+        (Action::Allow, Action::Allow)
+    );
+    assert_eq!(reach(&mut c, &web, &db, &tcp(5432)).0, Action::Drop);
+    // db's selector needs the tenant too.
+    let other = v("db2", &[("tier", "db")]);
+    assert_eq!(reach(&mut c, &app, &other, &tcp(5432)).0, Action::Drop);
+    let smtp = with_addrs(tcp(25), "10.0.0.1", "192.0.2.5");
+    let w = c.vnic(&web.input(), "").unwrap();
+    assert_eq!(w.policy.egress.lookup(&smtp).action, Action::Reject);
+
+    let three = include_str!("../../docs/examples/three-tier.yaml");
+    let mut c = compiler(three);
+    let (web, app, db) = (
+        v("web", &[("tier", "web")]),
+        v("app", &[("tier", "app")]),
+        v("db", &[("tier", "db")]),
+    );
+    assert_eq!(
+        reach(&mut c, &web, &app, &tcp(5201)),
+        (Action::Allow, Action::Allow)
+    );
+    assert_eq!(
+        reach(&mut c, &app, &db, &tcp(5201)),
+        (Action::Allow, Action::Allow)
+    );
+    assert_eq!(reach(&mut c, &web, &db, &tcp(5201)).0, Action::Drop);
+}

@@ -232,6 +232,20 @@ fn three_tiers_under_a_group_policy() {
         Some(r#"{"from": "web", "to": "nope", "proto": "tcp"}"#),
     );
     assert_eq!((s, v["field"].clone()), (400, json!("to")), "{v}");
+    let (s, v) = sw.api(
+        "POST",
+        "/v1/reach",
+        Some(r#"{"from": "web", "to": "app", "proto": "tcp", "src_ip": "10.0.0.1", "dst_ip": "fd00::2"}"#),
+    );
+    assert_eq!((s, v["field"].clone()), (400, json!("dst_ip")), "{v}");
+    let (s, v) = sw.api(
+        "POST",
+        "/v1/reach",
+        Some(r#"{"from": "web", "to": "app", "proto": "icmp"}"#),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["tuple"], "icmp 0.0.0.0 -> 0.0.0.0 type 8", "{v}");
+    assert_eq!(v["allowed"], false, "no rule allows ping: {v}");
 
     // Re-tag app as db: with no rule change, web loses it (its open connection is cut on
     // its next packet) and app's former peer db is now a peer group of the same tier.

@@ -144,6 +144,14 @@ fn a_neighbour_cannot_take_over_an_address() {
         addresses(&sw, "victim"),
         [("10.0.0.1".into(), "arp".into())]
     );
+    // Reach questions default to the vNICs' own addresses.
+    let (s, v) = sw.api(
+        "POST",
+        "/v1/reach",
+        Some(r#"{"from": "victim", "to": "peer", "proto": "udp", "port": 53}"#),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["tuple"], "udp 10.0.0.1:49152 -> 10.0.0.2:53", "{v}");
     send_all(&mut peer, &[arp(mp, mp, IP_PEER, IP_VICTIM)]);
     recv_n(&mut victim, 1, LONG);
     recv_n(&mut evil, 1, LONG);

@@ -49,7 +49,7 @@ pub struct Policy {
     pub ingress: Arc<Ruleset>,
     /// Non-IP frames (ARP, LLDP, ...).
     pub non_ip: Action,
-    /// ICMPv6 neighbour discovery and router messages.
+    /// ICMPv6 neighbour discovery, router and multicast listener messages (`Icmp::is_nd`).
     pub nd: Action,
     /// Accept a mid-stream TCP segment as a new connection (after a flush or a restart).
     pub tcp_pickup: bool,

@@ -152,7 +152,9 @@ pub struct Icmp {
     pub id: u16,
     /// An error that quotes the packet that caused it (v4: 3, 4, 11, 12; v6: 1, 2, 3, 4).
     pub is_error: bool,
-    /// ICMPv6 neighbour discovery (133..=137: RS, RA, NS, NA, redirect).
+    /// ICMPv6 link control: neighbour discovery (133..=137: RS, RA, NS, NA, redirect) and
+    /// multicast listener discovery (130..=132, 143: MLD queries, reports, done; every IPv6
+    /// host sends MLDv2 reports for its solicited-node groups). Judged by a vNIC's `nd` rule.
     pub is_nd: bool,
     /// For errors, the quoted packet; `None` if the quote is too short or malformed.
     pub inner: Option<Inner>,
@@ -623,7 +625,7 @@ fn icmp(hdr: &[u8], off: usize, end: usize, v6: bool) -> Result<Icmp, ParseError
         code,
         id: if is_echo { be16([c[4], c[5]]) } else { 0 },
         is_error,
-        is_nd: v6 && matches!(ty, 133..=137),
+        is_nd: v6 && matches!(ty, 130..=137 | 143),
         inner,
     })
 }

@@ -470,14 +470,21 @@ impl Agent {
                 .transpose()
         };
         let (s, d) = (ip(&req.src_ip, "src_ip")?, ip(&req.dst_ip, "dst_ip")?);
-        let v6 = s.or(d).is_some_and(|a| a.is_ipv6());
+        // Unnamed addresses: the vNICs' own (bound or learned), of one family; IPv4 first.
+        let bound =
+            |rec: &PortRecord, v6: bool| rec.bindings.keys().find(|x| x.is_ipv6() == v6).copied();
+        let v6 = match s.or(d) {
+            Some(x) => x.is_ipv6(),
+            None => bound(a, false).is_none() && bound(a, true).is_some(),
+        };
+        let (s, d) = (s.or_else(|| bound(a, v6)), d.or_else(|| bound(b, v6)));
         let unspecified = if v6 {
             IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
         } else {
             IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
         };
         let (src, dst) = (s.unwrap_or(unspecified), d.unwrap_or(unspecified));
-        if src.is_ipv4() != dst.is_ipv6() && src.is_ipv4() != dst.is_ipv4() {
+        if src.is_ipv4() != dst.is_ipv4() {
             return Err(ApiError::bad(
                 "dst_ip",
                 "src_ip and dst_ip are of different families",
@@ -514,18 +521,25 @@ impl Agent {
             allowed: verdicts.allowed(),
             egress: step(a, e, &a.names.egress),
             ingress: step(b, i, &b.names.ingress),
-            tuple: format!(
-                "{} {}:{} -> {}:{}",
-                conntrack::ip_proto::name(proto).map_or_else(|| proto.to_string(), str::to_string),
-                t.src,
-                t.sport,
-                t.dst,
-                if icmp {
-                    u16::from(t.icmp_type)
-                } else {
+            tuple: if icmp {
+                format!(
+                    "{} {} -> {} type {}",
+                    conntrack::ip_proto::name(proto).unwrap_or("icmp"),
+                    t.src,
+                    t.dst,
+                    t.icmp_type
+                )
+            } else {
+                format!(
+                    "{} {}:{} -> {}:{}",
+                    conntrack::ip_proto::name(proto)
+                        .map_or_else(|| format!("proto {proto}"), str::to_string),
+                    t.src,
+                    t.sport,
+                    t.dst,
                     t.dport
-                }
-            ),
+                )
+            },
         })
     }
 }

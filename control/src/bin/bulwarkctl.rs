@@ -59,7 +59,7 @@ enum Cmd {
         to: String,
         /// What: tcp/PORT, udp/PORT, icmp, icmpv6, or PROTO[/PORT] (icmp/TYPE for ICMP).
         service: String,
-        /// Source address (default 0.0.0.0: only CIDR rules read it).
+        /// Source address (default: one FROM has bound or learned; only CIDR rules read it).
         #[arg(long)]
         src_ip: Option<String>,
         /// Destination address.
