@@ -26,6 +26,7 @@ class GuestError(Exception):
 
 class Guest:
     def __init__(self, name, segment, ip, mac, workdir, cpus=1, queues=1, vectors=0):
+        # ip None: eth0 comes up with no address (a DHCP client sets it; then set self.ip).
         self.name, self.segment, self.ip, self.mac = name, segment, ip, mac
         # vCPUs, virtio-net queue pairs (QEMU side and the port's `queues`), MSI-X vectors
         # (0 = INTx: QEMU 7.2 segfaults with vhost-user + TCG + MSI-X).
@@ -62,7 +63,8 @@ class Guest:
             "-chardev", f"socket,id=ser0,path={self.ser_sock},server=on,wait=off,logfile={self.serial_log}",
             "-serial", "chardev:ser0",
             "-kernel", image["kernel"], "-initrd", image["initrd"],
-            "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 bw.ip={self.ip}/24 bw.hostname={self.name}",
+            "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 "
+                       + (f"bw.ip={self.ip}/24 " if self.ip else "") + f"bw.hostname={self.name}",
             "-chardev", f"socket,id=c0,path={self.sock},server=on,wait=off",
             "-netdev", netdev,
             "-device", device,

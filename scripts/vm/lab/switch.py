@@ -11,14 +11,27 @@ from .procs import PROCS
 from .util import API_READY_TIMEOUT, tail
 
 
+def toml_value(v):
+    """A config value as TOML: a string, a bool, an int or a list of them."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a TOML basic string is a JSON string for what the lab writes
+
+
 class Bulwarkd:
     kind = "bulwarkd"
 
-    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag="", tags=None):
+    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag="", tags=None, ports=None):
         """Writes bulwarkd{tag}.toml with one client-mode port per guest; start() starts the process.
         tag names a second instance's files: bulwarkd{tag}.toml, run{tag}/, bulwarkd{tag}.N.log.
         tags: {guest name: {key: value}}, the vNICs' tags in the config (the policy document's
-        selectors read them; `bulwarkctl port tags` changes them at run time)."""
+        selectors read them; `bulwarkctl port tags` changes them at run time).
+        ports: {guest name: {key: value}}, more keys of its [[ports]] entry (str, bool, int, or a
+        list of str), e.g. {"spoof_guard": "strict", "mac": "52:54:...", "dhcp_server": True}."""
         self.bin, self.ctl = bin, ctl
         self.workdir = workdir
         self.tag = tag
@@ -36,6 +49,7 @@ class Bulwarkd:
             t = (tags or {}).get(g.name)
             if t:
                 lines.append("tags = { " + ", ".join(f'{k} = "{v}"' for k, v in t.items()) + " }")
+            lines += [f"{k} = {toml_value(v)}" for k, v in ((ports or {}).get(g.name) or {}).items()]
             lines.append("")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))
