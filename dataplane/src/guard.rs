@@ -114,10 +114,13 @@ const MLD2_REPORT: u8 = 143;
 
 impl Guard {
     /// True if the check must run on this port's frames (anything but off mode, or a frame
-    /// that can announce an address).
+    /// that can announce an address: ARP, ICMPv6, and a DHCP server's UDP).
     #[inline(always)]
     pub fn wants(&self, p: &Packet) -> bool {
-        self.mode != Mode::Off || p.ethertype == ETHERTYPE_ARP || p.proto == ip_proto::ICMPV6
+        self.mode != Mode::Off
+            || p.ethertype == ETHERTYPE_ARP
+            || p.proto == ip_proto::ICMPV6
+            || (self.dhcp_server && p.proto == ip_proto::UDP)
     }
 
     fn bound(&self, a: IpAddr) -> bool {

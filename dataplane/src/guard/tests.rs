@@ -226,6 +226,15 @@ fn dhcp_replies_come_from_dhcp_servers_only() {
         ..guard(Mode::Strict)
     };
     assert_eq!(check(&server, &udp_from(MY_IP, 67, 68)), Check::Snoop);
+    // A DHCP server whose guard is off is snooped all the same (its leases are discovery).
+    let off_server = Guard {
+        dhcp_server: true,
+        ..guard(Mode::Off)
+    };
+    let reply = udp_from(MY_IP, 67, 68);
+    let p = parse(&reply, reply.len()).unwrap();
+    assert!(off_server.wants(&p));
+    assert_eq!(check(&off_server, &reply), Check::Snoop);
 }
 
 #[test]
