@@ -17,6 +17,10 @@
 //!   hit in the connection table (established flows, both directions).
 //! - `rules1k-new`: the same policy, every frame from port 0 a connection never seen (both
 //!   rulesets consulted, a connection inserted); port 1 sends nothing.
+//! - `groups1k-new`: as `rules1k-new`, with the policy as a policy document of group rules
+//!   (bench.py's `group_document`: port 0 in group opener, port 1 in answerer; filler rules
+//!   naming the peer's group with other protocols or ports, memberless groups, addresses),
+//!   compiled by `control::compiler`.
 //!
 //! Run natively (`cargo bench -p bulwark-benches --bench frame_cost`) it checks that every
 //! frame arrives and prints ns/frame, which drifts; `scripts/framecost` runs it under callgrind.
@@ -31,13 +35,15 @@ use std::time::{Duration, Instant};
 
 use bulwark_vhost::{LinkState, NetDevice, PortConn, SocketMode};
 use control::compile;
+use control::compiler::{Compiler, VnicIn};
+use control::document::{Document, Format, VnicAttrs};
 use control::policy::PolicyConfig;
 use dataplane::filter::Policy;
 use dataplane::{PortSpec, Stepper, Switch, SwitchConfig, BURST};
 use pktgen::{build_udp_frame, Connect, DeviceConfig, VirtioNet};
 use serde_json::{json, Value};
 
-const CASES: [&str; 4] = ["l2", "ct", "rules1k", "rules1k-new"];
+const CASES: [&str; 5] = ["l2", "ct", "rules1k", "rules1k-new", "groups1k-new"];
 const MAC: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
 const IP0: [u8; 4] = [10, 254, 0, 1];
 /// 60-byte frames (64 on the wire with the FCS): 14 + 20 + 8 + 18.
@@ -122,6 +128,79 @@ fn filler_rules(n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// bench.py's `group_document("rules1k")`: 1,000 filler rules in a policy document, then allow.
+fn group_document(n: usize) -> Value {
+    let mut services: Vec<Value> = Vec::new();
+    let mut svc = |v: Value| {
+        let name = format!("s{}", services.len());
+        let mut v = v;
+        v["name"] = json!(name);
+        services.push(v);
+        name
+    };
+    let mut groups = vec![
+        json!({"name": "opener", "select": {"tag": "side", "eq": "opener"}}),
+        json!({"name": "answerer", "select": {"tag": "side", "eq": "answerer"}}),
+    ];
+    groups.extend((0..64).map(|k| {
+        json!({"name": format!("empty{k}"),
+        "select": {"tag": "side", "eq": format!("nobody{k}")}})
+    }));
+    let mut rules: Vec<Value> = (0..n)
+        .map(|k| {
+            let mut r = match k % 4 {
+                0 => json!({"src": "opener", "dst": format!("empty{}", k % 64),
+                    "services": svc(json!({"proto": "udp", "ports": [1001]})), "action": "allow"}),
+                1 => json!({"src": "opener", "dst": "answerer", "action": "drop",
+                    "services": svc(json!({"proto": "tcp",
+                        "ports": [1000 + k % 7, format!("{}-{}", 1001 + k % 50, 1100 + k % 50)]}))}),
+                2 => json!({"src": [format!("192.168.{}.0/24", k / 4 % 256),
+                        format!("172.{}.{}.0/24", 16 + k / 1024 % 16, k % 256)],
+                    "dst": "answerer", "services": svc(json!({"proto": "udp"})), "action": "allow"}),
+                _ => {
+                    let p = 2000 + k;
+                    json!({"src": "opener", "dst": "answerer", "action": "reject",
+                        "services": svc(json!({"proto": "udp",
+                            "src_ports": [p, format!("{}-{}", p + 20000, p + 20010)]}))})
+                }
+            };
+            r["name"] = json!(format!("f{k}"));
+            r
+        })
+        .collect();
+    rules.push(json!({"name": "rest", "src": "any", "dst": "any", "action": "allow"}));
+    json!({"services": services, "groups": groups,
+        "policies": [{"name": "rules1k", "tier": "application",
+            "applied_to": ["opener", "answerer"], "rules": rules}],
+        "defaults": {"egress": "drop", "ingress": "drop"}})
+}
+
+/// The two ports' policies from `group_document`, compiled as the agent does.
+fn group_policies() -> [Arc<Policy>; 2] {
+    let text = group_document(1000).to_string();
+    let doc = Document::parse(&text, Format::Json).expect("the document parses");
+    let mut c = Compiler::new(Arc::new(doc)).expect("the document compiles");
+    let mut one = |name: &str, side: &str| {
+        let tags = [("side".to_string(), side.to_string())].into();
+        c.vnic(
+            &VnicIn {
+                attrs: VnicAttrs {
+                    name,
+                    segment: 1,
+                    tenant: "default",
+                    host: "h",
+                    tags: &tags,
+                },
+                own: None,
+            },
+            "",
+        )
+        .expect("the vNIC compiles")
+        .policy
+    };
+    [one("p0", "opener"), one("p1", "answerer")]
+}
+
 /// The two ports' policies, as the bench's policy files have them.
 fn policies(case: &str) -> [Arc<Policy>; 2] {
     let compiled = |v: Value| {
@@ -130,6 +209,7 @@ fn policies(case: &str) -> [Arc<Policy>; 2] {
     };
     match case {
         "l2" => [Arc::new(Policy::none()), Arc::new(Policy::none())],
+        "groups1k-new" => group_policies(),
         "ct" => [
             compiled(json!({"egress_default": "drop", "ingress_default": "drop",
                 "egress": [{"action": "allow", "proto": "udp", "src": "10.254.0.1/32", "dst_ports": 1001}]})),
@@ -234,7 +314,7 @@ fn run(case: &str, passes: usize, flows: u32) -> Outcome {
 
     let fwd = |i: u32| build_udp_frame(MAC[1], MAC[0], IP0, flow_ip(i), 1000, 1001, &PAYLOAD);
     let rev = |i: u32| build_udp_frame(MAC[0], MAC[1], flow_ip(i), IP0, 1001, 1000, &PAYLOAD);
-    let new_flows = case == "rules1k-new";
+    let new_flows = case.ends_with("-new");
     let two_way = !new_flows;
     let (fwd_frames, rev_frames): (Vec<Vec<u8>>, Vec<Vec<u8>>) = if new_flows {
         // Every measured frame a connection never seen: 65,536 destinations, then the next

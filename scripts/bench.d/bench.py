@@ -239,6 +239,65 @@ def policies(pipe, proto="udp"):
     return p, p
 
 
+def group_document(pipe, proto="udp"):
+    """The policy of a case as a policy document with group rules (--groups): p0 is in group
+    opener, p1 in answerer (by their tag `side`), and the rules name groups where the CIDR
+    policies name addresses. None for l2. One policy, applied to both groups: each vNIC carries
+    the rules it is a source of (egress) or a destination of (ingress), about three quarters of
+    the CIDR policies' N rules each side, then allow. The filler rules name the peer's group with
+    another protocol or other ports, memberless groups with the traffic's port, and addresses
+    the traffic does not have: the group trees are walked, none matches."""
+    if pipe == "l2":
+        return None
+    other = {"udp": "tcp", "tcp": "udp"}[proto]
+    services = {}
+
+    def svc(p, ports=None, src_ports=None):
+        name = f"s{len(services)}"
+        key = (p, json.dumps(ports), json.dumps(src_ports))
+        if key not in services:
+            d = {"name": name, "proto": p}
+            if ports is not None:
+                d["ports"] = ports
+            if src_ports is not None:
+                d["src_ports"] = src_ports
+            services[key] = d
+        return services[key]["name"]
+
+    groups = [{"name": "opener", "select": {"tag": "side", "eq": "opener"}},
+              {"name": "answerer", "select": {"tag": "side", "eq": "answerer"}}]
+    if pipe == "ct":
+        rules = [{"name": "open", "src": "opener", "dst": "answerer",
+                  "services": svc(proto, [1001]), "action": "allow"}]
+        return {"services": list(services.values()), "groups": groups,
+                "policies": [{"name": "ct", "tier": "application", "rules": rules}],
+                "defaults": {"egress": "drop", "ingress": "drop"}}
+    n = {"rules1k": 1000, "rules10k": 10000, **CONN_CASES}[pipe]
+    groups += [{"name": f"empty{k}", "select": {"tag": "side", "eq": f"nobody{k}"}} for k in range(64)]
+    rules = []
+    for k in range(n):
+        kind = k % 4
+        if kind == 0:
+            r = {"src": "opener", "dst": f"empty{k % 64}", "services": svc(proto, [1001]), "action": "allow"}
+        elif kind == 1:
+            r = {"src": "opener", "dst": "answerer", "action": "drop",
+                 "services": svc(other, [1000 + k % 7, f"{1001 + k % 50}-{1100 + k % 50}"])}
+        elif kind == 2:
+            r = {"src": [f"192.168.{k // 4 % 256}.0/24", f"172.{16 + k // 1024 % 16}.{k % 256}.0/24"],
+                 "dst": "answerer", "services": svc(proto), "action": "allow"}
+        else:
+            p = 2000 + k
+            r = {"src": "opener", "dst": "answerer", "action": "reject",
+                 "services": svc(proto, None, [p, f"{p + 20000}-{p + 20010}"])}
+        r["name"] = f"f{k}"
+        rules.append(r)
+    rules.append({"name": "rest", "src": "any", "dst": "any", "action": "allow"})
+    return {"services": list(services.values()), "groups": groups,
+            "policies": [{"name": pipe, "tier": "application", "applied_to": ["opener", "answerer"],
+                          "rules": rules}],
+            "defaults": {"egress": "drop", "ingress": "drop"}}
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes we start (and only those are ever stopped)
 
@@ -603,6 +662,8 @@ class Bulwark:
         self.proc = None
         self.dir = os.path.join(ctx.tmp, "bulwark")
         self.policy_files = {}
+        # The policy as a document with group rules instead of per-port CIDR rules.
+        self.groups = ctx.args.groups in ("all", "AB")
 
     def ctl(self, *args, timeout=30):
         r = subprocess.run([self.bulwarkctl, "--run-dir", self.dir, *args], capture_output=True,
@@ -639,6 +700,8 @@ class Bulwark:
                 f.write("\n[conntrack.timeouts]\ntcp_closed = 1\n")
             for i, s in enumerate(socks):
                 f.write(f'\n[[ports]]\nname = "p{i}"\nsocket = "{s}"\nmode = "server"\nsegment = 10\n')
+                if self.groups:
+                    f.write(f'tags = {{ side = "{("opener", "answerer")[i]}" }}\n')
         shutil.copy(cfg, logdir)
         log_path = os.path.join(logdir, "bulwarkd.log")
         # Control threads on the generator's CPU (as OVS's non-PMD threads); the worker pins
@@ -656,6 +719,16 @@ class Bulwark:
                 raise BenchError("bulwarkd did not come up within 20 s:\n" + tail(log_path))
             time.sleep(0.05)
         proto = "tcp" if case.mode == "tcp" else "udp"
+        if self.groups:
+            doc = group_document(case.pipe, proto)
+            if doc:
+                path = os.path.join(self.ctx.tmp, f"document-{case.pipe}-{proto}.json")
+                with open(path, "w") as f:
+                    json.dump(doc, f)
+                r = self.ctl("policy", "apply", "-f", path, timeout=60)
+                if r.returncode != 0:
+                    raise BenchError(f"bulwarkctl policy apply failed: {r.stderr.strip() or r.stdout.strip()}")
+            return "dial", socks
         pols = policies(case.pipe, proto)
         if pols:
             for i, pol in enumerate(pols):
@@ -1423,6 +1496,7 @@ def run_ab(args, cases):
     for name, d in zip(("A", "B"), dirs):
         b = Bulwark(ctx)
         b.name = f"bulwark-{name}"
+        b.groups = args.groups in (name, "AB", "all")
         b.bulwarkd, b.bulwarkctl = os.path.join(d, "bulwarkd"), os.path.join(d, "bulwarkctl")
         builds.append(b)
     log(f"A/B: {len(cases)} cases x {args.rounds} rounds; A = {dirs[0]}, B = {dirs[1]}; "
@@ -1557,6 +1631,10 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
     ap.add_argument("--ab", metavar="DIR_A,DIR_B",
                     help="bulwark against bulwark: two builds' bulwarkd/bulwarkctl alternated per round, "
                          "the same pktgen (--bin-dir); reports the median per-round ratio B/A")
+    ap.add_argument("--groups", choices=["all", "A", "B", "AB"],
+                    help="bulwark's policies as a policy document with group rules instead of per-port "
+                         "CIDR rules: all (every bulwark run), or with --ab the build(s) A, B or AB "
+                         "(--ab OLD,NEW --groups B: the old main's CIDR rules against group rules)")
     ap.add_argument("--hugepages", type=int, default=1024, help="2 MiB hugepages to have free for DPDK/OVS (1024)")
     ap.add_argument("--dut-cpu", type=int, default=0)
     ap.add_argument("--gen-cpu", type=int, default=1)

@@ -162,7 +162,13 @@ pub(super) fn classify(
         Some(p) if table.port(p).is_some_and(|d| d.segment == src.segment) => {
             Classified::Dest(Dest::Port(p))
         }
-        _ => Classified::Dest(Dest::Flood),
+        // Not learned (yet): a port bound to that MAC is its destination all the same, so its
+        // frames are unicast, and judged with the receiver known (its group rules apply).
+        _ => match table.bound.get(&(src.segment, dmac)) {
+            Some(&p) if p == src.id => DropReason::SamePort.into(),
+            Some(&p) => Classified::Dest(Dest::Port(p)),
+            None => Classified::Dest(Dest::Flood),
+        },
     }
 }
 
@@ -297,6 +303,28 @@ mod tests {
         assert_eq!(
             go(a, header(B, A, ETHERTYPE_VLAN, Some(0))),
             Classified::Drop(DropReason::VlanTagged)
+        );
+    }
+
+    #[test]
+    fn a_bound_mac_is_a_destination_before_it_is_learned() {
+        let mut t = table();
+        t.bound.insert((10, Mac(A)), 0);
+        let macs = MacTable::new(1024, 300);
+        let (a, b, c) = (t.port(0).unwrap(), t.port(1).unwrap(), t.port(2).unwrap());
+        let go = |src: &PortEntry, h| classify(&macs, &t, src, &h, 60, 5);
+        assert_eq!(
+            go(b, header(A, B, 0x0800, None)),
+            Classified::Dest(Dest::Port(0))
+        );
+        assert_eq!(
+            go(a, header(A, A, 0x0800, None)),
+            Classified::Drop(DropReason::SamePort)
+        );
+        // Only on its own segment.
+        assert_eq!(
+            go(c, header(A, [2, 0, 0, 0, 0, 3], 0x0800, None)),
+            Classified::Dest(Dest::Flood)
         );
     }
 

@@ -250,6 +250,9 @@ struct PortTable {
     polled: Vec<Vec<(u16, u16)>>,
     /// Every port's bound addresses: (segment, address) -> port.
     owners: Owners,
+    /// Ports bound to their guest's MAC: (segment, MAC) -> port. A unicast frame to such a MAC
+    /// goes to its port before the MAC is learned (the L2 stage asks on a table miss).
+    bound: std::collections::HashMap<(u16, Mac), u16>,
 }
 
 impl PortTable {
@@ -505,6 +508,9 @@ impl Switch {
                 }
             };
             table.members[group].push(p.id);
+            if let Some(m) = p.mac {
+                table.bound.entry((p.segment, m)).or_insert(p.id);
+            }
             // A guarded port's frames are parsed, so its segment is too.
             table.filtered[group] |= p.policy.filtered || p.guard.mode != GuardMode::Off;
             for a in p
