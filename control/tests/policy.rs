@@ -479,3 +479,145 @@ fn the_config_file_names_the_first_policy() {
         sw.log()
     );
 }
+
+/// Two tenants on their own segments use the same addresses: each tenant's policy decides for
+/// its own vNICs only, their connections are two entries (one per zone), and a forged frame of
+/// one tenant never touches the other's connection.
+#[test]
+fn tenants_reuse_addresses_without_mixing() {
+    let sw = Bulwarkd::start_extra(
+        &[
+            (
+                "a1",
+                10,
+                "server",
+                "tenant = \"shop\"\ntags = { tier = \"web\" }",
+            ),
+            (
+                "a2",
+                10,
+                "server",
+                "tenant = \"shop\"\ntags = { tier = \"app\" }",
+            ),
+            (
+                "b1",
+                20,
+                "server",
+                "tenant = \"bank\"\ntags = { tier = \"web\" }",
+            ),
+            (
+                "b2",
+                20,
+                "server",
+                "tenant = \"bank\"\ntags = { tier = \"app\" }",
+            ),
+        ],
+        &[worker_cpu()],
+    );
+    // Each tenant's own groups and policy: the shop lets web reach app on 8080, the bank on
+    // 9090 only. Same tags, same addresses, different answers.
+    let doc = json!({
+        "services": [
+            { "name": "shop-port", "proto": "tcp", "ports": 8080 },
+            { "name": "bank-port", "proto": "tcp", "ports": 9090 },
+        ],
+        "groups": [
+            { "name": "shop-web", "tenant": "shop", "select": { "tag": "tier", "eq": "web" } },
+            { "name": "shop-app", "tenant": "shop", "select": { "tag": "tier", "eq": "app" } },
+            { "name": "bank-web", "tenant": "bank", "select": { "tag": "tier", "eq": "web" } },
+            { "name": "bank-app", "tenant": "bank", "select": { "tag": "tier", "eq": "app" } },
+        ],
+        "policies": [
+            { "name": "shop", "tier": "application", "tenant": "shop", "rules": [
+                { "name": "in", "src": "shop-web", "dst": "shop-app", "services": "shop-port", "action": "allow" } ] },
+            { "name": "bank", "tier": "application", "tenant": "bank", "rules": [
+                { "name": "in", "src": "bank-web", "dst": "bank-app", "services": "bank-port", "action": "allow" } ] },
+        ],
+    });
+    let (s, v) = apply(&sw, &doc, "");
+    assert_eq!(s, 200, "{v}");
+    let (_, g) = sw.api("GET", "/v1/groups", None);
+    let members: Vec<Value> = g
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["vnics"].clone())
+        .collect();
+    assert_eq!(
+        members,
+        [json!(["a1"]), json!(["a2"]), json!(["b1"]), json!(["b2"])]
+    );
+    // A tenant's policy may not name the other tenant's group.
+    let mut bad = doc.clone();
+    bad["policies"][0]["rules"][0]["dst"] = json!("bank-app");
+    let (s, v) = apply(&sw, &bad, "");
+    assert_eq!(
+        (s, v["field"].clone()),
+        (400, json!("policies[0].rules[0].dst[0]")),
+        "{v}"
+    );
+
+    let (m1, m2) = (mac(1), mac(2));
+    let mut a1 = sw.attach("a1", m1);
+    let mut a2 = sw.attach("a2", m2);
+    let mut b1 = sw.attach("b1", m1);
+    let mut b2 = sw.attach("b2", m2);
+    learn(&mut a1, &mut a2, m1, m2);
+    learn(&mut b1, &mut b2, m1, m2);
+    // The same addresses, ports and MACs in both tenants.
+    let shop = syn((m1, IP_WEB), (m2, IP_APP), 40000, 8080);
+    assert_eq!(exchange(&mut a1, &mut a2, &shop, LONG), vec![shop.clone()]);
+    assert!(
+        recv_n(&mut b2, 1, SHORT).is_empty(),
+        "nothing crosses into the bank"
+    );
+    assert!(
+        exchange(&mut b1, &mut b2, &shop, SHORT).is_empty(),
+        "8080 is the shop's rule"
+    );
+    let bank = syn((m1, IP_WEB), (m2, IP_APP), 40000, 9090);
+    assert_eq!(exchange(&mut b1, &mut b2, &bank, LONG), vec![bank.clone()]);
+    assert!(
+        exchange(&mut a1, &mut a2, &bank, SHORT).is_empty(),
+        "9090 is the bank's rule"
+    );
+    // Two connections with equal addresses, one per tenant's zone (segment).
+    let (_, conns) = sw.api("GET", "/v1/conns", None);
+    let zones: Vec<(u64, String)> = conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["zone"].as_u64().unwrap(),
+                c["owner"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(zones.contains(&(10, "a1".into())), "{conns}");
+    assert!(zones.contains(&(20, "b1".into())), "{conns}");
+    // The shop's established connection answers; a reset forged in the bank with the shop's
+    // addresses and ports does not touch it.
+    let rst = tcp(
+        (m2, IP_APP, 8080),
+        (m1, IP_WEB, 40000),
+        5000,
+        1001,
+        "R",
+        b"",
+    );
+    send_all(&mut b2, &[rst]);
+    recv_n(&mut b1, 1, SHORT);
+    let synack = tcp(
+        (m2, IP_APP, 8080),
+        (m1, IP_WEB, 40000),
+        5000,
+        1001,
+        "SA",
+        b"",
+    );
+    assert_eq!(
+        exchange(&mut a2, &mut a1, &synack, LONG),
+        vec![synack.clone()]
+    );
+}
