@@ -207,6 +207,7 @@ mod tests {
             segment,
             mac: mac.map(Mac),
             guard: Arc::default(),
+            guard_all: false,
             backend: Backend::Vhost(Arc::new(bulwark_vhost::NetDevice::default())),
             rules: Arc::new(RuleCounters::new(&policy, 1)),
             policy,

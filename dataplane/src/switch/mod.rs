@@ -131,6 +131,9 @@ struct PortEntry {
     segment: u16,
     mac: Option<Mac>,
     guard: Arc<Guard>,
+    /// `guard` checks every frame (a mode other than off, or a DHCP server): read from the
+    /// entry, so that an unguarded port's frames skip the load through the `Arc`.
+    guard_all: bool,
     /// Its queues (the worker's only way to its frames).
     backend: Backend,
     policy: Arc<Policy>,
@@ -548,6 +551,7 @@ impl Switch {
                 segment: p.segment,
                 mac: p.mac,
                 guard: p.guard.clone(),
+                guard_all: p.guard.mode != GuardMode::Off || p.guard.dhcp_server,
                 backend: Backend::Vhost(p.dev.clone()),
                 policy: p.policy.clone(),
                 rules,
