@@ -635,7 +635,7 @@ fn render_port(p: &PortInfo) -> String {
             .unwrap_or_default();
         s.push_str(&format!("  address {} ({source}", a.address));
         if let Some(e) = a.expires {
-            s.push_str(&format!(", lease ends at {e}"));
+            s.push_str(&format!(", lease ends {}", utc(e)));
         }
         s.push_str(")\n");
     }
@@ -818,6 +818,28 @@ fn render_applied(r: &PolicyApplied) -> String {
     s
 }
 
+/// Unix seconds as a UTC date and time, `2026-12-07 11:00:08Z` (the civil-from-days
+/// conversion of Howard Hinnant's date algorithms).
+fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 fn render_history(h: &[RevisionInfo]) -> String {
     if h.is_empty() {
         return "no revisions yet\n".into();
@@ -827,7 +849,7 @@ fn render_history(h: &[RevisionInfo]) -> String {
         .map(|r| {
             vec![
                 r.revision.to_string(),
-                r.at.to_string(),
+                utc(r.at),
                 r.source.clone(),
                 opt(&r.base),
                 r.vnics_changed.to_string(),
@@ -840,14 +862,7 @@ fn render_history(h: &[RevisionInfo]) -> String {
         })
         .collect();
     table(
-        &[
-            "REVISION",
-            "AT (UNIX)",
-            "SOURCE",
-            "BASE",
-            "VNICS",
-            "CHANGES",
-        ],
+        &["REVISION", "AT (UTC)", "SOURCE", "BASE", "VNICS", "CHANGES"],
         &rows,
     )
 }
@@ -1032,6 +1047,14 @@ mod tests {
             "drops": drops.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_796_641_208), "2026-12-07 11:00:08Z");
+        assert_eq!(utc(4_107_542_399), "2100-02-28 23:59:59Z");
     }
 
     #[test]
