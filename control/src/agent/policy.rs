@@ -282,7 +282,13 @@ impl Agent {
             distinct.insert(Arc::as_ptr(&c.policy.egress) as usize);
             distinct.insert(Arc::as_ptr(&c.policy.ingress) as usize);
         }
-        let cut = self.conns_cut(&ports, &results);
+        // The connections the new rules refuse: a dry run's answer is computed here; a real
+        // apply counts them after publishing (a walk of the whole table must not delay it).
+        let cut = if dry_run {
+            self.conns_cut(&ports, &results)
+        } else {
+            HashMap::new()
+        };
         let mut vnics: Vec<VnicChange> = results
             .iter()
             .map(|(name, c)| {
@@ -315,7 +321,7 @@ impl Agent {
             });
         }
         let mut changed = 0;
-        for (name, c) in results {
+        for (name, c) in results.iter().cloned() {
             if let Some(rec) = ports.get_mut(&name) {
                 changed += usize::from(rec.install(c));
             }
@@ -323,6 +329,15 @@ impl Agent {
         let t = Instant::now();
         self.publish(&ports);
         let publish_time = t.elapsed();
+        // Marked for revalidation, not gone yet: each is cut on its next packet.
+        let cut = self.conns_cut(&ports, &results);
+        for v in &mut vnics {
+            v.conns_cut = ports
+                .get(&v.port)
+                .and_then(|r| cut.get(&r.id))
+                .copied()
+                .unwrap_or(0);
+        }
         let changes = object_diff(st.document().map(|d| &**d), comp.document());
         comp.sweep();
         st.compiler = Some(comp);
