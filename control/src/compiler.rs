@@ -288,12 +288,6 @@ impl Compiler {
         let same_sets = old
             .as_ref()
             .is_some_and(|o| o.doc.groups == doc.groups && o.doc.services == doc.services);
-        let services: Vec<Rule> = doc
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| crate::compile::service_rule(s, &format!("services[{i}]")))
-            .collect::<Result<_, _>>()?;
         let mut groups = Vec::with_capacity(doc.groups.len());
         for g in &doc.groups {
             groups.push(DGroup {
@@ -405,7 +399,7 @@ impl Compiler {
                         .services
                         .items()
                         .iter()
-                        .map(|s| services[refs.services[s]].clone())
+                        .map(|s| refs.service_rules[refs.services[s]].clone())
                         .collect(),
                     applied: applied.into_iter().collect(),
                 });
@@ -593,18 +587,8 @@ impl Compiler {
             Some(own) if !own.egress.is_empty() || !own.ingress.is_empty() => {
                 let class = &self.classes[&slots];
                 let mine = |list, dir: &str| -> Result<Vec<(RuleName, Rule)>, ConfigError> {
-                    let policy: Arc<str> = Arc::from("own");
-                    Ok(crate::compile::rules(list, &format!("{at}policy.{dir}"))?
-                        .into_iter()
-                        .map(|r| {
-                            let name = RuleName {
-                                level: Level::Vnic,
-                                policy: policy.clone(),
-                                rule: Arc::from(r.id.to_string().as_str()),
-                            };
-                            (name, r)
-                        })
-                        .collect())
+                    let rules = crate::compile::rules(list, &format!("{at}policy.{dir}"))?;
+                    Ok(own_names(&rules).into_iter().zip(rules).collect())
                 };
                 let mut e = class.egress.clone();
                 e.extend(mine(&own.egress, "egress")?);
@@ -802,6 +786,19 @@ fn build(
     Ok((rs, 1))
 }
 
+/// The names of a vNIC's own rules: `vnic/own/ID`.
+fn own_names(rules: &[Rule]) -> Vec<RuleName> {
+    let policy: Arc<str> = Arc::from("own");
+    rules
+        .iter()
+        .map(|r| RuleName {
+            level: Level::Vnic,
+            policy: policy.clone(),
+            rule: Arc::from(r.id.to_string().as_str()),
+        })
+        .collect()
+}
+
 /// A vNIC without a document: its own rules as one tier, or no firewall when it has none.
 pub fn own_only(own: Option<&PolicyConfig>, at: &str) -> Result<Compiled, ConfigError> {
     let start = Instant::now();
@@ -809,20 +806,9 @@ pub fn own_only(own: Option<&PolicyConfig>, at: &str) -> Result<Compiled, Config
         Some(p) => (crate::compile::policy(p, &format!("{at}policy"))?, 2),
         None => (Policy::none(), 0),
     };
-    let names = |rules: &[Rule]| -> Vec<RuleName> {
-        let policy: Arc<str> = Arc::from("own");
-        rules
-            .iter()
-            .map(|r| RuleName {
-                level: Level::Vnic,
-                policy: policy.clone(),
-                rule: Arc::from(r.id.to_string().as_str()),
-            })
-            .collect()
-    };
     let names = Names {
-        egress: names(policy.egress.rules()),
-        ingress: names(policy.ingress.rules()),
+        egress: own_names(policy.egress.rules()),
+        ingress: own_names(policy.ingress.rules()),
     };
     Ok(Compiled {
         slots: policy.groups.clone(),

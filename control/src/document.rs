@@ -509,6 +509,8 @@ pub struct Refs {
     pub groups: HashMap<String, usize>,
     /// Service name -> index.
     pub services: HashMap<String, usize>,
+    /// Per service (by index): the rule that matches it (`compile::service_rule`).
+    pub service_rules: Vec<dataplane::ruleset::Rule>,
     /// Per group: its nested groups (indices), in a topological order of the nesting (every
     /// group after those it includes).
     pub group_order: Vec<usize>,
@@ -539,6 +541,7 @@ impl Document {
             ));
         }
         let mut services = HashMap::new();
+        let mut service_rules = Vec::with_capacity(self.services.len());
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
             check_name(&s.name, &format!("{at}.name"))?;
@@ -548,7 +551,7 @@ impl Document {
                     format!("a second service named {:?}", s.name),
                 ));
             }
-            crate::compile::service_rule(s, &at)?;
+            service_rules.push(crate::compile::service_rule(s, &at)?);
             check_app(&s.app, &at)?;
         }
         let mut groups = HashMap::new();
@@ -690,6 +693,7 @@ impl Document {
         Ok(Refs {
             groups,
             services,
+            service_rules,
             group_order,
         })
     }

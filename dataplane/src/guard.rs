@@ -84,6 +84,13 @@ impl How {
     }
 }
 
+/// True if `p` can announce an address (ARP, ICMPv6 neighbour discovery): checked on every
+/// port, guarded or not, for discovery.
+#[inline(always)]
+pub fn announces(p: &Packet) -> bool {
+    p.ethertype == ETHERTYPE_ARP || p.proto == ip_proto::ICMPV6
+}
+
 /// A port uses an address it has not bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -117,10 +124,7 @@ impl Guard {
     /// that can announce an address: ARP, ICMPv6, and a DHCP server's UDP).
     #[inline(always)]
     pub fn wants(&self, p: &Packet) -> bool {
-        self.mode != Mode::Off
-            || p.ethertype == ETHERTYPE_ARP
-            || p.proto == ip_proto::ICMPV6
-            || (self.dhcp_server && p.proto == ip_proto::UDP)
+        self.mode != Mode::Off || announces(p) || (self.dhcp_server && p.proto == ip_proto::UDP)
     }
 
     fn bound(&self, a: IpAddr) -> bool {

@@ -21,8 +21,8 @@ use super::worker::{Now, Worker};
 use super::{PortEntry, PortTable};
 use crate::counters::DropReason;
 use crate::filter::{Decision, Filter, Policy, RuleRef};
-use crate::guard::{dhcp_reply, Check, DHCP_READ};
-use crate::parse::{ip_proto, Packet, ETHERTYPE_ARP, HEADROOM, L3};
+use crate::guard::{announces, dhcp_reply, Check, DHCP_READ};
+use crate::parse::{Packet, HEADROOM, L3};
 use crate::reply::reject;
 use crate::ruleset::{Action, Tuple};
 use crate::wire::Mac;
@@ -92,8 +92,7 @@ impl Worker<'_> {
         // The spoof guard first: what it drops never reaches the rules or the table.
         // An unguarded port's frames that can announce an address (ARP, ICMPv6) are still
         // checked, for discovery; the rest skip the guard without touching it.
-        let announces = p.ethertype == ETHERTYPE_ARP || p.proto == ip_proto::ICMPV6;
-        if (src.guard_all || announces) && src.guard.wants(p) {
+        if (src.guard_all || announces(p)) && src.guard.wants(p) {
             let h = &self.hdrs[n][..hl];
             let smac = Mac(h[6..12].try_into().expect("an Ethernet header"));
             match src
