@@ -6,7 +6,9 @@
 //!   lookups from any worker, per-vNIC limits, lazy aging with QSBR-deferred reuse.
 //! - `ip_proto`: IP protocol numbers and their names, for every crate.
 //! - `qsbr`: the workers' quiescence counters used for reclamation.
-//! - `mem`: prefetch and huge-page hints (the crate's only `unsafe`).
+//! - `state`: the table in a state file that outlives the process (`Table::open`: its header,
+//!   recovery, conversion to another capacity).
+//! - `mem`: the table's memory mappings and prefetch hints (the crate's only `unsafe`).
 //!
 //! See `DESIGN.md` in this crate for the table layout, concurrency, memory ordering and aging.
 #![deny(unsafe_code)]
@@ -29,11 +31,13 @@
 pub mod ip_proto;
 pub mod mem;
 pub mod qsbr;
+pub mod state;
 pub mod table;
 pub mod tcp;
 
+pub use state::Opened;
 pub use table::{
-    full_epoch, Config, ConnInfo, Found, InsertError, Key, NewConn, SweepStats, Table, Timeouts,
-    RESTAMP_AGE, RESTAMP_EVERY,
+    full_epoch, Config, ConnInfo, Found, InsertError, Key, NewConn, Record, Recovery, SweepStats,
+    Table, Timeouts, RESTAMP_AGE, RESTAMP_EVERY,
 };
 pub use tcp::{Segment, TcpConn, TimeoutClass};

@@ -1,4 +1,5 @@
-//! Memory hints: the one place in this crate with `unsafe`.
+//! Memory: the table's mappings (anonymous, or a shared file that outlives the process) and
+//! prefetch hints; the one place in this crate with `unsafe`.
 //!
 //! Lookups in a table much larger than the caches are bound by memory latency and TLB misses
 //! (see `DESIGN.md`). The data path hides the latency by asking for the cache lines of a whole
@@ -22,23 +23,169 @@ pub fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
-/// A vector of `n` elements made by `init`, whose memory the kernel is asked to back with
-/// transparent huge pages (`madvise(MADV_HUGEPAGE)` before the first touch). Only a hint:
-/// without THP it is an ordinary vector.
-pub fn huge_vec<T>(n: usize, init: impl FnMut() -> T) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    let bytes = n * std::mem::size_of::<T>();
-    let page = 4096usize;
-    let start = (v.as_ptr() as usize).next_multiple_of(page);
-    let end = (v.as_ptr() as usize + bytes) & !(page - 1);
-    if end > start + (2 << 20) {
-        // SAFETY: `[start, end)` lies inside the allocation `v` owns (rounded inwards to page
-        // boundaries) and nothing references it yet; MADV_HUGEPAGE changes how the kernel backs
-        // it, never its contents or validity. A failure (no THP support) is harmless.
+/// Types that may live in shared or file-backed memory: every bit pattern (all zeros
+/// included) is a valid value, they hold no pointers and have no drop glue, and all their
+/// access is atomic, so another process (or an earlier one) writing the same memory cannot
+/// make a value invalid, only surprising.
+///
+/// # Safety
+/// Implement only for types made of atomics of plain integers, `#[repr(C)]` or transparent.
+pub unsafe trait Plain: Sized + Sync + Send {}
+
+// SAFETY: an AtomicU64 is a u64 in an UnsafeCell: any 8 bytes are a valid value.
+unsafe impl Plain for std::sync::atomic::AtomicU64 {}
+// SAFETY: a slot is `#[repr(C)]` eight AtomicU64s.
+unsafe impl Plain for crate::table::Slot {}
+
+/// Memory for the connection table: anonymous (private to the process, gone with it) or a
+/// shared mapping of a file (on tmpfs it outlives the process: a restarted bulwarkd maps it
+/// again). Unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; what is stored in it is accessed only through `Plain`
+// (atomic) types, which synchronise themselves.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// `len` bytes of zeroed anonymous memory, with the huge-page hint.
+    pub fn anonymous(len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh private anonymous mapping: no file, no address hint, nothing
+        // aliases it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        Self::made(p, len.max(1))
+    }
+
+    /// The first `len` bytes of `file`, shared: stores reach the file (its page cache) at once,
+    /// and survive the process. The caller sized the file.
+    pub fn shared(file: &std::fs::File, len: usize) -> std::io::Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a new shared mapping of a file the caller opened read-write; the kernel
+        // checks the descriptor and the length. Accesses beyond the file's end would fault, so
+        // the caller sizes the file to `len` first and never shrinks it while mapped.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        Self::made(p, len.max(1))
+    }
+
+    fn made(p: *mut libc::c_void, len: usize) -> std::io::Result<Mapping> {
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `p..p+len` is the mapping just made; the advice changes how it is backed,
+        // never its contents. A failure (no THP for this kind of memory) is harmless.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+        }
+        Ok(Mapping {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is mapped (never: a mapping has at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `n` values of `T` at byte `offset`, which must be aligned for `T` and inside the
+    /// mapping.
+    ///
+    /// # Panics
+    /// When the range is outside the mapping or misaligned.
+    pub fn slice<T: Plain>(&self, offset: usize, n: usize) -> &[T] {
+        let bytes = n.checked_mul(std::mem::size_of::<T>()).expect("size");
+        assert!(
+            offset.checked_add(bytes).is_some_and(|e| e <= self.len),
+            "range outside the mapping"
+        );
+        assert_eq!(
+            (self.base as usize + offset) % std::mem::align_of::<T>(),
+            0,
+            "misaligned"
+        );
+        // SAFETY: the range lies inside the mapping (checked above) and is aligned for `T`;
+        // the mapping lives as long as `&self`; `T: Plain` makes any contents a valid value
+        // and all access atomic, so shared references are sound even while other threads (or
+        // processes) write the memory.
+        unsafe { std::slice::from_raw_parts(self.base.add(offset).cast::<T>(), n) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `made`, unmapped once; no slice of it outlives `self`
+        // (they borrow it).
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
         }
     }
-    v.resize_with(n, init);
-    v
+}
+
+/// A slice of `T` kept alive by the mapping that holds it: dereferences to `&[T]` with no
+/// branch (a pointer and a length, as a `Box<[T]>`).
+#[derive(Debug)]
+pub struct Region<T: Plain> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    map: std::sync::Arc<Mapping>,
+}
+
+// SAFETY: `T: Plain` is Send + Sync and the mapping is too; the region only hands out shared
+// references.
+unsafe impl<T: Plain> Send for Region<T> {}
+// SAFETY: as above.
+unsafe impl<T: Plain> Sync for Region<T> {}
+
+impl<T: Plain> Region<T> {
+    /// `n` values of `T` at byte `offset` of `map` (checked as `Mapping::slice` checks).
+    pub fn new(map: &std::sync::Arc<Mapping>, offset: usize, n: usize) -> Self {
+        let s = map.slice::<T>(offset, n);
+        Region {
+            ptr: std::ptr::NonNull::from(s).cast(),
+            len: n,
+            map: map.clone(),
+        }
+    }
+
+    /// The mapping it lives in.
+    pub fn mapping(&self) -> &std::sync::Arc<Mapping> {
+        &self.map
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Region<T> {
+    type Target = [T];
+    #[inline(always)]
+    fn deref(&self) -> &[T] {
+        // SAFETY: made from a checked slice of `map`, which this region keeps alive.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
 }

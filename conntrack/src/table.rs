@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::ip_proto;
-use crate::mem::{huge_vec, prefetch};
+use crate::mem::{prefetch, Mapping, Region};
 use crate::qsbr::{Qsbr, Snapshot};
 use crate::tcp::{TcpConn, TimeoutClass};
 
@@ -77,6 +77,17 @@ pub const RESTAMP_AGE: u64 = 1 << 15;
 pub const RESTAMP_EVERY: u64 = 1 << 14;
 const OWNER_SHIFT: u32 = 32;
 const PEER_SHIFT: u32 = 48;
+/// The meta bits that describe the connection (flags, class, stale, epoch, owner, peer), as
+/// against those that describe the slot (status, update bit, continuation, wide, doomed).
+const KEPT_META: u64 = !(STATUS_MASK | LOCK | F_CONT | F_WIDE | F_DOOMED);
+
+/// A connection's words but its key, for `Table::place`.
+struct Words {
+    meta: u64,
+    tcp: [u64; 3],
+    time: u64,
+    pkts: u64,
+}
 
 const TAG_NONE: u8 = 0;
 const TAG_CONT: u8 = 1;
@@ -234,10 +245,11 @@ struct Vnic {
     bucket: AtomicU64,
 }
 
+/// One 64-byte entry (eight words). All zeros is an empty slot.
 #[derive(Debug, Default)]
 #[repr(C, align(64))]
-struct Slot {
-    w: [AtomicU64; 8],
+pub(crate) struct Slot {
+    pub(crate) w: [AtomicU64; 8],
 }
 
 /// What a new connection starts with.
@@ -307,6 +319,54 @@ pub struct SweepStats {
     pub reclaimed: usize,
 }
 
+/// A connection as it moves between tables: to a table of another size (a state file
+/// converted at start) or to another switch (its vNIC migrated). Times are relative (idle and
+/// age seconds), so a switch with another clock can take it; the rules that admitted it are
+/// not carried: the receiving table marks it stale, so its next packet is judged by the
+/// receiver's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// Key in the opening direction.
+    pub key: Key,
+    /// vNIC that opened it (the receiver's id for it).
+    pub owner: u16,
+    /// vNIC on the other end (the owner again when it leaves the host).
+    pub peer: u16,
+    /// Timeout class (`TimeoutClass` as a number).
+    pub class: u8,
+    /// The reply direction has been seen.
+    pub replied: bool,
+    /// Picked up mid-stream (TCP).
+    pub pickup: bool,
+    /// TCP window state, `TcpConn::to_words` (zeros for other protocols).
+    pub tcp: [u64; 3],
+    /// Seconds since its last packet.
+    pub idle_secs: u32,
+    /// Seconds since it was created (modulo 2^24).
+    pub age_secs: u32,
+    /// Packets seen (modulo 2^40).
+    pub packets: u64,
+}
+
+/// What `Table::recover` found in a table another process left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Connections kept (marked stale: each is judged again by its next packet).
+    pub kept: usize,
+    /// Half-written entries (a creator died before publishing them), cleared.
+    pub unpublished: usize,
+    /// Entries that were being removed or were cut, cleared.
+    pub removed: usize,
+    /// Connections idle past their timeout, cleared.
+    pub expired: usize,
+    /// Entries that do not read as a connection (bad family, a key in the wrong bucket, a
+    /// broken IPv6 pair), cleared.
+    pub invalid: usize,
+    /// Connections whose TCP state was being updated when the process died (kept: each of
+    /// the three words is whole).
+    pub mid_update: usize,
+}
+
 /// Tombstoned slots on their way back to the free pool.
 #[derive(Debug, Default)]
 struct Reclaim {
@@ -320,12 +380,12 @@ struct Reclaim {
 /// The shared connection table.
 #[derive(Debug)]
 pub struct Table {
-    slots: Box<[Slot]>,
+    pub(crate) slots: Region<Slot>,
     /// One byte per slot, eight to a word (so a bucket's tags are compared two words at a
     /// time): 0 empty (or being claimed, or awaiting reclamation), 1 an IPv6 continuation,
     /// else hash bits of the connection's key.
-    tags: Box<[AtomicU64]>,
-    inserting: Box<[AtomicBool]>,
+    tags: Region<AtomicU64>,
+    pub(crate) inserting: Box<[AtomicBool]>,
     nbuckets: usize,
     seed: u64,
     live: AtomicU32,
@@ -337,20 +397,60 @@ pub struct Table {
     qsbr: Qsbr,
     /// Reclamation state (control thread only; the mutex is never taken on a worker).
     reclaim: std::sync::Mutex<Reclaim>,
+    /// The state file the slots and tags live in, when they outlive the process.
+    pub(crate) file: Option<crate::state::Backing>,
+}
+
+/// Slots and buckets of a table for `capacity` connections: sized so that at most 75 % of
+/// the slots are used at full capacity.
+pub(crate) fn geometry(capacity: usize) -> (usize, usize) {
+    let slots_needed = (capacity.max(1) * 4).div_ceil(3).max(BUCKET * 2);
+    let nbuckets = slots_needed.div_ceil(BUCKET);
+    (nbuckets, nbuckets * BUCKET)
+}
+
+/// Where a table's memory is: the slots, then the tags (a byte per slot), each at a 2 MiB
+/// boundary (so huge pages can back them), after a header page. Returns (slots offset, tags
+/// offset, total bytes).
+pub(crate) fn memory_layout(slots: usize) -> (usize, usize, usize) {
+    const ALIGN: usize = 2 << 20;
+    let slots_at = ALIGN;
+    let tags_at = (slots_at + slots * std::mem::size_of::<Slot>()).next_multiple_of(ALIGN);
+    let end = (tags_at + slots).next_multiple_of(ALIGN);
+    (slots_at, tags_at, end)
 }
 
 impl Table {
-    /// A table for `cfg.capacity` connections (at most 75 % of its slots are used).
+    /// A table for `cfg.capacity` connections (at most 75 % of its slots are used), in the
+    /// process's own memory (gone with it; `Table::open` makes one that outlives it).
+    ///
+    /// # Panics
+    /// When the kernel refuses the (lazily backed, unreserved) anonymous mapping.
     pub fn new(cfg: &Config) -> Self {
-        let slots_needed = (cfg.capacity.max(1) * 4).div_ceil(3).max(BUCKET * 2);
-        let nbuckets = slots_needed.div_ceil(BUCKET);
-        let n = nbuckets * BUCKET;
+        let (nbuckets, n) = geometry(cfg.capacity);
+        let (_, _, len) = memory_layout(n);
+        let map = Mapping::anonymous(len).unwrap_or_else(|e| {
+            panic!("conntrack: cannot map {len} bytes for the connection table: {e}")
+        });
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x6374_u64) | 1;
+        Self::over(cfg, std::sync::Arc::new(map), nbuckets, seed, None)
+    }
+
+    /// A table whose slots and tags are in `map` (laid out by `memory_layout`), as they are.
+    pub(crate) fn over(
+        cfg: &Config,
+        map: std::sync::Arc<Mapping>,
+        nbuckets: usize,
+        seed: u64,
+        file: Option<crate::state::Backing>,
+    ) -> Self {
+        let n = nbuckets * BUCKET;
+        let (slots_at, tags_at, _) = memory_layout(n);
         Table {
-            // Huge pages: a lookup touches random lines of a table far larger than the TLB's
-            // reach with 4 KiB pages.
-            slots: huge_vec(n, Slot::default).into_boxed_slice(),
-            tags: huge_vec(n / TAGS_PER_WORD, || AtomicU64::new(0)).into_boxed_slice(),
+            // Huge pages (the mapping's hint): a lookup touches random lines of a table far
+            // larger than the TLB's reach with 4 KiB pages.
+            slots: Region::new(&map, slots_at, n),
+            tags: Region::new(&map, tags_at, n / TAGS_PER_WORD),
             inserting: (0..nbuckets).map(|_| AtomicBool::new(false)).collect(),
             nbuckets,
             seed,
@@ -366,6 +466,7 @@ impl Table {
             timeouts: cfg.timeouts,
             qsbr: Qsbr::new(cfg.workers),
             reclaim: Default::default(),
+            file,
         }
     }
 
@@ -689,27 +790,37 @@ impl Table {
             return Err(InsertError::TableFull);
         };
         self.live.fetch_add(1, Ordering::Relaxed);
+        let class = tcp.map_or(TimeoutClass::FirstPacket, TcpConn::timeout_class) as u64;
+        let meta = class << CLASS_SHIFT
+            | u64::from(epoch) << EPOCH_SHIFT
+            | u64::from(owner) << OWNER_SHIFT
+            | u64::from(peer) << PEER_SHIFT;
+        let words = Words {
+            meta,
+            tcp: tcp.map_or([0; 3], TcpConn::to_words),
+            time: u64::from(now) | u64::from(rules.0) << 32 | u64::from(rules.1) << 48,
+            pkts: u64::from(now & BORN_MASK) << BORN_SHIFT,
+        };
+        self.place(s, cont, k, hash, &words);
+        Ok((Found { slot: s, dir: 0 }, true))
+    }
+
+    /// Writes a connection into the claimed (BUSY) slot `s` (and `cont`, for IPv6), then
+    /// publishes it: LIVE, then its tag.
+    fn place(&self, s: usize, cont: usize, k: &Key, hash: u64, words: &Words) {
+        let wide = k.is_v6();
         let w = &self.slots[s].w;
         w[W_ADDR4].store(
             if wide { cont as u64 } else { k.addr4_word() },
             Ordering::Relaxed,
         );
         w[W_PORTS].store(k.ports_word(), Ordering::Relaxed);
-        let t = tcp.map_or([0; 3], TcpConn::to_words);
-        for (i, v) in t.iter().enumerate() {
+        for (i, v) in words.tcp.iter().enumerate() {
             w[W_TCP + i].store(*v, Ordering::Relaxed);
         }
-        w[W_TIME].store(
-            u64::from(now) | u64::from(rules.0) << 32 | u64::from(rules.1) << 48,
-            Ordering::Relaxed,
-        );
-        w[W_PKTS].store(u64::from(now & BORN_MASK) << BORN_SHIFT, Ordering::Relaxed);
-        let class = tcp.map_or(TimeoutClass::FirstPacket, TcpConn::timeout_class) as u64;
-        let mut meta = LIVE
-            | class << CLASS_SHIFT
-            | u64::from(epoch) << EPOCH_SHIFT
-            | u64::from(owner) << OWNER_SHIFT
-            | u64::from(peer) << PEER_SHIFT;
+        w[W_TIME].store(words.time, Ordering::Relaxed);
+        w[W_PKTS].store(words.pkts, Ordering::Relaxed);
+        let mut meta = words.meta & KEPT_META | LIVE;
         if wide {
             meta |= F_WIDE;
             let c = &self.slots[cont].w;
@@ -723,7 +834,6 @@ impl Table {
         // Release: all the words above happen-before a reader's Acquire load of LIVE.
         w[W_META].store(meta, Ordering::Release);
         self.set_tag(s, Self::tag(hash));
-        Ok((Found { slot: s, dir: 0 }, true))
     }
 
     /// Claims one free slot (two in one bucket for `wide`: the entry and its continuation),
@@ -1081,24 +1191,8 @@ impl Table {
     }
 
     /// Removes every connection `vnic` owns or is the peer of; returns how many.
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the owner and peer fields of the meta word are 16 bits each"
-    )]
     pub fn flush_vnic(&self, vnic: u16) -> usize {
-        let mut n = 0;
-        for s in self.tagged(0..self.slots.len()) {
-            let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
-            let (owner, peer) = ((meta >> OWNER_SHIFT) as u16, (meta >> PEER_SHIFT) as u16);
-            if meta & STATUS_MASK == LIVE
-                && meta & F_CONT == 0
-                && (owner == vnic || peer == vnic)
-                && self.remove(s)
-            {
-                n += 1;
-            }
-        }
-        n
+        self.retain(|owner, peer| owner != vnic && peer != vnic)
     }
 
     /// The live connections of `vnic` (owner or peer), or all with `None` (slow path).
@@ -1127,37 +1221,15 @@ impl Table {
             if vnic.is_some_and(|v| v != owner && v != peer) {
                 continue;
             }
-            let ports = w[W_PORTS].load(Ordering::Relaxed);
-            let proto = (ports >> 48) as u8;
-            let (src, dst) = if meta & F_WIDE != 0 {
-                let c = &self.slots[self.cont(s)].w;
-                let a = |i: usize| {
-                    let lo = u128::from(c[1 + i].load(Ordering::Relaxed));
-                    let hi = u128::from(c[2 + i].load(Ordering::Relaxed));
-                    IpAddr::V6((lo | hi << 64).into())
-                };
-                (a(0), a(2))
-            } else {
-                let a = w[W_ADDR4].load(Ordering::Relaxed);
-                (
-                    IpAddr::V4((a as u32).into()),
-                    IpAddr::V4(((a >> 32) as u32).into()),
-                )
-            };
+            let key = self.key_of(s, meta);
+            let proto = key.proto;
             let time = w[W_TIME].load(Ordering::Relaxed);
             let pkts = w[W_PKTS].load(Ordering::Relaxed);
             // CLASS_MASK keeps three bits: the cast cannot truncate.
             let class = TimeoutClass::from_repr(((meta >> CLASS_SHIFT) & CLASS_MASK) as u8)
                 .unwrap_or(TimeoutClass::Closed);
             out.push(ConnInfo {
-                key: Key {
-                    zone: (ports >> 32) as u16,
-                    proto,
-                    src,
-                    dst,
-                    sport: ports as u16,
-                    dport: (ports >> 16) as u16,
-                },
+                key,
                 owner,
                 peer,
                 class,
@@ -1180,6 +1252,272 @@ impl Table {
             });
         }
         out
+    }
+
+    /// The key of the connection whose head is slot `s` (with `meta`, its meta word).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "every field read back from its packed word has exactly the bits cast to"
+    )]
+    fn key_of(&self, s: usize, meta: u64) -> Key {
+        let w = &self.slots[s].w;
+        let ports = w[W_PORTS].load(Ordering::Relaxed);
+        let (src, dst) = if meta & F_WIDE != 0 {
+            let c = &self.slots[self.cont(s)].w;
+            let a = |i: usize| {
+                let lo = u128::from(c[1 + i].load(Ordering::Relaxed));
+                let hi = u128::from(c[2 + i].load(Ordering::Relaxed));
+                IpAddr::V6((lo | hi << 64).into())
+            };
+            (a(0), a(2))
+        } else {
+            let a = w[W_ADDR4].load(Ordering::Relaxed);
+            (
+                IpAddr::V4((a as u32).into()),
+                IpAddr::V4(((a >> 32) as u32).into()),
+            )
+        };
+        Key {
+            zone: (ports >> 32) as u16,
+            proto: (ports >> 48) as u8,
+            src,
+            dst,
+            sport: ports as u16,
+            dport: (ports >> 16) as u16,
+        }
+    }
+
+    /// The live connections of `vnic` (owner or peer), or all with `None`, as records to move
+    /// to another table (`adopt`). Slow path: scans the table.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "every field read back from its packed word has exactly the bits cast to"
+    )]
+    pub fn records(&self, vnic: Option<u16>, now: u32) -> Vec<Record> {
+        let mut out = Vec::new();
+        for s in self.tagged(0..self.slots.len()) {
+            let w = &self.slots[s].w;
+            let meta = w[W_META].load(Ordering::Acquire);
+            if meta & STATUS_MASK != LIVE || meta & F_CONT != 0 || self.expired(s, now) {
+                continue;
+            }
+            let (owner, peer) = ((meta >> OWNER_SHIFT) as u16, (meta >> PEER_SHIFT) as u16);
+            if vnic.is_some_and(|v| v != owner && v != peer) {
+                continue;
+            }
+            let time = w[W_TIME].load(Ordering::Relaxed);
+            let pkts = w[W_PKTS].load(Ordering::Relaxed);
+            let tcp = self.with_tcp(s, |c| (false, c.to_words()));
+            out.push(Record {
+                key: self.key_of(s, meta),
+                owner,
+                peer,
+                class: ((meta >> CLASS_SHIFT) & CLASS_MASK) as u8,
+                replied: meta & F_REPLIED != 0,
+                pickup: meta & F_PICKUP != 0,
+                tcp,
+                idle_secs: now.wrapping_sub(time as u32).min(1 << 30),
+                age_secs: now.wrapping_sub((pkts >> BORN_SHIFT) as u32) & BORN_MASK,
+                packets: pkts & PKTS_MASK,
+            });
+        }
+        out
+    }
+
+    /// Takes a connection moved from another table. It is marked stale: its next packet is
+    /// judged by this switch's rules, which record the admitting rules again. `limits`:
+    /// charge the owner against its maximum (a migrated vNIC's connections), or not (a
+    /// converted state file's, which were admitted already). Returns false when the table
+    /// already had the connection (left as it was).
+    pub fn adopt(&self, r: &Record, now: u32, limits: bool) -> Result<bool, InsertError> {
+        let k = &r.key;
+        if k.src.is_ipv6() != k.dst.is_ipv6() {
+            return Err(InsertError::MixedFamilies);
+        }
+        let hash = self.hash(k);
+        let flag = &self.inserting[self.buckets(hash)[0]];
+        while flag
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let res = (|| {
+            if self.lookup(k, hash).is_some() {
+                return Ok(false);
+            }
+            let wide = k.is_v6();
+            let units = 1 + u32::from(wide);
+            if self.used.fetch_add(units, Ordering::Relaxed) + units > self.capacity {
+                self.used.fetch_sub(units, Ordering::Relaxed);
+                return Err(InsertError::TableFull);
+            }
+            if let Some(v) = self.vnics.get(usize::from(r.owner)) {
+                let before = v.count.fetch_add(units, Ordering::Relaxed);
+                if limits && before + units > v.max.load(Ordering::Relaxed) {
+                    v.count.fetch_sub(units, Ordering::Relaxed);
+                    self.used.fetch_sub(units, Ordering::Relaxed);
+                    return Err(InsertError::VnicLimit);
+                }
+            }
+            let Some((s, cont)) = self.claim(hash, wide) else {
+                self.used.fetch_sub(units, Ordering::Relaxed);
+                self.release(r.owner, units);
+                return Err(InsertError::TableFull);
+            };
+            self.live.fetch_add(1, Ordering::Relaxed);
+            let mut meta = (u64::from(r.class) & CLASS_MASK) << CLASS_SHIFT
+                | F_STALE
+                | u64::from(r.owner) << OWNER_SHIFT
+                | u64::from(r.peer) << PEER_SHIFT;
+            if r.replied {
+                meta |= F_REPLIED;
+            }
+            if r.pickup {
+                meta |= F_PICKUP;
+            }
+            let words = Words {
+                meta,
+                tcp: r.tcp,
+                time: u64::from(now.wrapping_sub(r.idle_secs))
+                    | u64::from(u16::MAX) << 32
+                    | u64::from(u16::MAX) << 48,
+                pkts: r.packets & PKTS_MASK
+                    | u64::from(now.wrapping_sub(r.age_secs) & BORN_MASK) << BORN_SHIFT,
+            };
+            self.place(s, cont, k, hash, &words);
+            Ok(true)
+        })();
+        flag.store(false, Ordering::Release);
+        res
+    }
+
+    /// Makes a table another process left consistent before anyone uses it (no other thread
+    /// may touch the table meanwhile): clears what a process that died mid-write left
+    /// half-done (unpublished entries, tombstones, cut connections, half-removed IPv6 pairs),
+    /// clears update bits, drops expired connections and entries that do not read as a
+    /// connection, marks every kept connection stale (the new process's policy judges it
+    /// again on its next packet), and rebuilds the tags and the counts from the slots.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner field of the meta word is 16 bits, the family its top byte"
+    )]
+    pub fn recover(&self, now: u32) -> Recovery {
+        let mut r = Recovery::default();
+        for t in self.tags.iter() {
+            t.store(0, Ordering::Relaxed);
+        }
+        self.live.store(0, Ordering::Relaxed);
+        self.used.store(0, Ordering::Relaxed);
+        for v in self.vnics.iter() {
+            v.count.store(0, Ordering::Relaxed);
+            v.bucket.store(0, Ordering::Relaxed);
+        }
+        let n = self.slots.len();
+        // Continuation slots a kept head points to.
+        let mut kept_cont = vec![false; n];
+        for s in 0..n {
+            let w = &self.slots[s].w;
+            let meta = w[W_META].load(Ordering::Relaxed);
+            match meta & STATUS_MASK {
+                EMPTY => {
+                    if meta != 0 {
+                        w[W_META].store(EMPTY, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                BUSY => {
+                    r.unpublished += 1;
+                    w[W_META].store(EMPTY, Ordering::Relaxed);
+                    continue;
+                }
+                TOMB => {
+                    r.removed += usize::from(meta & F_CONT == 0);
+                    w[W_META].store(EMPTY, Ordering::Relaxed);
+                    continue;
+                }
+                _ => {}
+            }
+            if meta & F_CONT != 0 {
+                continue; // judged with its head, below
+            }
+            let wide = meta & F_WIDE != 0;
+            let cont = self.cont(s);
+            let family = (w[W_PORTS].load(Ordering::Relaxed) >> 56) as u8;
+            let pair_ok = !wide
+                || (cont != s
+                    && cont / BUCKET == s / BUCKET
+                    && self.slots[cont].w[W_META].load(Ordering::Relaxed) == LIVE | F_CONT
+                    && !kept_cont[cont]);
+            let verdict = if meta & F_DOOMED != 0 {
+                Some(&mut r.removed)
+            } else if family != if wide { 6 } else { 4 }
+                || !pair_ok
+                // A key in a bucket its hash does not lead to (torn, or not a key at all).
+                || !self.buckets(self.hash(&self.key_of(s, meta))).contains(&(s / BUCKET))
+            {
+                Some(&mut r.invalid)
+            } else if self.expired(s, now) {
+                Some(&mut r.expired)
+            } else {
+                None
+            };
+            if let Some(count) = verdict {
+                *count += 1;
+                w[W_META].store(EMPTY, Ordering::Relaxed);
+                continue;
+            }
+            if meta & LOCK != 0 {
+                r.mid_update += 1;
+            }
+            w[W_META].store(meta & !LOCK | F_STALE, Ordering::Relaxed);
+            let units = 1 + u32::from(wide);
+            if wide {
+                kept_cont[cont] = true;
+                self.set_tag(cont, TAG_CONT);
+            }
+            self.set_tag(s, Self::tag(self.hash(&self.key_of(s, meta))));
+            if let Some(v) = self.vnics.get(usize::from((meta >> OWNER_SHIFT) as u16)) {
+                v.count.fetch_add(units, Ordering::Relaxed);
+            }
+            self.live.fetch_add(1, Ordering::Relaxed);
+            self.used.fetch_add(units, Ordering::Relaxed);
+            r.kept += 1;
+        }
+        // Continuations no kept head points to: their head was cleared or never published.
+        for (s, kept) in kept_cont.iter().enumerate() {
+            let w = &self.slots[s].w;
+            if !kept && w[W_META].load(Ordering::Relaxed) & F_CONT != 0 {
+                w[W_META].store(EMPTY, Ordering::Relaxed);
+            }
+        }
+        for f in self.inserting.iter() {
+            f.store(false, Ordering::Relaxed);
+        }
+        *self.lock_reclaim() = Reclaim::default();
+        r
+    }
+
+    /// Removes every connection for which `keep(owner, peer)` is false; returns how many
+    /// (a restarted switch drops those of vNICs it no longer has). Control thread only.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner and peer fields of the meta word are 16 bits each"
+    )]
+    pub fn retain(&self, keep: impl Fn(u16, u16) -> bool) -> usize {
+        let mut n = 0;
+        for s in self.tagged(0..self.slots.len()) {
+            let meta = self.slots[s].w[W_META].load(Ordering::Acquire);
+            let (owner, peer) = ((meta >> OWNER_SHIFT) as u16, (meta >> PEER_SHIFT) as u16);
+            if meta & STATUS_MASK == LIVE
+                && meta & F_CONT == 0
+                && !keep(owner, peer)
+                && self.remove(s)
+            {
+                n += 1;
+            }
+        }
+        n
     }
 }
 

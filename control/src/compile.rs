@@ -245,6 +245,8 @@ pub fn switch_config(c: &Config) -> dataplane::SwitchConfig {
         max_frame: c.switch.max_frame.unwrap_or(d.max_frame),
         ct_capacity: c.conntrack.capacity.unwrap_or(d.ct_capacity),
         ct_timeouts: timeouts(&c.conntrack.timeouts),
+        // Depends on the run directory too: `ConntrackSection::state_file_in`.
+        ct_state_file: None,
     }
 }
 

@@ -363,9 +363,27 @@ pub struct ConntrackSection {
     /// Most tracked connections (IPv4; an IPv6 one counts twice), fixed at start (default
     /// 1048576, about 87 MiB).
     pub capacity: Option<usize>,
+    /// Whether the table outlives the process (default true): it lives in `state_file`, which
+    /// a restarted bulwarkd (after a crash, `kill -9` or an upgrade) maps again, so the
+    /// guests' connections go on. `false`: the process's own memory, emptied by a restart.
+    pub persistent: Option<bool>,
+    /// The file the table lives in (default `<run-dir>/conntrack.table`). Put it on tmpfs
+    /// (`/run`, `/dev/shm`): on a disk the kernel writes the table back to it.
+    pub state_file: Option<PathBuf>,
     /// Idle timeouts in seconds.
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+}
+
+impl ConntrackSection {
+    /// The state file the table lives in, given the run directory (None: not persistent).
+    pub fn state_file_in(&self, run_dir: &Path) -> Option<PathBuf> {
+        self.persistent.unwrap_or(true).then(|| {
+            self.state_file
+                .clone()
+                .unwrap_or_else(|| run_dir.join("conntrack.table"))
+        })
+    }
 }
 
 /// `[conntrack.timeouts]`: idle timeouts per state, in seconds.
@@ -513,6 +531,20 @@ impl Config {
                 return Err(ConfigError::new(
                     "conntrack.capacity",
                     "must be between 1024 and 268435456",
+                ));
+            }
+        }
+        if let Some(f) = &self.conntrack.state_file {
+            if self.conntrack.persistent == Some(false) {
+                return Err(ConfigError::new(
+                    "conntrack.state_file",
+                    "is set, but conntrack.persistent is false: remove one of them",
+                ));
+            }
+            if f.as_os_str().is_empty() || f.file_name().is_none() || f.is_dir() {
+                return Err(ConfigError::new(
+                    "conntrack.state_file",
+                    "must name a file (it is created when missing)",
                 ));
             }
         }
@@ -693,6 +725,12 @@ vlan = 20
     fn conntrack_section_errors_name_the_field() {
         let e = err("[conntrack]\ncapacity = 10\n");
         assert_eq!(e.field, "conntrack.capacity");
+        let e = err("[conntrack]\npersistent = false\nstate_file = \"/dev/shm/x\"\n");
+        assert_eq!(e.field, "conntrack.state_file");
+        let e = err("[conntrack]\nstate_file = \"/\"\n");
+        assert_eq!(e.field, "conntrack.state_file");
+        let e = err("[conntrack]\nstate_file = 3\n");
+        assert!(e.field.starts_with("conntrack.state_file"), "{e:?}");
         let e = err("[conntrack.timeouts]\nudp_first = 0\n");
         assert_eq!(e.field, "conntrack.timeouts.udp_first");
         let c = Config::parse("[conntrack.timeouts]\ntcp_established = 7200\n").unwrap();

@@ -299,6 +299,12 @@ pub struct ConntrackInfo {
     pub bytes_per_connection: f64,
     /// The switch's latest policy epoch.
     pub epoch: u64,
+    /// The file the table lives in, which a restarted bulwarkd takes over (none: the
+    /// process's memory).
+    pub state_file: Option<String>,
+    /// How that file was found at start: new, restored (after a crash or a clean stop, with
+    /// what recovery kept and cleared), converted, or refused.
+    pub opened: Option<String>,
 }
 
 /// One worker's poll counters.

@@ -48,3 +48,27 @@ pub fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
+
+/// Whether `path`'s directory is on a memory filesystem (tmpfs, ramfs or hugetlbfs), where a
+/// shared mapping is never written back to a disk.
+pub fn on_tmpfs(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs reads a NUL-terminated path and writes a struct statfs we own, zeroed.
+    let (rc, st) = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        (libc::statfs(c.as_ptr(), &mut st), st)
+    };
+    const RAMFS_MAGIC: libc::__fsword_t = 0x8584_58f6;
+    rc == 0
+        && matches!(
+            st.f_type,
+            libc::TMPFS_MAGIC | libc::HUGETLBFS_MAGIC | RAMFS_MAGIC
+        )
+}

@@ -206,6 +206,7 @@ impl Agent {
                 )
             })
             .collect();
+        let saved = self.identities().get(&cfg.name);
         let ident = self
             .identities()
             .assign(&cfg.name, uuid, &live)
@@ -238,8 +239,12 @@ impl Agent {
             cfg.name,
             bulwark_vhost::conn::describe(mode, &cfg.socket)
         );
-        // A new port starts with no connections: drop any a former holder of the id left.
-        self.switch.flush_connections(id);
+        // A new vNIC starts with no connections: drop any a former holder of the id left. The
+        // same vNIC coming back (its saved identity: a restart) keeps those the state file
+        // kept.
+        if saved != Some(ident) {
+            self.switch.flush_connections(id);
+        }
         let rec = PortRecord {
             base: self.switch.port_stats(id),
             base_workers: self.switch.port_stats_per_worker(id),
@@ -279,7 +284,15 @@ impl Agent {
         }
     }
 
-    /// Takes a port out of the switch; `persist` records the removal in the state file.
+    /// After a restart, once the ports are back: drops the restored connections one of whose
+    /// vNICs did not come back. Returns how many.
+    pub fn drop_orphan_connections(&self) -> usize {
+        let ids: std::collections::HashSet<u16> = self.lock().values().map(|p| p.id).collect();
+        self.switch.retain_connections(|id| ids.contains(&id))
+    }
+
+    /// Takes a port out of the switch; `persist` records the removal in the state file
+    /// (shutdown: not; its connections then stay in the connection table's file too).
     fn detach(&self, name: &str, persist: bool) -> Result<(), ApiError> {
         let mut ports = self.lock();
         let Some(mut rec) = ports.remove(name) else {
@@ -293,8 +306,13 @@ impl Agent {
         self.switch.trace(rec.id, 0);
         self.traces().records.remove(&rec.id);
         let n = self.switch.flush_macs(rec.id);
-        let c = self.switch.flush_connections(rec.id);
-        tracing::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
+        // At shutdown the connections stay in the table's state file for the next process.
+        if persist {
+            let c = self.switch.flush_connections(rec.id);
+            tracing::info!("port {name} removed ({n} MAC entries, {c} connections flushed)");
+        } else {
+            tracing::info!("port {name} stopped ({n} MAC entries flushed)");
+        }
         if persist {
             self.identities().forget(name);
             if rec.persisted {
@@ -649,6 +667,8 @@ impl Agent {
             live: ct.len(),
             bytes_per_connection: ct.bytes_per_connection(),
             epoch: self.switch.policy_epoch(),
+            state_file: ct.state_file().map(|p| p.display().to_string()),
+            opened: self.switch.conntrack_opened().map(ToString::to_string),
         }
     }
 

@@ -465,10 +465,15 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Macs => show(cli.json, &c.macs().map_err(err)?, |m| render_macs(m)),
         Cmd::Conntrack => show(cli.json, &c.conntrack().map_err(err)?, |t| {
-            format!(
+            let mut s = format!(
                 "{} of {} connection slots in use ({} bytes each), policy epoch {}\n",
                 t.live, t.capacity, t.bytes_per_connection, t.epoch
-            )
+            );
+            match (&t.state_file, &t.opened) {
+                (Some(f), Some(o)) => s += &format!("state file {f}: at start {o}\n"),
+                _ => s += "in the process's memory: a restart empties it\n",
+            }
+            s
         }),
         Cmd::Stats => show(cli.json, &c.stats().map_err(err)?, render_stats),
     };

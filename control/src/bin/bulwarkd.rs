@@ -104,7 +104,8 @@ fn run(args: Args) -> Result<(), String> {
 
     // Block termination signals before any thread starts, so only `wait_signal` sees them.
     control::sys::block_signals();
-    let scfg = control::compile::switch_config(&cfg);
+    let mut scfg = control::compile::switch_config(&cfg);
+    scfg.ct_state_file = cfg.conntrack.state_file_in(&run_dir);
     tracing::info!(
         "bulwarkd starting: workers on CPUs {:?}, idle_sleep_us {}",
         scfg.workers,
@@ -114,7 +115,33 @@ fn run(args: Args) -> Result<(), String> {
     let control_cpus: Vec<usize> = (0..dataplane::online_cpus())
         .filter(|c| !scfg.workers.contains(c))
         .collect();
-    let switch = dataplane::Switch::new(scfg);
+    let t_open = std::time::Instant::now();
+    let (switch, opened) = dataplane::Switch::open(scfg).map_err(|e| {
+        format!(
+            "conntrack.state_file: {e} (set conntrack.persistent = false to keep the table in \
+             memory)"
+        )
+    })?;
+    match (&opened, &switch.config().ct_state_file) {
+        (Some(o), Some(f)) => {
+            tracing::info!(
+                "connection table {}: {o} ({:.1} ms)",
+                f.display(),
+                t_open.elapsed().as_secs_f64() * 1e3
+            );
+            if matches!(o, conntrack::Opened::Refused { .. }) {
+                tracing::warn!("connection table {}: {o}", f.display());
+            }
+            if !control::sys::on_tmpfs(f) {
+                tracing::warn!(
+                    "connection table {}: not on tmpfs, so the kernel writes it back to disk; \
+                     set conntrack.state_file to a path under /dev/shm or /run",
+                    f.display()
+                );
+            }
+        }
+        _ => tracing::info!("connection table in memory (conntrack.persistent = false)"),
+    }
     let workers = switch
         .spawn_workers()
         .map_err(|e| format!("cannot start workers: {e}"))?;
@@ -177,6 +204,11 @@ fn run(args: Args) -> Result<(), String> {
             tracing::error!("saved port {name} could not be restored: {e}");
         }
     }
+    // Connections of vNICs that did not come back have no end to go to.
+    let gone = agent.drop_orphan_connections();
+    if gone > 0 {
+        tracing::info!("{gone} restored connections dropped: their vNICs are gone");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -225,6 +257,7 @@ fn run(args: Args) -> Result<(), String> {
     for w in workers {
         let _ = w.join();
     }
+    switch.close();
     tracing::info!("bulwarkd stopped");
     Ok(())
 }

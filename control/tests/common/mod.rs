@@ -118,11 +118,29 @@ impl Bulwarkd {
     /// run directory.
     pub fn restart(&mut self) {
         // std's Child::kill is SIGKILL only: ask for the graceful stop with kill(1).
+        self.stop();
+        self.start_again();
+    }
+
+    /// Kills bulwarkd with SIGKILL (nothing runs at exit) and starts it again on the same
+    /// config and run directory.
+    pub fn kill_and_start(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.start_again();
+    }
+
+    /// Stops bulwarkd gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+
+    /// Starts bulwarkd again (after `stop`) and waits for its API.
+    pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.dir, &self.run, &self.args);
         self.wait_for(
             || self.try_api("GET", "/v1/health", None).is_some(),

@@ -85,6 +85,9 @@ pub struct SwitchConfig {
     pub ct_capacity: usize,
     /// Connection idle timeouts.
     pub ct_timeouts: Timeouts,
+    /// The file the connection table lives in, so that it outlives the process
+    /// (`Switch::open`; `conntrack::state`); `None`: the process's own memory.
+    pub ct_state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SwitchConfig {
@@ -97,6 +100,7 @@ impl Default for SwitchConfig {
             max_frame: 9216,
             ct_capacity: 1 << 20,
             ct_timeouts: Timeouts::default(),
+            ct_state_file: None,
         }
     }
 }
@@ -360,6 +364,8 @@ pub struct Switch {
     macs: MacTable,
     workers: Vec<WorkerSlot>,
     ct: Table,
+    /// How the connection table's state file was found at start (`open`).
+    ct_opened: Option<conntrack::Opened>,
     stop: AtomicBool,
     /// Per port id: frames still to trace (`trace`).
     trace: Box<[AtomicU32]>,
@@ -367,8 +373,39 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// A switch with no ports; call `spawn_workers` to start forwarding.
+    /// A switch with no ports, its connection table in the process's memory (the state file
+    /// is not used: `open` uses it); call `spawn_workers` to start forwarding.
     pub fn new(cfg: SwitchConfig) -> Arc<Self> {
+        let ct = Table::new(&Self::ct_config(&cfg));
+        Self::with_table(cfg, ct, None)
+    }
+
+    /// A switch with no ports whose connection table lives in `cfg.ct_state_file` (when set):
+    /// the table an earlier process left there is taken over, its connections stale until
+    /// their next packet re-validates them (`conntrack::Table::open`). Returns how the file
+    /// was found, for the log.
+    pub fn open(cfg: SwitchConfig) -> std::io::Result<(Arc<Self>, Option<conntrack::Opened>)> {
+        let Some(path) = cfg.ct_state_file.clone() else {
+            return Ok((Self::new(cfg), None));
+        };
+        let now = secs(crate::sys::boot_clock());
+        let (ct, opened) = Table::open(&Self::ct_config(&cfg), &path, now)?;
+        Ok((
+            Self::with_table(cfg, ct, Some(opened.clone())),
+            Some(opened),
+        ))
+    }
+
+    fn ct_config(cfg: &SwitchConfig) -> conntrack::Config {
+        conntrack::Config {
+            capacity: cfg.ct_capacity,
+            vnics: MAX_PORTS,
+            workers: cfg.workers.len().max(1),
+            timeouts: cfg.ct_timeouts,
+        }
+    }
+
+    fn with_table(cfg: SwitchConfig, ct: Table, ct_opened: Option<conntrack::Opened>) -> Arc<Self> {
         let n = cfg.workers.len().max(1);
         Arc::new(Switch {
             macs: MacTable::new(cfg.mac_table_size, cfg.mac_aging_secs.max(1)),
@@ -378,17 +415,24 @@ impl Switch {
                 ..Default::default()
             }),
             publish: Mutex::new(Publish::default()),
-            ct: Table::new(&conntrack::Config {
-                capacity: cfg.ct_capacity,
-                vnics: MAX_PORTS,
-                workers: n,
-                timeouts: cfg.ct_timeouts,
-            }),
+            ct,
+            ct_opened,
             stop: AtomicBool::new(false),
             trace: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             punts: PuntRings::new(n),
             cfg,
         })
+    }
+
+    /// How the connection table's state file was found at start (None: no state file).
+    pub fn conntrack_opened(&self) -> Option<&conntrack::Opened> {
+        self.ct_opened.as_ref()
+    }
+
+    /// Records a clean stop in the connection table's state file (after the workers
+    /// stopped): the next process reports a restart rather than a crash.
+    pub fn close(&self) {
+        self.ct.mark_closed();
     }
 
     /// The configuration.
@@ -723,6 +767,12 @@ impl Switch {
     /// pickup).
     pub fn flush_connections(&self, id: u16) -> usize {
         self.ct.flush_vnic(id)
+    }
+
+    /// Removes the connections with an end that `live` says is no port any more (a restarted
+    /// switch, after its ports came back); returns how many.
+    pub fn retain_connections(&self, live: impl Fn(u16) -> bool) -> usize {
+        self.ct.retain(|owner, peer| live(owner) && live(peer))
     }
 
     /// Per-rule counters of port `id`'s current policy (reset when its policy is replaced).
