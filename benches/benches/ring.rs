@@ -134,6 +134,7 @@ fn setup() -> (Driver, SplitRing, SplitRing) {
                 base: 0,
                 event_idx: true,
                 call: None,
+                log: None,
             },
         )
         .unwrap()

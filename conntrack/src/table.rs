@@ -1498,6 +1498,54 @@ impl Table {
         r
     }
 
+    /// Hands the connections of `vnic` over after its guest moved to another switch: a
+    /// connection whose other end stays on this switch (`local(other)`, and not `via`) now
+    /// goes through `via` (the port that reaches the other switch) in place of `vnic`, so it
+    /// goes on for the end that stayed; the others leave with the guest and are removed.
+    /// Returns (kept through `via`, removed). Control thread only.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner and peer fields of the meta word are 16 bits each"
+    )]
+    pub fn handover(&self, vnic: u16, via: u16, local: impl Fn(u16) -> bool) -> (usize, usize) {
+        let (mut kept, mut removed) = (0, 0);
+        for s in self.tagged(0..self.slots.len()) {
+            let w = &self.slots[s].w;
+            let meta = w[W_META].load(Ordering::Acquire);
+            let (owner, peer) = ((meta >> OWNER_SHIFT) as u16, (meta >> PEER_SHIFT) as u16);
+            if meta & STATUS_MASK != LIVE || meta & F_CONT != 0 || (owner != vnic && peer != vnic) {
+                continue;
+            }
+            let other = if owner == vnic { peer } else { owner };
+            if other == vnic || other == via || !local(other) {
+                removed += usize::from(self.remove(s));
+                continue;
+            }
+            let swap = |id: u16| if id == vnic { via } else { id };
+            let r = w[W_META].fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                (m & STATUS_MASK == LIVE).then(|| {
+                    // Stale: judged again, between the vNIC that stayed and `via`.
+                    m & !(0xffff << OWNER_SHIFT | 0xffff << PEER_SHIFT)
+                        | F_STALE
+                        | u64::from(swap(owner)) << OWNER_SHIFT
+                        | u64::from(swap(peer)) << PEER_SHIFT
+                })
+            });
+            if r.is_ok() {
+                if owner == vnic {
+                    // The connection is now charged to `via`.
+                    let units = 1 + u32::from(meta & F_WIDE != 0);
+                    self.release(vnic, units);
+                    if let Some(v) = self.vnics.get(usize::from(via)) {
+                        v.count.fetch_add(units, Ordering::Relaxed);
+                    }
+                }
+                kept += 1;
+            }
+        }
+        (kept, removed)
+    }
+
     /// Removes every connection for which `keep(owner, peer)` is false; returns how many
     /// (a restarted switch drops those of vNICs it no longer has). Control thread only.
     #[expect(

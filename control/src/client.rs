@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::config::PortConfig;
 use crate::document::Document;
 use crate::model::{
-    AddressInfo, ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo,
-    PolicyApplied, PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo,
-    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
+    AddressInfo, ApiError, ConnExport, ConnView, ConntrackInfo, Flushed, GroupInfo, HandedOver,
+    Handover, Health, Imported, MacInfo, PolicyApplied, PolicyDoc, PolicyInfo, PortInfo, ReachInfo,
+    ReachRequest, Removed, RevisionInfo, StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -269,6 +269,34 @@ impl Client {
     /// `GET /v1/policy`.
     pub fn policy_doc(&self) -> Result<PolicyDoc, ClientError> {
         self.get("/v1/policy")
+    }
+    /// `GET /v1/ports/NAME/conns/export`.
+    pub fn export_conns(&self, name: &str) -> Result<ConnExport, ClientError> {
+        self.get(&format!("/v1/ports/{}/conns/export", segment(name)))
+    }
+    /// `POST /v1/ports/NAME/conns/handover`.
+    pub fn hand_over(&self, name: &str, via: &str) -> Result<HandedOver, ClientError> {
+        self.call(
+            "POST",
+            &format!("/v1/ports/{}/conns/handover", segment(name)),
+            Some(&Handover {
+                via: via.to_string(),
+            }),
+        )
+    }
+    /// `POST /v1/ports/NAME/conns/import[?remote=PORT]`.
+    pub fn import_conns(
+        &self,
+        name: &str,
+        export: &ConnExport,
+        remote: Option<&str>,
+    ) -> Result<Imported, ClientError> {
+        let q = remote.map_or(String::new(), |r| format!("?remote={}", segment(r)));
+        self.call(
+            "POST",
+            &format!("/v1/ports/{}/conns/import{q}", segment(name)),
+            Some(export),
+        )
     }
     /// `PUT /v1/policy[?dry_run=true]`.
     pub fn apply_policy(

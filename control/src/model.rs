@@ -573,3 +573,98 @@ pub struct AddressInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
 }
+
+/// The format version of `ConnExport`: an importer refuses another.
+pub const CONN_EXPORT_FORMAT: u32 = 1;
+
+/// A vNIC's tracked connections as they leave one switch for another (its guest live-migrated):
+/// `GET /v1/ports/NAME/conns/export` or `POST /v1/ports/NAME/conns/handover` on the source,
+/// `POST /v1/ports/NAME/conns/import` on the destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnExport {
+    /// Format version (`1`); an importer refuses another.
+    pub format: u32,
+    /// The port on the exporting switch.
+    pub port: String,
+    /// Its vNIC's UUID (the importer maps it to the port it imports into).
+    pub uuid: String,
+    /// The exporting host.
+    pub host: String,
+    /// The vNICs the connections name (their owner and peer are indexes into this list).
+    pub vnics: Vec<VnicRef>,
+    /// One array per connection: `[zone, proto, src, sport, dst, dport, owner, peer, class,
+    /// flags, tcp0, tcp1, tcp2, idle_secs, age_secs, packets]`: the key in the opening
+    /// direction, the indexes of the opener and the far end in `vnics`, the timeout class,
+    /// flags (1 replied, 2 picked up mid-stream), the TCP window state (three words), seconds
+    /// since the last packet and since creation, and the packet count.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
+    pub connections: Vec<ConnRecord>,
+}
+
+/// A vNIC an exported connection names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VnicRef {
+    /// Its port's name on the exporting switch.
+    pub name: String,
+    /// Its UUID.
+    pub uuid: String,
+}
+
+/// One exported connection (see `ConnExport::connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRecord(
+    pub u16,
+    pub u8,
+    pub std::net::IpAddr,
+    pub u16,
+    pub std::net::IpAddr,
+    pub u16,
+    pub u32,
+    pub u32,
+    pub u8,
+    pub u8,
+    pub u64,
+    pub u64,
+    pub u64,
+    pub u32,
+    pub u32,
+    pub u64,
+);
+
+/// `POST /v1/ports/NAME/conns/handover`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Handover {
+    /// The port that now reaches the guest (the uplink to its new switch): connections with a
+    /// vNIC that stays here go through it from now on; the others are removed.
+    pub via: String,
+}
+
+/// What a handover did on the source switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HandedOver {
+    /// The connections, for the destination's import.
+    pub export: ConnExport,
+    /// Connections with a vNIC that stays here, now through `via`.
+    pub kept: usize,
+    /// Connections that left with the guest, removed here.
+    pub removed: usize,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Imported {
+    /// Connections added (stale: each is judged by this switch's rules on its next packet).
+    pub imported: usize,
+    /// Connections this switch already tracked (left as they were).
+    pub already: usize,
+    /// Connections refused: the table or the owner's limit is full.
+    pub refused: usize,
+    /// Ends of connections that were not the imported vNIC nor a vNIC of this switch, mapped
+    /// to the `remote` port.
+    pub remote_ends: usize,
+    /// Milliseconds the import took in the switch.
+    pub millis: f64,
+}

@@ -39,9 +39,9 @@ use crate::agent::Agent;
 use crate::config::PortConfig;
 use crate::document::{Document, Format};
 use crate::model::{
-    AddressInfo, ApiError, ConnView, ConntrackInfo, Flushed, GroupInfo, Health, MacInfo,
-    PolicyApplied, PolicyDoc, PolicyInfo, PortInfo, ReachInfo, ReachRequest, Removed, RevisionInfo,
-    StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
+    AddressInfo, ApiError, ConnExport, ConnView, ConntrackInfo, Flushed, GroupInfo, HandedOver,
+    Handover, Health, Imported, MacInfo, PolicyApplied, PolicyDoc, PolicyInfo, PortInfo, ReachInfo,
+    ReachRequest, Removed, RevisionInfo, StatsInfo, Tags, TraceInfo, TraceRequest, TraceStarted,
 };
 use crate::policy::PolicyConfig;
 
@@ -116,6 +116,9 @@ fn routes() -> OpenApiRouter<Arc<Agent>> {
         .routes(routes!(set_tags))
         .routes(routes!(forget_address))
         .routes(routes!(port_conns, flush_conns))
+        .routes(routes!(export_conns))
+        .routes(routes!(hand_over))
+        .routes(routes!(import_conns))
         .routes(routes!(start_trace, read_trace))
         .routes(routes!(all_conns))
         .routes(routes!(conntrack))
@@ -375,7 +378,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
-            .map_err(|e| ApiError::with(e.status().as_u16(), "dry_run", e.body_text()))
+            .map_err(|e| ApiError::with(e.status().as_u16(), "query", e.body_text()))
     }
 }
 
@@ -524,6 +527,70 @@ async fn port_conns(
         (status = 404, description = "no such port", body = ApiError)))]
 async fn flush_conns(State(a): AgentState, Name(name): Name) -> Result<Json<Flushed>, ApiError> {
     blocking(move || a.flush(&name).map(|flushed| Flushed { flushed })).await
+}
+
+/// A port's tracked connections, exported for another switch (its guest is migrating
+/// there); the table is not changed. `docs/MIGRATION.md`.
+#[utoipa::path(get, path = "/v1/ports/{name}/conns/export", tag = "bulwark",
+    params(("name" = String, Path, description = "port name")),
+    responses(
+        (status = 200, description = "the connections", body = ConnExport),
+        (status = 404, description = "no such port", body = ApiError)))]
+async fn export_conns(
+    State(a): AgentState,
+    Name(name): Name,
+) -> Result<Json<ConnExport>, ApiError> {
+    blocking(move || a.export_conns(&name)).await
+}
+
+/// The source switch's side of a migration, when the guest has moved: exports the port's
+/// connections (for the destination's import) and hands them over here: those with a vNIC
+/// that stays go through `via` (the port towards the guest's new switch) from now on, the
+/// others are removed.
+#[utoipa::path(post, path = "/v1/ports/{name}/conns/handover", tag = "bulwark",
+    params(("name" = String, Path, description = "port name")),
+    request_body = Handover,
+    responses(
+        (status = 200, description = "exported and handed over", body = HandedOver),
+        (status = 400, description = "`via` is not another port", body = ApiError),
+        (status = 404, description = "no such port", body = ApiError)))]
+async fn hand_over(
+    State(a): AgentState,
+    Name(name): Name,
+    Body(h): Body<Handover>,
+) -> Result<Json<HandedOver>, ApiError> {
+    blocking(move || a.hand_over(&name, &h.via)).await
+}
+
+/// `?remote=PORT`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct Remote {
+    /// The port that reaches the vNICs the connections name that are not on this switch
+    /// (required when there are any).
+    remote: Option<String>,
+}
+
+/// The destination switch's side of a migration: takes another switch's export of a vNIC's
+/// connections into this port. The exported vNIC becomes this port, a vNIC of this switch
+/// (same UUID) stays itself, any other end becomes `remote`. Each connection is charged to
+/// its owner's limit and judged by this switch's rules on its next packet. At most 16 MiB of
+/// body (about 140,000 connections); `bulwarkctl port import` sends a bigger export in parts.
+#[utoipa::path(post, path = "/v1/ports/{name}/conns/import", tag = "bulwark",
+    params(("name" = String, Path, description = "port name"), Remote),
+    request_body = ConnExport,
+    responses(
+        (status = 200, description = "imported", body = Imported),
+        (status = 400, description = "a field is wrong (named in `field`)", body = ApiError),
+        (status = 404, description = "no such port", body = ApiError),
+        (status = 413, description = "body too large", body = ApiError)))]
+async fn import_conns(
+    State(a): AgentState,
+    Name(name): Name,
+    Query(q): Query<Remote>,
+    Body(e): Body<ConnExport>,
+) -> Result<Json<Imported>, ApiError> {
+    blocking(move || a.import_conns(&name, &e, q.remote.as_deref())).await
 }
 
 /// Every tracked connection.

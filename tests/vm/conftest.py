@@ -176,6 +176,8 @@ def net(opts, workdir, accel, start_topology):
       did not do that, its module fixture resets them, so test_restart tests the restart, not the
       firewall.
     * test_restart kills and restarts bulwarkd (same config and run dir); the guests keep running.
+      Its e3/e4 give vm1 and vm2 filtered policies (also written into bulwarkd.toml, for the
+      restarted process) and leave allow-all policies on them again, with the original config.
     * test_multiqueue starts a topology of its own, which stops this one (Machine): a test that
       uses `net` after it fails with "topology net was stopped"."""
     specs = GUESTS if opts.switch == "bulwarkd" else GUESTS[:2]

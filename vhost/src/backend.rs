@@ -24,8 +24,8 @@ use vhost::vhost_user::{
 use vhost::VhostUserMemoryRegionBase;
 use virtio_bindings::{virtio_config, virtio_net, virtio_ring};
 
-use crate::guest_mem::{GuestMemory, RegionDesc};
-use crate::ring::{RingConfig, SplitRing, NET_HDR_LEN, NET_HDR_LEN_LEGACY};
+use crate::guest_mem::{DirtyLog, GuestMemory, RegionDesc};
+use crate::ring::{RingConfig, RingLog, SplitRing, NET_HDR_LEN, NET_HDR_LEN_LEGACY};
 use crate::sync::SpinLock;
 
 // Feature masks, from the bit numbers of virtio-bindings (the kernel's uapi headers) and the
@@ -41,11 +41,20 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_ring::VIRTIO_RING_F_EVENT_I
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// virtio 1.0 (little-endian, 12-byte net header).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_config::VIRTIO_F_VERSION_1;
+/// vhost: log every guest page the device writes (set by the frontend while it migrates the
+/// guest; the log comes with SET_LOG_BASE).
+pub const VHOST_F_LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+/// virtio-net: the guest announces itself (gratuitous ARP, unsolicited NA) when the frontend
+/// asks, after a migration; the frontend (QEMU) handles the control queue that carries it, so
+/// the switch learns where the guest went from the guest itself.
+pub const VIRTIO_NET_F_GUEST_ANNOUNCE: u64 = 1 << virtio_net::VIRTIO_NET_F_GUEST_ANNOUNCE;
 
 /// The virtio features this device offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_NET_F_GUEST_ANNOUNCE
+    | VHOST_F_LOG_ALL
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// Virtqueue 0: the device writes frames into guest buffers (guest receive).
@@ -227,6 +236,9 @@ struct VringSetup {
     num_set: bool,
     addr_set: bool,
     kick: Option<File>,
+    /// Guest-physical address of the used ring for the dirty log (SET_VRING_ADDR with
+    /// VHOST_VRING_F_LOG).
+    log_used_gpa: Option<u64>,
     /// Rings start enabled, although the vhost-user spec says a ring starts disabled once
     /// PROTOCOL_FEATURES is negotiated. QEMU 7.2 sends its SET_VRING_ENABLE(1) messages while
     /// the guest negotiates features, *before* SET_FEATURES, and rust-vmm's `vhost` crate
@@ -244,6 +256,7 @@ impl Default for VringSetup {
             num_set: false,
             addr_set: false,
             kick: None,
+            log_used_gpa: None,
             enabled: true,
             running: false,
         }
@@ -258,6 +271,8 @@ pub struct NetBackend {
     features: u64,
     protocol_features: u64,
     mem: Option<Arc<GuestMemory>>,
+    /// The frontend's dirty-page log (SET_LOG_BASE), used while VHOST_F_LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
     /// Two per queue pair: receive at even indexes, transmit at odd ones.
     vrings: Vec<VringSetup>,
 }
@@ -275,6 +290,7 @@ impl NetBackend {
             features: 0,
             protocol_features: 0,
             mem: None,
+            log: None,
             vrings: Self::fresh_vrings(&dev),
             dev,
         }
@@ -338,6 +354,31 @@ impl NetBackend {
         len as u32
     }
 
+    /// What queue `i` logs while the frontend migrates the guest: the log, once SET_LOG_BASE
+    /// gave one and VHOST_F_LOG_ALL is acked, with the used ring's guest-physical address
+    /// (from SET_VRING_ADDR's log address, or translated from its frontend address).
+    fn ring_log(&self, i: usize) -> Option<RingLog> {
+        if self.features & VHOST_F_LOG_ALL == 0 {
+            return None;
+        }
+        let log = self.log.clone()?;
+        let v = &self.vrings[i];
+        let used_gpa = v
+            .log_used_gpa
+            .or_else(|| self.mem.as_ref()?.uva_to_gpa(v.cfg.used_uva))?;
+        Some(RingLog { log, used_gpa })
+    }
+
+    /// Restarts the running queues (to take new features, memory or log).
+    fn restart_running(&mut self) {
+        for i in 0..self.vrings.len() {
+            if self.vrings[i].running {
+                self.stop(i);
+                self.try_start(i);
+            }
+        }
+    }
+
     /// Starts queue `i` if everything it needs has arrived.
     fn try_start(&mut self, i: usize) {
         let hdr_len = self.hdr_len();
@@ -349,6 +390,9 @@ impl NetBackend {
             return;
         }
         v.cfg.event_idx = event_idx;
+        let log = self.ring_log(i);
+        let v = &mut self.vrings[i];
+        v.cfg.log = log;
         match SplitRing::new(mem, &v.cfg) {
             Ok(ring) => {
                 *self.dev.slot(i).lock() = Some(Queue {
@@ -360,10 +404,15 @@ impl NetBackend {
                 self.dev.set_rx_running(i, true);
                 v.running = true;
                 log::info!(
-                    "{}: queue {i} running (size {}, base {})",
+                    "{}: queue {i} running (size {}, base {}{})",
                     self.name,
                     v.cfg.size,
-                    v.cfg.base
+                    v.cfg.base,
+                    if v.cfg.log.is_some() {
+                        ", logging dirty pages"
+                    } else {
+                        ""
+                    }
                 );
             }
             Err(e) => log::warn!("{}: queue {i} cannot start: {e}", self.name),
@@ -440,16 +489,28 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             return Err(VuError::InvalidParam);
         }
         let changed = features != self.features;
+        if (features ^ self.features) & VHOST_F_LOG_ALL != 0 {
+            log::info!(
+                "{}: dirty-page logging {} (the frontend {} migrating the guest)",
+                self.name,
+                if features & VHOST_F_LOG_ALL != 0 {
+                    "on"
+                } else {
+                    "off"
+                },
+                if features & VHOST_F_LOG_ALL != 0 {
+                    "is"
+                } else {
+                    "stopped"
+                }
+            );
+        }
         self.features = features;
         self.dev.features.store(features, Ordering::Relaxed);
         if changed {
-            // Header length and notification scheme may change: restart running queues.
-            for i in 0..self.vrings.len() {
-                if self.vrings[i].running {
-                    self.stop(i);
-                    self.try_start(i);
-                }
-            }
+            // Header length, notification scheme and logging may change: restart running
+            // queues (each resumes where it stopped).
+            self.restart_running();
         }
         Ok(())
     }
@@ -510,15 +571,18 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VuResult<()> {
         let (i, _) = self.queue("SET_VRING_ADDR", index)?;
         self.stop(i);
         let v = &mut self.vrings[i];
+        v.log_used_gpa = flags
+            .contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG)
+            .then_some(log);
         v.cfg.desc_uva = descriptor;
         v.cfg.used_uva = used;
         v.cfg.avail_uva = available;
@@ -583,7 +647,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
         // REPLY_ACK is added by the vhost crate, which implements it. MQ lets the frontend
         // ask how many queue pairs we have (GET_QUEUE_NUM); QEMU needs it for `queues=N`.
-        Ok(VhostUserProtocolFeatures::MQ)
+        // LOG_SHMFD: the dirty log of a live migration comes as a shared-memory fd
+        // (SET_LOG_BASE); QEMU will not migrate a vhost-user device without it.
+        Ok(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::LOG_SHMFD)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
@@ -666,8 +732,27 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         Err(invalid("SHMEM not offered"))
     }
 
-    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> VuResult<()> {
-        Err(invalid("LOG_SHMFD not offered"))
+    /// The dirty log for a migration. rust-vmm's handler answers it with a reply carrying the
+    /// message back, which QEMU waits for once LOG_SHMFD is negotiated (and only then: it is
+    /// never sent without it). A new log (QEMU resizes it when memory changes) replaces the
+    /// old one in every running queue.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VuResult<()> {
+        let (size, offset) = (log.mmap_size, log.mmap_offset);
+        let map = DirtyLog::map(&file, size, offset).map_err(|e| {
+            log::warn!(
+                "{}: dirty log ({size} bytes at {offset}) refused: {e}",
+                self.name
+            );
+            VuError::InvalidParam
+        })?;
+        log::info!(
+            "{}: dirty log of {size} bytes ({} MiB of guest memory)",
+            self.name,
+            (size * 8 * crate::guest_mem::LOG_PAGE) >> 20
+        );
+        self.log = Some(Arc::new(map));
+        self.restart_running();
+        Ok(())
     }
 }
 

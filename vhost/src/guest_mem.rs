@@ -198,6 +198,16 @@ impl GuestMemory {
         None
     }
 
+    /// Guest-physical address of the host address `host` (inside one of our mappings), for the
+    /// dirty log.
+    #[inline]
+    pub fn gpa_of(&self, host: usize) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = host.wrapping_sub(r.host) as u64;
+            (host >= r.host && off < r.desc.size).then_some(r.desc.gpa + off)
+        })
+    }
+
     /// Guest-physical address of frontend-virtual `uva` (for logging and GET_VRING_BASE checks).
     pub fn uva_to_gpa(&self, uva: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| {
@@ -214,6 +224,106 @@ impl Drop for GuestMemory {
             // this table is gone, so no ring or worker can still use the mapping.
             unsafe { libc::munmap(r.map_base as *mut libc::c_void, r.map_len) };
         }
+    }
+}
+
+/// Guest pages are logged in units of 4 KiB (the vhost log's page, `VHOST_LOG_PAGE`).
+pub const LOG_PAGE: u64 = 0x1000;
+
+/// The frontend's dirty-page log (SET_LOG_BASE, during live migration): one bit per 4 KiB
+/// guest-physical page, set by the device for every page it writes, so that the frontend sends
+/// those pages again. Bits are set with an atomic OR after a release fence (as DPDK's
+/// `vhost_log_page`), so the frontend that sees a bit also sees the data written before it.
+#[derive(Debug)]
+pub struct DirtyLog {
+    map_base: usize,
+    map_len: usize,
+    /// The log's first byte (at the message's offset in the mapping).
+    base: usize,
+    /// Bytes of log: pages `0..8 * size` are covered.
+    size: u64,
+}
+
+// SAFETY: the mapping is owned by this value and only ever accessed through atomic bytes.
+unsafe impl Send for DirtyLog {}
+// SAFETY: as above.
+unsafe impl Sync for DirtyLog {}
+
+impl DirtyLog {
+    /// Maps `size` bytes of log at `offset` in `file` (the SET_LOG_BASE message).
+    pub fn map(file: &File, size: u64, offset: u64) -> Result<DirtyLog, MemError> {
+        let len = size.checked_add(offset).ok_or(MemError::BadRegion)?;
+        if size == 0 || len > 1 << 40 {
+            return Err(MemError::BadRegion);
+        }
+        let file_len = file.metadata().map_err(|_| MemError::Stat(errno()))?.len();
+        if len > file_len {
+            return Err(MemError::PastEndOfFile);
+        }
+        let map_len = usize::try_from(len).map_err(|_| MemError::BadRegion)?;
+        // SAFETY: a new shared mapping of a descriptor the frontend sent; length checked
+        // against the file above. We only ever touch it as atomic bytes.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemError::Mmap(errno()));
+        }
+        let base = p as usize + usize::try_from(offset).map_err(|_| MemError::BadRegion)?;
+        Ok(DirtyLog {
+            map_base: p as usize,
+            map_len,
+            base,
+            size,
+        })
+    }
+
+    /// Marks the pages of guest-physical `[gpa, gpa + len)` dirty. Pages beyond the log are
+    /// not marked (a log smaller than the memory is the frontend's choice).
+    #[inline]
+    pub fn mark(&self, gpa: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        // Release: the data written to these pages happens-before the bits that announce it.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let first = gpa / LOG_PAGE;
+        let last = gpa.saturating_add(len - 1) / LOG_PAGE;
+        for page in first..=last.min(self.size.saturating_mul(8).saturating_sub(1)) {
+            let byte = usize::try_from(page / 8).unwrap_or(usize::MAX);
+            // SAFETY: `page / 8 < size`, so the byte lies inside the mapped log; an AtomicU8 is
+            // a u8 with no alignment needs, and the log is only accessed atomically (the
+            // frontend reads and clears it with atomics too).
+            let b = unsafe { &*((self.base + byte) as *const std::sync::atomic::AtomicU8) };
+            b.fetch_or(1 << (page % 8), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the page holding guest-physical `gpa` is marked (tests, and the fuzz target).
+    pub fn is_marked(&self, gpa: u64) -> bool {
+        let page = gpa / LOG_PAGE;
+        if page / 8 >= self.size {
+            return false;
+        }
+        let byte = usize::try_from(page / 8).unwrap_or(usize::MAX);
+        // SAFETY: as in `mark`.
+        let b = unsafe { &*((self.base + byte) as *const std::sync::atomic::AtomicU8) };
+        b.load(std::sync::atomic::Ordering::Relaxed) & (1 << (page % 8)) != 0
+    }
+}
+
+impl Drop for DirtyLog {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping `map` made; nothing refers to it once the last `Arc` of
+        // this log is gone (rings hold one).
+        unsafe { libc::munmap(self.map_base as *mut libc::c_void, self.map_len) };
     }
 }
 

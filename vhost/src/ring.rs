@@ -262,6 +262,17 @@ pub struct RingConfig {
     pub event_idx: bool,
     /// The call eventfd (SET_VRING_CALL), if any.
     pub call: Option<Arc<File>>,
+    /// Dirty logging (live migration): set while the frontend asks for it.
+    pub log: Option<RingLog>,
+}
+
+/// What a ring needs to log the guest pages it writes while the frontend migrates the guest.
+#[derive(Debug, Clone)]
+pub struct RingLog {
+    /// The frontend's dirty-page bitmap.
+    pub log: Arc<crate::guest_mem::DirtyLog>,
+    /// Guest-physical address of the used ring (SET_VRING_ADDR's `log_guest_addr`).
+    pub used_gpa: u64,
 }
 
 /// The device side of one split virtqueue.
@@ -284,6 +295,8 @@ pub struct SplitRing {
     event_idx: bool,
     call: Option<Arc<File>>,
     broken: bool,
+    /// Dirty logging, while the guest migrates: every guest page written is marked.
+    log: Option<RingLog>,
 }
 
 impl SplitRing {
@@ -323,6 +336,7 @@ impl SplitRing {
             event_idx: cfg.event_idx,
             call: cfg.call.clone(),
             broken: false,
+            log: cfg.log.clone(),
         };
         let used_idx = ring.u16_at(ring.used + 2).load(Ordering::Acquire);
         if used_idx != cfg.base {
@@ -341,6 +355,7 @@ impl SplitRing {
             ring.u16_at(ring.used)
                 .store(VRING_USED_F_NO_NOTIFY, Ordering::Relaxed);
         }
+        ring.log_used();
         Ok(ring)
     }
 
@@ -568,6 +583,7 @@ impl SplitRing {
         // driver reads them by (pairs with the driver's read barrier after reading used.idx).
         self.u16_at(self.used + 2).store(new, Ordering::Release);
         self.used_published = new;
+        self.log_used();
         // SeqCst fence: order the used.idx store before reading the guest's notification
         // request, or we could miss a guest that just re-enabled interrupts and went to sleep
         // (the store-load race that Linux vhost closes with smp_mb()).
@@ -584,6 +600,35 @@ impl SplitRing {
             self.signal();
         }
         notify
+    }
+
+    /// Logs the used ring's pages (its flags, index and elements), while migrating. The whole
+    /// ring is one or two pages: marking all of it costs two atomic ORs, less than working out
+    /// which elements moved.
+    #[inline]
+    fn log_used(&self) {
+        if let Some(l) = &self.log {
+            l.log.mark(l.used_gpa, 6 + 8 * u64::from(self.size));
+        }
+    }
+
+    /// Logs the guest pages of the buffers of `chains` (receive buffers just written), while
+    /// migrating. Whole buffers are marked: over-marking costs the frontend a page copy, never
+    /// correctness.
+    #[cold]
+    fn log_buffers(&self, log: &RingLog, chains: &[Chain]) {
+        for c in chains {
+            for s in &c.segs[..usize::from(c.nsegs)] {
+                if let Some(gpa) = self.mem.gpa_of(s.addr) {
+                    log.log.mark(gpa, u64::from(s.len));
+                }
+            }
+        }
+    }
+
+    /// Whether this ring logs the pages it writes (the frontend is migrating the guest).
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
     }
 
     /// Replaces the call eventfd (SET_VRING_CALL on a running ring).
@@ -709,6 +754,9 @@ impl SplitRing {
         }
         for (i, c) in scratch[..nbufs].iter().enumerate() {
             self.push_used(c.head, w.written_in(i));
+        }
+        if let Some(l) = &self.log {
+            self.log_buffers(l, &scratch[..nbufs]);
         }
         Ok(())
     }
@@ -906,6 +954,7 @@ mod tests {
                 base: 0,
                 event_idx,
                 call,
+                log: None,
             };
             SplitRing::new(self.mem.clone(), &cfg).unwrap()
         }
@@ -1126,6 +1175,67 @@ mod tests {
             Err(RxError::BufferTooSmall)
         );
         assert_eq!(r2.last_avail(), before);
+    }
+
+    /// While logging, every page written is marked in the frontend's log at its
+    /// guest-physical address: the receive buffers a frame went into and the used ring; pages
+    /// only read (the avail ring, buffers not used) are not.
+    #[test]
+    fn logs_the_guest_pages_it_writes() {
+        use crate::guest_mem::DirtyLog;
+        let mut f = Fake::new(1 << 20, 16);
+        let name = std::ffi::CString::new("log-test").unwrap();
+        // SAFETY: valid C string; the fd is owned by the File.
+        let lf = unsafe { File::from_raw_fd(libc::memfd_create(name.as_ptr(), 0)) };
+        // Pages up to GPA + 1 MiB: 0x110 pages, 34 bytes of log; at offset 64 in the file.
+        lf.set_len(64 + 64).unwrap();
+        let log = Arc::new(DirtyLog::map(&lf, 64, 64).unwrap());
+        assert!(
+            DirtyLog::map(&lf, 100, 64).is_err(),
+            "past the end of the file"
+        );
+        for i in 0..4u16 {
+            f.desc(
+                i,
+                GPA + 0x20000 + 0x1000 * u64::from(i),
+                128,
+                VRING_DESC_F_WRITE,
+                0,
+            );
+            f.push(i);
+        }
+        let cfg = RingConfig {
+            size: f.size,
+            desc_uva: UVA + DESC,
+            avail_uva: UVA + AVAIL,
+            used_uva: UVA + USED,
+            base: 0,
+            event_idx: true,
+            call: None,
+            log: Some(RingLog {
+                log: log.clone(),
+                used_gpa: GPA + USED,
+            }),
+        };
+        let mut r = SplitRing::new(f.mem.clone(), &cfg).unwrap();
+        let frame = [7u8; 200];
+        let mut scratch = vec![Chain::default(); 8];
+        r.enqueue_bytes(&frame, 12, true, &mut scratch).unwrap();
+        r.publish_used();
+        for (gpa, marked) in [
+            (GPA + 0x20000, true),
+            (GPA + 0x21000, true),
+            (GPA + 0x22000, false),
+            (GPA + USED, true),
+            (GPA + AVAIL, false),
+            (GPA + DESC, false),
+            (0, false),
+        ] {
+            assert_eq!(log.is_marked(gpa), marked, "page {gpa:#x}");
+        }
+        // Pages past the log's end are not marked (and nothing is written past it).
+        log.mark(1 << 30, 4096);
+        assert!(!log.is_marked(1 << 30));
     }
 
     #[test]

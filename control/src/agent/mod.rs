@@ -31,6 +31,7 @@ use crate::policy::PolicyConfig;
 use dataplane::ruleset::Peer;
 
 mod addresses;
+mod migrate;
 mod policy;
 
 pub use addresses::Source as AddressSource;

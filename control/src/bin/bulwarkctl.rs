@@ -15,6 +15,10 @@ use control::model::{
 };
 use control::policy::{PolicyConfig, StrOrNum};
 
+/// Connections per import request: an export of 50,000 is about 6 MB of JSON, well inside the
+/// API's 16 MiB body limit.
+const IMPORT_PART: usize = 50_000;
+
 /// The command-line client of bulwarkd's API.
 #[derive(Debug, Parser)]
 #[command(name = "bulwarkctl", version)]
@@ -109,6 +113,31 @@ enum PortCmd {
     Del {
         /// The port.
         name: String,
+    },
+    /// Export a port's tracked connections as JSON (for another switch's `port import`).
+    /// With --handover VIA, the guest has moved: connections with a vNIC that stays here go
+    /// through port VIA from now on, the others are removed (docs/MIGRATION.md).
+    Export {
+        /// The port.
+        name: String,
+        /// The port towards the guest's new switch.
+        #[arg(long, value_name = "VIA")]
+        handover: Option<String>,
+        /// Write the export to this file instead of standard output.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import another switch's export of a vNIC's connections into a port (its guest migrated
+    /// here). Ends that are neither that vNIC nor a vNIC of this switch become --remote.
+    Import {
+        /// The port.
+        name: String,
+        /// The export (`port export` on the other switch; `-` for standard input).
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+        /// The port that reaches the vNICs that are not on this switch.
+        #[arg(long, value_name = "PORT")]
+        remote: Option<String>,
     },
     /// Unbind an address the vNIC learned (ARP, ND, first use, DHCP).
     Forget {
@@ -321,6 +350,96 @@ fn run(cli: Cli) -> Result<(), String> {
                 tags: tags.iter().cloned().collect(),
             };
             show(cli.json, &c.set_tags(name, &t).map_err(err)?, render_port)
+        }
+        Cmd::Port(PortCmd::Export {
+            name,
+            handover,
+            output,
+        }) => {
+            let (export, note) = match handover {
+                Some(via) => {
+                    let h = c.hand_over(name, via).map_err(err)?;
+                    let note = format!(
+                        "port {name}: {} connections exported; {} with vNICs that stay now go \
+                         through {via}, {} removed\n",
+                        h.export.connections.len(),
+                        h.kept,
+                        h.removed
+                    );
+                    (h.export, note)
+                }
+                None => {
+                    let e = c.export_conns(name).map_err(err)?;
+                    let note = format!(
+                        "port {name}: {} connections exported\n",
+                        e.connections.len()
+                    );
+                    (e, note)
+                }
+            };
+            let text = serde_json::to_string(&export).map_err(|e| e.to_string())? + "\n";
+            match output {
+                Some(f) => {
+                    std::fs::write(f, &text)
+                        .map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+                    eprint!("{note}");
+                    String::new()
+                }
+                None => {
+                    eprint!("{note}");
+                    text
+                }
+            }
+        }
+        Cmd::Port(PortCmd::Import { name, file, remote }) => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| e.to_string())?
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+            };
+            let export: control::model::ConnExport = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: not a connection export: {e}", file.display()))?;
+            // In parts that fit the API's body limit.
+            let mut total = control::model::Imported {
+                imported: 0,
+                already: 0,
+                refused: 0,
+                remote_ends: 0,
+                millis: 0.0,
+            };
+            let parts =
+                export
+                    .connections
+                    .chunks(IMPORT_PART)
+                    .map(|part| control::model::ConnExport {
+                        connections: part.to_vec(),
+                        ..export.clone()
+                    });
+            for part in parts {
+                let r = c
+                    .import_conns(name, &part, remote.as_deref())
+                    .map_err(err)?;
+                total.imported += r.imported;
+                total.already += r.already;
+                total.refused += r.refused;
+                total.remote_ends += r.remote_ends;
+                total.millis += r.millis;
+            }
+            show(cli.json, &total, |t| {
+                format!(
+                    "port {name}: {} connections imported from {} on {} ({} already here, {} \
+                     refused; {} ends through {}) in {:.1} ms\n",
+                    t.imported,
+                    export.port,
+                    export.host,
+                    t.already,
+                    t.refused,
+                    t.remote_ends,
+                    remote.as_deref().unwrap_or("-"),
+                    t.millis
+                )
+            })
         }
         Cmd::Port(PortCmd::Forget { name, address }) => {
             let left = c.forget_address(name, address).map_err(err)?;

@@ -20,7 +20,7 @@ pub struct Bulwarkd {
     pub run: PathBuf,
     /// Extra arguments bulwarkd was started with (kept for `restart`).
     args: Vec<String>,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 pub fn worker_cpu() -> usize {
@@ -60,6 +60,27 @@ impl Bulwarkd {
         args: &[String],
     ) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        Self::start_unserialized(top, ports, cpus, args, Some(serial))
+    }
+
+    /// A second bulwarkd beside `self` (another "host"), with its own directory: not
+    /// serialized with it.
+    pub fn start_beside(
+        &self,
+        ports: &[(&str, u16, &str, &str)],
+        cpus: &[usize],
+        args: &[String],
+    ) -> Self {
+        Self::start_unserialized("", ports, cpus, args, None)
+    }
+
+    fn start_unserialized(
+        top: &str,
+        ports: &[(&str, u16, &str, &str)],
+        cpus: &[usize],
+        args: &[String],
+        serial: Option<MutexGuard<'static, ()>>,
+    ) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "bulwark-test-{}-{}",

@@ -762,6 +762,41 @@ impl Switch {
         v
     }
 
+    /// Port `id`'s connections (either end) as records to move to another switch
+    /// (`conntrack::Table::records`).
+    pub fn connection_records(&self, id: u16) -> Vec<conntrack::Record> {
+        self.ct.records(Some(id), self.now_secs())
+    }
+
+    /// Takes connections moved from another switch (their owner and peer already this
+    /// switch's port ids), each charged to its owner's limit; stale until their next packet
+    /// re-validates them. Returns how many were new, already here, and refused (table or
+    /// owner full).
+    pub fn adopt_connections(&self, records: &[conntrack::Record]) -> (usize, usize, usize) {
+        let now = self.now_secs();
+        let (mut new, mut had, mut refused) = (0, 0, 0);
+        for r in records {
+            match self.ct.adopt(r, now, true) {
+                Ok(true) => new += 1,
+                Ok(false) => had += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        (new, had, refused)
+    }
+
+    /// After port `id`'s guest moved to another switch reached through port `via`: its
+    /// connections with a vNIC that stays (`local`) go through `via` from now on, the others
+    /// are removed (`conntrack::Table::handover`). Returns (kept, removed).
+    pub fn hand_over_connections(
+        &self,
+        id: u16,
+        via: u16,
+        local: impl Fn(u16) -> bool,
+    ) -> (usize, usize) {
+        self.ct.handover(id, via, local)
+    }
+
     /// Removes the connections of port `id` (either end); returns how many. Their next
     /// packets are judged by the rules again as new connections (TCP mid-stream only with
     /// pickup).

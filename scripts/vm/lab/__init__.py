@@ -3,7 +3,7 @@ VM tests (tests/vm) and the demo (scripts/run) share. Python 3 stdlib only (pyte
 
     procs     process bookkeeping: everything started is stopped by PID (PROCS), signal handling
     guest     Guest: one QEMU guest driven through its serial console; GuestError
-    switch    Bulwarkd (config, start, bulwarkctl), Testpmd
+    switch    Bulwarkd (config, configure_port, start, api_get, bulwarkctl), Testpmd
     image     check_prereqs, build_image (scripts/vm/build-image.sh), pick_accel
     topology  Topology (a switch + its guests: start, boot, need, ping_ok, stop), Machine
     policy    PolicyApi (policy set, drop counters), delta, fmt_delta

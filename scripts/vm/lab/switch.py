@@ -1,8 +1,10 @@
 """The switches a test topology can run: bulwarkd (the product) and, as a developer check of the
 harness itself, dpdk-testpmd forwarding between two vhost-user ports."""
 
+import http.client
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -12,14 +14,35 @@ from .util import API_READY_TIMEOUT, tail
 
 
 def toml_value(v):
-    """A config value as TOML: a string, a bool, an int or a list of them."""
+    """A config value as TOML: a string, a bool, an int, a list of them, or a dict of them (an
+    inline table, e.g. a port's `policy`; its keys are bare keys)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items() if x is not None) + " }"
     return json.dumps(str(v))  # a TOML basic string is a JSON string for what the lab writes
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (bulwarkd's api.sock)."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
 
 
 class Bulwarkd:
@@ -40,29 +63,71 @@ class Bulwarkd:
         self.proc = None
         self.starts = 0
         self.log = None
+        self.t_start = self.t_start_wall = None
+        self.guests, self.workers, self.tags = list(guests), tuple(workers), dict(tags or {})
+        self.ports = {n: dict(kv) for n, kv in (ports or {}).items()}
         os.makedirs(self.run_dir, exist_ok=True)
-        lines = ["[switch]", f"workers = [{', '.join(str(w) for w in workers)}]", "idle_sleep_us = 100",
+        self.write_config()
+
+    def write_config(self):
+        lines = ["[switch]", f"workers = [{', '.join(str(w) for w in self.workers)}]", "idle_sleep_us = 100",
                  "mac_aging_secs = 300", ""]
-        for g in guests:
+        for g in self.guests:
             lines += ["[[ports]]", f'name = "{g.name}"', f'socket = "{g.sock}"', 'mode = "client"',
                       f"segment = {g.segment}"] + ([f"queues = {g.queues}"] if g.queues > 1 else [])
-            t = (tags or {}).get(g.name)
+            t = self.tags.get(g.name)
             if t:
                 lines.append("tags = { " + ", ".join(f'{k} = "{v}"' for k, v in t.items()) + " }")
-            lines += [f"{k} = {toml_value(v)}" for k, v in ((ports or {}).get(g.name) or {}).items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in (self.ports.get(g.name) or {}).items()]
             lines.append("")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))
+
+    def configure_port(self, name, **keys):
+        """Sets keys of port `name`'s [[ports]] entry in the config file (a value None removes the
+        key) and rewrites the file: the next start() reads it (a running bulwarkd does not), e.g.
+        configure_port("vm1", policy={...}) so that a restarted bulwarkd has the policy that
+        `bulwarkctl policy set` gave the running one (an API-set policy of a config-file port is
+        not persisted)."""
+        kv = self.ports.setdefault(name, {})
+        for k, v in keys.items():
+            if v is None:
+                kv.pop(k, None)
+            else:
+                kv[k] = v
+        self.write_config()
 
     def start(self):
         self.log = os.path.join(self.workdir, f"bulwarkd{self.tag}.{self.starts}.log")
         self.starts += 1
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        self.t_start_wall = time.time()
         self.proc = PROCS.spawn("bulwarkd", [self.bin, "--run-dir", self.run_dir, "--config", self.config],
                                 self.log, env=env)
         self.t_start = time.monotonic()
         return self.proc
+
+    def api_get(self, path, timeout=1.0):
+        """GET path from the API socket directly (no bulwarkctl process: cheap enough to poll every
+        few ms); the parsed JSON body. OSError (e.g. ConnectionRefusedError while no process
+        listens on api.sock yet), or GuestError for a status other than 200 or a body that is
+        not JSON."""
+        c = _UnixHTTPConnection(os.path.join(self.run_dir, "api.sock"), timeout)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            body = r.read()
+        except http.client.HTTPException as e:
+            raise OSError(f"GET {path}: {e!r}")
+        finally:
+            c.close()
+        if r.status != 200:
+            raise GuestError(f"GET {path}: status {r.status}: {body[:300]!r}")
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise GuestError(f"GET {path}: not JSON ({e}): {body[:300]!r}")
 
     def ctl_cmd(self, *a, json_out=False, timeout=10):
         argv = [self.ctl, "--run-dir", self.run_dir] + (["--json"] if json_out else []) + list(a)

@@ -59,9 +59,11 @@ def short(text):
     return repr(t[-120:]) if t else "<no output>"
 
 
-def iperf_server(g):
+def iperf_server(g, interval=1.0):
+    """A one-off iperf3 server on g, reporting every `interval` s into /tmp/iperf3-s.log."""
+    iv = "" if interval == 1.0 else f"-i {interval:g} "
     rc, out = g.run("rm -f /tmp/iperf3.pid /tmp/iperf3-s.log; iperf3 -s -1 -D -I /tmp/iperf3.pid "
-                    "--logfile /tmp/iperf3-s.log --forceflush; sleep 1; cat /tmp/iperf3.pid", timeout=30)
+                    f"{iv}--logfile /tmp/iperf3-s.log --forceflush; sleep 1; cat /tmp/iperf3.pid", timeout=30)
     if rc != 0:
         raise GuestError(f"iperf3 server on {g.name} did not start (rc={rc}):" + indent(out))
 
@@ -72,15 +74,17 @@ def stop_iperf_server(g):
               timeout=15)
 
 
-def iperf_run(A, B, port, secs, limit, during):
+def iperf_run(A, B, port, secs, limit, during, interval=1.0):
     """iperf3 A -> B:port for secs s (killed after limit s) while during(wait_interval) runs here.
-    wait_interval(n) waits until the client printed the interval that ends at n s."""
+    wait_interval(n) waits until the client printed its nth interval line (the one that ends at
+    n s with the default `-i 1`). A shorter `interval` also flushes every line (--forceflush)."""
     with A.cond:
         start = len(A.buf)
     box = {}
+    iv = "-i 1" if interval == 1.0 else f"-i {interval:g} --forceflush"
 
     def client():
-        box["r"] = A.run(f"timeout {limit} iperf3 -c {B.ip} -p {port} -t {secs} -i 1 -f m "
+        box["r"] = A.run(f"timeout {limit} iperf3 -c {B.ip} -p {port} -t {secs} {iv} -f m "
                          f"--connect-timeout 5000", timeout=limit + 30)
 
     def wait_interval(n, timeout=40.0):
@@ -89,7 +93,7 @@ def iperf_run(A, B, port, secs, limit, during):
         while time.monotonic() < deadline:
             with A.cond:
                 text = A.buf[start:]
-            if len(iperf_intervals(text)) >= n:
+            if len(iperf_intervals(text, interval)) >= n:
                 return True
             if not th.is_alive():
                 return False

@@ -71,13 +71,14 @@ def parallel(fns):
 _IPERF_LINE = re.compile(r"^\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+[\d.]+\s+\w*Bytes\s+([\d.]+)\s+(\w?)bits/sec(.*)$", re.M)
 
 
-def iperf_intervals(out):
-    """The 1-s interval lines of iperf3 output as (start, end, Mbit/s); summaries left out."""
+def iperf_intervals(out, interval=1.0):
+    """The interval lines of iperf3 output (`-i interval`, default 1 s) as (start, end, Mbit/s);
+    summaries and short tail intervals left out."""
     scale = {"": 1e-6, "K": 1e-3, "M": 1.0, "G": 1e3}
     res = []
     for m in _IPERF_LINE.finditer(out):
         a, b = float(m.group(1)), float(m.group(2))
-        if "sender" in m.group(5) or "receiver" in m.group(5) or b - a > 1.5 or b - a < 0.5:
+        if "sender" in m.group(5) or "receiver" in m.group(5) or not 0.5 * interval <= b - a <= 1.5 * interval:
             continue  # a summary, or a short tail interval
         res.append((a, b, float(m.group(3)) * scale.get(m.group(4), 1.0)))
     return res
