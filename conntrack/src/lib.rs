@@ -37,7 +37,7 @@ pub mod tcp;
 
 pub use state::Opened;
 pub use table::{
-    full_epoch, Config, ConnInfo, Found, InsertError, Key, NewConn, Record, Recovery, SweepStats,
-    Table, Timeouts, RESTAMP_AGE, RESTAMP_EVERY,
+    full_epoch, Adopted, Config, ConnInfo, Found, InsertError, Key, NewConn, Record, Recovery,
+    SweepStats, Table, Timeouts, RESTAMP_AGE, RESTAMP_EVERY,
 };
 pub use tcp::{Segment, TcpConn, TimeoutClass};

@@ -301,7 +301,7 @@ impl Table {
         let mut new = Self::create(cfg, &tmp)?;
         let mut lost = 0;
         for r in old.records(None, now) {
-            if new.adopt(&r, now, false).is_err() {
+            if new.adopt(&r, now, false, None).is_err() {
                 lost += 1;
             }
         }

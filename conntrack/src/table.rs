@@ -348,6 +348,17 @@ pub struct Record {
     pub packets: u64,
 }
 
+/// What `Table::adopt` did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// A new connection.
+    New,
+    /// The table had it: left as it was.
+    Existing,
+    /// The table had it through the rejoin port: its end is the vNIC again.
+    Rejoined,
+}
+
 /// What `Table::recover` found in a table another process left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -1327,9 +1338,19 @@ impl Table {
     /// Takes a connection moved from another table. It is marked stale: its next packet is
     /// judged by this switch's rules, which record the admitting rules again. `limits`:
     /// charge the owner against its maximum (a migrated vNIC's connections), or not (a
-    /// converted state file's, which were admitted already). Returns false when the table
-    /// already had the connection (left as it was).
-    pub fn adopt(&self, r: &Record, now: u32, limits: bool) -> Result<bool, InsertError> {
+    /// converted state file's, which were admitted already).
+    ///
+    /// When the table already has the connection: with `rejoin = Some((via, vnic))` (a guest
+    /// coming back to a switch that kept its peers' connections through the port `via`), an
+    /// end that is `via` becomes `vnic` again, and the TCP state is the record's (the one the
+    /// traffic last moved); otherwise the entry is left as it was.
+    pub fn adopt(
+        &self,
+        r: &Record,
+        now: u32,
+        limits: bool,
+        rejoin: Option<(u16, u16)>,
+    ) -> Result<Adopted, InsertError> {
         let k = &r.key;
         if k.src.is_ipv6() != k.dst.is_ipv6() {
             return Err(InsertError::MixedFamilies);
@@ -1343,8 +1364,11 @@ impl Table {
             std::hint::spin_loop();
         }
         let res = (|| {
-            if self.lookup(k, hash).is_some() {
-                return Ok(false);
+            if let Some(f) = self.lookup(k, hash) {
+                return Ok(match rejoin {
+                    Some((via, vnic)) if self.rejoin(f.slot, via, vnic, r) => Adopted::Rejoined,
+                    _ => Adopted::Existing,
+                });
             }
             let wide = k.is_v6();
             let units = 1 + u32::from(wide);
@@ -1386,10 +1410,46 @@ impl Table {
                     | u64::from(now.wrapping_sub(r.age_secs) & BORN_MASK) << BORN_SHIFT,
             };
             self.place(s, cont, k, hash, &words);
-            Ok(true)
+            Ok(Adopted::New)
         })();
         flag.store(false, Ordering::Release);
         res
+    }
+
+    /// `adopt`'s rejoin: in `slot`, ends that are `via` become `vnic`, the TCP state becomes
+    /// the record's, and the connection is stale. False when no end was `via`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner and peer fields of the meta word are 16 bits each"
+    )]
+    fn rejoin(&self, slot: usize, via: u16, vnic: u16, r: &Record) -> bool {
+        let w = &self.slots[slot].w;
+        let swap = |id: u16| if id == via { vnic } else { id };
+        let Ok(meta) = w[W_META].fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+            let (owner, peer) = ((m >> OWNER_SHIFT) as u16, (m >> PEER_SHIFT) as u16);
+            (m & STATUS_MASK == LIVE && (owner == via || peer == via)).then(|| {
+                m & !(0xffff << OWNER_SHIFT | 0xffff << PEER_SHIFT)
+                    | F_STALE
+                    | u64::from(swap(owner)) << OWNER_SHIFT
+                    | u64::from(swap(peer)) << PEER_SHIFT
+            })
+        }) else {
+            return false;
+        };
+        if (meta >> OWNER_SHIFT) as u16 == via {
+            let units = 1 + u32::from(meta & F_WIDE != 0);
+            self.release(via, units);
+            if let Some(v) = self.vnics.get(usize::from(vnic)) {
+                v.count.fetch_add(units, Ordering::Relaxed);
+            }
+        }
+        if r.key.proto == ip_proto::TCP {
+            self.with_tcp(slot, |c| {
+                *c = TcpConn::from_words(r.tcp);
+                (true, ())
+            });
+        }
+        true
     }
 
     /// Makes a table another process left consistent before anyone uses it (no other thread

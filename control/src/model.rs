@@ -660,6 +660,9 @@ pub struct Imported {
     pub imported: usize,
     /// Connections this switch already tracked (left as they were).
     pub already: usize,
+    /// Connections this switch kept through `remote` while the guest was away (its peer
+    /// stayed here): the imported vNIC's again.
+    pub rejoined: usize,
     /// Connections refused: the table or the owner's limit is full.
     pub refused: usize,
     /// Ends of connections that were not the imported vNIC nor a vNIC of this switch, mapped

@@ -241,6 +241,68 @@ fn connections_follow_a_migrating_vnic() {
     );
     assert_eq!(src.api("GET", "/v1/ports/a/conns", None).1, json!([]));
 
+    // And back: the destination hands them over, the source takes them; it had kept them
+    // for b through the uplink, so they are a's again (rejoined), not new.
+    drop(a2);
+    let back = src.dir.join("back.json");
+    let (ok, _, err) = ctl(
+        &dst,
+        &[
+            "port",
+            "export",
+            "a",
+            "--handover",
+            "uplink",
+            "-o",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("0 with vNICs that stay"),
+        "the far end was remote: {err}"
+    );
+    assert_eq!(dst.api("GET", "/v1/conntrack", None).1["live"], 0);
+    let (ok, out, err) = ctl(
+        &src,
+        &[
+            "--json",
+            "port",
+            "import",
+            "a",
+            "-f",
+            back.to_str().unwrap(),
+            "--remote",
+            "uplink",
+        ],
+    );
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (r["rejoined"].as_u64(), r["imported"].as_u64()),
+        (Some(N.into()), Some(0)),
+        "{r}"
+    );
+    let conns = src.api("GET", "/v1/ports/a/conns", None).1;
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), N as usize);
+    assert!(
+        conns
+            .iter()
+            .all(|c| c["owner"] == "a" && c["peer"] == "b" && c["zone"] == 10),
+        "{}",
+        conns[0]
+    );
+    // b's answer reaches a again on the source.
+    let (_, sport, dport) = flow(60_001);
+    let reply = udp((B.0, B.1, dport), (A.0, A.1, sport), b"a");
+    while !recv_n(&mut a, 256, Duration::from_millis(20)).is_empty() {}
+    assert_eq!(
+        exchange(&mut b, &mut a, &reply, WAIT),
+        vec![reply.clone()],
+        "UDP reply at home"
+    );
+
     // Bad imports name the field.
     let (s, v) = dst.api(
         "POST",

@@ -47,6 +47,7 @@ mod frame;
 mod mem;
 mod net;
 mod ring;
+pub mod wire;
 
 use std::path::PathBuf;
 

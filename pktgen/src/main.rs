@@ -6,6 +6,7 @@
 //!        [--frames N] [--size BYTES] [--window W] [--mac-a MAC] [--mac-b MAC] [--chained]
 //!        [--features HEX]
 //! pktgen bench ...    (see `pktgen::bench`)
+//! pktgen wire ...     (see `pktgen::wire`: a cable between two switches' ports)
 //! ```
 //!
 //! `pktgen --help` lists every option with its default and range (the parser is clap's,
@@ -488,6 +489,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).is_some_and(|a| a == "bench") {
         return ExitCode::from(bench::main(&argv[2..]));
+    }
+    if argv.get(1).is_some_and(|a| a == "wire") {
+        return ExitCode::from(pktgen::wire::main(&argv[2..]));
     }
     // Exits with 2 on usage errors (0 for --help).
     let args = parse_args(argv).unwrap_or_else(|e| e.exit());

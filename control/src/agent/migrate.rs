@@ -124,7 +124,8 @@ impl Agent {
     /// exported vNIC becomes `name`; a vNIC of this switch (same UUID) stays itself; any other
     /// end becomes the port `remote` (the uplink towards the switch it is on), which is then
     /// required. Each connection is charged to its owner's limit and judged by this switch's
-    /// rules on its next packet.
+    /// rules on its next packet. A connection this switch kept through `remote` (the guest
+    /// was here before, and its peer stayed) is the imported vNIC's again.
     pub fn import_conns(
         &self,
         name: &str,
@@ -236,18 +237,22 @@ impl Agent {
                 packets: c.15,
             });
         }
+        let rejoin = remote_id.map(|r| (r, rec.id));
         drop(ports);
-        let (imported, already, refused) = self.switch.adopt_connections(&records);
+        let [imported, already, rejoined, refused] =
+            self.switch.adopt_connections(&records, rejoin);
         let millis = t.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
-            "port {name}: {imported} connections imported from {} on {} ({already} already \
-             here, {refused} refused) in {millis:.1} ms",
+            "port {name}: {imported} connections imported from {} on {} ({rejoined} rejoined \
+             from {}, {already} already here, {refused} refused) in {millis:.1} ms",
             export.port,
-            export.host
+            export.host,
+            remote.unwrap_or("-")
         );
         Ok(Imported {
             imported,
             already,
+            rejoined,
             refused,
             remote_ends,
             millis,

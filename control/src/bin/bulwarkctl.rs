@@ -404,6 +404,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut total = control::model::Imported {
                 imported: 0,
                 already: 0,
+                rejoined: 0,
                 refused: 0,
                 remote_ends: 0,
                 millis: 0.0,
@@ -422,17 +423,19 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(err)?;
                 total.imported += r.imported;
                 total.already += r.already;
+                total.rejoined += r.rejoined;
                 total.refused += r.refused;
                 total.remote_ends += r.remote_ends;
                 total.millis += r.millis;
             }
             show(cli.json, &total, |t| {
                 format!(
-                    "port {name}: {} connections imported from {} on {} ({} already here, {} \
-                     refused; {} ends through {}) in {:.1} ms\n",
+                    "port {name}: {} connections imported from {} on {} ({} rejoined, {} \
+                     already here, {} refused; {} ends through {}) in {:.1} ms\n",
                     t.imported,
                     export.port,
                     export.host,
+                    t.rejoined,
                     t.already,
                     t.refused,
                     t.remote_ends,

@@ -770,19 +770,25 @@ impl Switch {
 
     /// Takes connections moved from another switch (their owner and peer already this
     /// switch's port ids), each charged to its owner's limit; stale until their next packet
-    /// re-validates them. Returns how many were new, already here, and refused (table or
-    /// owner full).
-    pub fn adopt_connections(&self, records: &[conntrack::Record]) -> (usize, usize, usize) {
+    /// re-validates them. `rejoin` (`conntrack::Table::adopt`): a connection already here
+    /// through port `.0` is the vNIC `.1`'s again. Returns how many were new, already here,
+    /// rejoined, and refused (table or owner full).
+    pub fn adopt_connections(
+        &self,
+        records: &[conntrack::Record],
+        rejoin: Option<(u16, u16)>,
+    ) -> [usize; 4] {
         let now = self.now_secs();
-        let (mut new, mut had, mut refused) = (0, 0, 0);
+        let mut n = [0; 4];
         for r in records {
-            match self.ct.adopt(r, now, true) {
-                Ok(true) => new += 1,
-                Ok(false) => had += 1,
-                Err(_) => refused += 1,
-            }
+            n[match self.ct.adopt(r, now, true, rejoin) {
+                Ok(conntrack::Adopted::New) => 0,
+                Ok(conntrack::Adopted::Existing) => 1,
+                Ok(conntrack::Adopted::Rejoined) => 2,
+                Err(_) => 3,
+            }] += 1;
         }
-        (new, had, refused)
+        n
     }
 
     /// After port `id`'s guest moved to another switch reached through port `via`: its
