@@ -71,7 +71,8 @@ impl Mapping {
     }
 
     /// The first `len` bytes of `file`, shared: stores reach the file (its page cache) at once,
-    /// and survive the process. The caller sized the file.
+    /// and survive the process. The caller sized the file (`allocate`). The pages are mapped
+    /// now (MAP_POPULATE), so no worker takes a page fault on its first touch of one.
     pub fn shared(file: &std::fs::File, len: usize) -> std::io::Result<Mapping> {
         use std::os::fd::AsRawFd;
         // SAFETY: a new shared mapping of a file the caller opened read-write; the kernel
@@ -82,12 +83,27 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len.max(1),
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 file.as_raw_fd(),
                 0,
             )
         };
         Self::made(p, len.max(1))
+    }
+
+    /// Sizes `file` to `len` bytes with every block allocated now (posix_fallocate), zeroed:
+    /// on tmpfs a sparse file would allocate a page at a worker's first store into it, and,
+    /// with the filesystem full, kill the process with SIGBUS there instead of failing here.
+    pub fn allocate(file: &std::fs::File, len: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: posix_fallocate on a descriptor we own; it only changes the file's size and
+        // allocation, nothing in our memory.
+        match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
     }
 
     fn made(p: *mut libc::c_void, len: usize) -> std::io::Result<Mapping> {

@@ -327,8 +327,15 @@ impl Table {
         let (_, _, size) = memory_layout(n);
         let _ = std::fs::remove_file(path);
         let file = open_file(path, true)?;
-        // Sparse: tmpfs backs a page when it is first written.
-        file.set_len(size as u64)?;
+        // Allocated now: no page is allocated under a worker, and a full tmpfs is an error
+        // here rather than a SIGBUS later.
+        if let Err(e) = Mapping::allocate(&file, size) {
+            let _ = std::fs::remove_file(path);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot allocate {size} bytes for {}: {e}", path.display()),
+            ));
+        }
         let map = Arc::new(Mapping::shared(&file, size)?);
         let header: Region<AtomicU64> = Region::new(&map, 0, HEADER_WORDS);
         use std::hash::BuildHasher;

@@ -25,16 +25,26 @@ class GuestError(Exception):
 
 
 class Guest:
-    def __init__(self, name, segment, ip, mac, workdir, cpus=1, queues=1, vectors=0):
+    def __init__(self, name, segment, ip, mac, workdir, cpus=1, queues=1, vectors=0,
+                 files=None, sock=None, qmp=False, incoming=None):
         # ip None: eth0 comes up with no address (a DHCP client sets it; then set self.ip).
         self.name, self.segment, self.ip, self.mac = name, segment, ip, mac
         # vCPUs, virtio-net queue pairs (QEMU side and the port's `queues`), MSI-X vectors
         # (0 = INTx: QEMU 7.2 segfaults with vhost-user + TCG + MSI-X).
         self.cpus, self.queues, self.vectors = cpus, queues, vectors
-        self.sock = os.path.join(workdir, f"{name}.sock")          # vhost-user (QEMU listens)
-        self.ser_sock = os.path.join(workdir, f"{name}.console")   # serial console (QEMU listens)
-        self.serial_log = os.path.join(workdir, f"{name}.serial.log")
-        self.qemu_log = os.path.join(workdir, f"{name}.qemu.log")
+        # Live migration: another QEMU of the same guest (same name, so the same kernel command
+        # line, which QEMU's migration needs) has files of its own (`files`: their base name,
+        # default the guest's name), may sit on another switch's socket (`sock`), has a QMP
+        # socket (`qmp`: <files>.qmp) and waits for the guest's state (`incoming`, e.g.
+        # "tcp:127.0.0.1:PORT": QEMU's -incoming).
+        self.files = files or name
+        self.label = name if self.files == name else f"{name} ({self.files})"   # in messages
+        self.sock = sock or os.path.join(workdir, f"{name}.sock")        # vhost-user (QEMU listens)
+        self.ser_sock = os.path.join(workdir, f"{self.files}.console")   # serial console (QEMU listens)
+        self.serial_log = os.path.join(workdir, f"{self.files}.serial.log")
+        self.qemu_log = os.path.join(workdir, f"{self.files}.qemu.log")
+        self.qmp_sock = os.path.join(workdir, f"{self.files}.qmp") if qmp else None
+        self.incoming = incoming
         self.proc = None
         self.conn = None
         self.buf = ""
@@ -71,18 +81,22 @@ class Guest:
         ]
         if accel == "kvm":
             argv += ["-cpu", "host"]
-        for p in (self.sock, self.ser_sock):
+        if self.qmp_sock:
+            argv += ["-qmp", f"unix:{self.qmp_sock},server=on,wait=off"]
+        if self.incoming:
+            argv += ["-incoming", self.incoming]
+        for p in (self.sock, self.ser_sock) + ((self.qmp_sock,) if self.qmp_sock else ()):
             if os.path.exists(p):
                 os.unlink(p)
         self.t_start = time.monotonic()
-        self.proc = PROCS.spawn(self.name, argv, self.qemu_log)
+        self.proc = PROCS.spawn(self.files, argv, self.qemu_log)
 
     def connect_console(self, timeout=15.0):
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise GuestError(f"{self.name}: QEMU exited with status {self.proc.returncode}\n"
+                raise GuestError(f"{self.label}: QEMU exited with status {self.proc.returncode}\n"
                                  + tail(self.qemu_log))
             if os.path.exists(self.ser_sock):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -95,7 +109,7 @@ class Guest:
                     last = e
                     s.close()
             time.sleep(0.05)
-        raise GuestError(f"{self.name}: cannot connect to serial console {self.ser_sock}: {last}")
+        raise GuestError(f"{self.label}: cannot connect to serial console {self.ser_sock}: {last}")
 
     def _reader(self):
         while True:
@@ -137,10 +151,10 @@ class Guest:
             rc, _ = self.run("stty -echo; true", timeout=30)
             self.up = rc == 0
             if not self.up:
-                raise GuestError(f"{self.name}: shell on the console did not answer")
+                raise GuestError(f"{self.label}: shell on the console did not answer")
             return True
         if m:
-            raise GuestError(f"{self.name}: {m.group(0).strip()}")
+            raise GuestError(f"{self.label}: {m.group(0).strip()}")
         if self.closed:
             # The console closes as QEMU dies: give the process a moment to be reaped.
             try:
@@ -148,9 +162,9 @@ class Guest:
             except subprocess.TimeoutExpired:
                 pass
         if self.proc.poll() is not None:
-            raise GuestError(f"{self.name}: QEMU exited with status {self.proc.returncode}:\n"
+            raise GuestError(f"{self.label}: QEMU exited with status {self.proc.returncode}:\n"
                              + tail(self.qemu_log))
-        raise GuestError(f"{self.name}: no BW-NET-UP within {timeout:.0f} s")
+        raise GuestError(f"{self.label}: no BW-NET-UP within {timeout:.0f} s")
 
     def run(self, cmd, timeout=60.0):
         """Run one shell command line in the guest; return (exit status or None, output)."""

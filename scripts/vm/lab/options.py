@@ -12,6 +12,9 @@ OPTIONS = [
                            help="the bulwarkd binary (default: target/release/bulwarkd)")),
     (("--bulwarkctl",), dict(default=os.path.join(REPO, "target", "release", "bulwarkctl"),
                              help="the bulwarkctl binary (default: target/release/bulwarkctl)")),
+    (("--pktgen",), dict(default=os.path.join(REPO, "target", "release", "pktgen"),
+                         help="the pktgen binary, whose `pktgen wire` joins two switches in the migration "
+                              "test (default: target/release/pktgen)")),
     (("--workdir",), dict(default=None, help="directory for logs and sockets (default: a fresh temporary directory)")),
     (("--keep",), dict(action="store_true", default=False,
                        help="keep the workdir (it is also kept when a test fails)")),

@@ -4,6 +4,7 @@ harness itself, dpdk-testpmd forwarding between two vhost-user ports."""
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -45,16 +46,27 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+class Port:
+    """A switch port with no guest of ours behind it (e.g. an uplink that `pktgen wire` joins to
+    another switch's): what Bulwarkd's config needs of a Guest."""
+
+    def __init__(self, name, sock, segment, queues=1):
+        self.name, self.sock, self.segment, self.queues = name, sock, segment, queues
+
+
 class Bulwarkd:
     kind = "bulwarkd"
 
-    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag="", tags=None, ports=None):
-        """Writes bulwarkd{tag}.toml with one client-mode port per guest; start() starts the process.
-        tag names a second instance's files: bulwarkd{tag}.toml, run{tag}/, bulwarkd{tag}.N.log.
+    def __init__(self, bin, ctl, workdir, guests, workers=(1,), tag="", tags=None, ports=None,
+                 idle_sleep_us=100):
+        """Writes bulwarkd{tag}.toml with one client-mode port per guest (or Port); start()
+        starts the process. tag names a second instance's files: bulwarkd{tag}.toml, run{tag}/,
+        bulwarkd{tag}.N.log.
         tags: {guest name: {key: value}}, the vNICs' tags in the config (the policy document's
         selectors read them; `bulwarkctl port tags` changes them at run time).
         ports: {guest name: {key: value}}, more keys of its [[ports]] entry (str, bool, int, or a
-        list of str), e.g. {"spoof_guard": "strict", "mac": "52:54:...", "dhcp_server": True}."""
+        list of str), e.g. {"spoof_guard": "strict", "mac": "52:54:...", "dhcp_server": True};
+        "mode": "server" makes bulwarkd listen on that port's socket."""
         self.bin, self.ctl = bin, ctl
         self.workdir = workdir
         self.tag = tag
@@ -65,20 +77,23 @@ class Bulwarkd:
         self.log = None
         self.t_start = self.t_start_wall = None
         self.guests, self.workers, self.tags = list(guests), tuple(workers), dict(tags or {})
+        self.idle_sleep_us = idle_sleep_us
         self.ports = {n: dict(kv) for n, kv in (ports or {}).items()}
         os.makedirs(self.run_dir, exist_ok=True)
         self.write_config()
 
     def write_config(self):
-        lines = ["[switch]", f"workers = [{', '.join(str(w) for w in self.workers)}]", "idle_sleep_us = 100",
-                 "mac_aging_secs = 300", ""]
+        lines = ["[switch]", f"workers = [{', '.join(str(w) for w in self.workers)}]",
+                 f"idle_sleep_us = {self.idle_sleep_us}", "mac_aging_secs = 300", ""]
         for g in self.guests:
-            lines += ["[[ports]]", f'name = "{g.name}"', f'socket = "{g.sock}"', 'mode = "client"',
+            kv = dict(self.ports.get(g.name) or {})
+            mode = kv.pop("mode", "client")
+            lines += ["[[ports]]", f'name = "{g.name}"', f'socket = "{g.sock}"', f'mode = "{mode}"',
                       f"segment = {g.segment}"] + ([f"queues = {g.queues}"] if g.queues > 1 else [])
             t = self.tags.get(g.name)
             if t:
                 lines.append("tags = { " + ", ".join(f'{k} = "{v}"' for k, v in t.items()) + " }")
-            lines += [f"{k} = {toml_value(v)}" for k, v in (self.ports.get(g.name) or {}).items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in kv.items()]
             lines.append("")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))
@@ -179,6 +194,53 @@ class Bulwarkd:
             rc, out, err = self.ctl_cmd(what)
             with open(os.path.join(self.workdir, f"ctl-{tag}-{what}.txt"), "w") as f:
                 f.write(f"# exit {rc}\n{out}{err}")
+
+
+class Wire:
+    """`pktgen wire`: a cable between two switches' ports (each switch listens: its port has
+    mode "server"), forwarding every frame both ways. Its counters go to wire{tag}.N.log every 5 s."""
+
+    kind = "pktgen wire"
+
+    def __init__(self, pktgen, workdir, sock_a, sock_b, nap_us=100, tag=""):
+        self.pktgen, self.workdir, self.sock_a, self.sock_b = pktgen, workdir, sock_a, sock_b
+        self.nap_us, self.tag = nap_us, tag
+        self.proc = None
+        self.starts = 0
+        self.log = None
+
+    def start(self, timeout=15.0):
+        """Starts it once both sockets exist; waits until it says both sides are up."""
+        deadline = time.monotonic() + timeout
+        while not all(os.path.exists(p) for p in (self.sock_a, self.sock_b)):
+            if time.monotonic() > deadline:
+                raise GuestError(f"pktgen wire: switch sockets missing after {timeout:.0f} s: "
+                                 + ", ".join(p for p in (self.sock_a, self.sock_b) if not os.path.exists(p)))
+            time.sleep(0.1)
+        self.log = os.path.join(self.workdir, f"wire{self.tag}.{self.starts}.log")
+        self.starts += 1
+        self.proc = PROCS.spawn("pktgen-wire", [self.pktgen, "wire", "--dial", self.sock_a, "--peer-dial",
+                                                self.sock_b, "--nap-us", str(self.nap_us)], self.log)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GuestError(f"pktgen wire exited with status {self.proc.returncode}:\n" + tail(self.log))
+            with open(self.log, "rb") as f:
+                if b"both sides up" in f.read():
+                    return
+            time.sleep(0.1)
+        raise GuestError(f"pktgen wire: sides not up within {timeout:.0f} s:\n" + tail(self.log))
+
+    def counters(self):
+        """The last counters it printed: {"a_to_b", "b_to_a", "dropped"} (empty before its first report)."""
+        try:
+            with open(self.log, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except (OSError, TypeError):
+            return {}
+        m = None
+        for m in re.finditer(r"a_to_b (\d+) b_to_a (\d+) dropped (\d+)", text):
+            pass
+        return dict(zip(("a_to_b", "b_to_a", "dropped"), map(int, m.groups()))) if m else {}
 
 
 class Testpmd:
