@@ -173,6 +173,20 @@ fn checksum(words: &[u64]) -> u64 {
         .collect::<Vec<_>>())
 }
 
+/// Header words 0-8 (checksum last) of a state file that `Table::open` on this machine accepts
+/// for a table of `capacity` with the hash `seed`; word 7 is the file's size. For the `state`
+/// fuzz target, which writes state files of its own; not an API.
+#[doc(hidden)]
+pub fn fuzz_valid_header(capacity: usize, seed: u64) -> [u64; 9] {
+    let (nbuckets, n) = geometry(capacity);
+    let (_, _, size) = memory_layout(n);
+    let w = header_words(capacity, nbuckets, seed, size);
+    let mut out = [0; 9];
+    out[..8].copy_from_slice(&w);
+    out[H_CHECKSUM] = checksum(&w);
+    out
+}
+
 fn open_file(path: &Path, create: bool) -> io::Result<File> {
     let f = OpenOptions::new()
         .read(true)

@@ -318,6 +318,9 @@ pub struct WorkerInfo {
     pub idle_polls: u64,
     /// Punted items (trace records) dropped because its punt ring was full.
     pub punt_dropped: u64,
+    /// Polls of a port it skipped because the port's last bursts were mostly dropped (a
+    /// flooding guest is polled less; its frames wait in its own ring).
+    pub deferred_polls: u64,
 }
 
 /// A drop reason: the name counters use, and what it means.

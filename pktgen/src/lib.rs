@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod flood;
 mod frame;
 mod mem;
 mod net;

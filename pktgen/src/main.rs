@@ -7,6 +7,7 @@
 //!        [--features HEX]
 //! pktgen bench ...    (see `pktgen::bench`)
 //! pktgen wire ...     (see `pktgen::wire`: a cable between two switches' ports)
+//! pktgen flood ...    (see `pktgen::flood`: SYN or UDP flood from one port)
 //! ```
 //!
 //! `pktgen --help` lists every option with its default and range (the parser is clap's,
@@ -489,6 +490,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).is_some_and(|a| a == "bench") {
         return ExitCode::from(bench::main(&argv[2..]));
+    }
+    if argv.get(1).is_some_and(|a| a == "flood") {
+        return ExitCode::from(pktgen::flood::main(&argv[2..]));
     }
     if argv.get(1).is_some_and(|a| a == "wire") {
         return ExitCode::from(pktgen::wire::main(&argv[2..]));

@@ -685,6 +685,7 @@ impl Agent {
                     busy_polls: w.busy_polls,
                     idle_polls: w.idle_polls,
                     punt_dropped: w.punt_dropped,
+                    deferred_polls: w.deferred_polls,
                 })
                 .collect(),
             drop_reasons: DropReason::ALL

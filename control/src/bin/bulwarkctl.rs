@@ -1127,10 +1127,20 @@ fn render_stats(v: &StatsInfo) -> String {
                 w.cpu.to_string(),
                 w.busy_polls.to_string(),
                 w.idle_polls.to_string(),
+                w.deferred_polls.to_string(),
             ]
         })
         .collect();
-    let mut s = table(&["WORKER", "CPU", "BUSY POLLS", "IDLE POLLS"], &rows);
+    let mut s = table(
+        &[
+            "WORKER",
+            "CPU",
+            "BUSY POLLS",
+            "IDLE POLLS",
+            "DEFERRED POLLS",
+        ],
+        &rows,
+    );
     s.push('\n');
     s.push_str(&render_drops(&v.ports));
     s

@@ -279,6 +279,8 @@ struct WorkerSlot {
     idle_polls: AtomicU64,
     /// Punt items dropped because this worker's ring was full.
     punt_dropped: AtomicU64,
+    /// Polls of a port skipped because its last bursts were mostly dropped (`worker::Backoff`).
+    deferred_polls: AtomicU64,
 }
 
 /// One worker's loop driven by hand (`Switch::stepper`).
@@ -321,6 +323,9 @@ pub struct WorkerStats {
     pub idle_polls: u64,
     /// Punt items (trace records) dropped because its punt ring was full.
     pub punt_dropped: u64,
+    /// Polls of a port it skipped because the port's last bursts were mostly dropped (a
+    /// flooding guest waits, its frames left in its own ring, instead of taking the worker).
+    pub deferred_polls: u64,
 }
 
 /// Errors from the switch's control interface.
@@ -684,6 +689,7 @@ impl Switch {
                 busy_polls: w.busy_polls.load(Ordering::Relaxed),
                 idle_polls: w.idle_polls.load(Ordering::Relaxed),
                 punt_dropped: w.punt_dropped.load(Ordering::Relaxed),
+                deferred_polls: w.deferred_polls.load(Ordering::Relaxed),
             })
             .collect()
     }

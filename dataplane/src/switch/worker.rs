@@ -59,7 +59,28 @@ pub(super) struct Worker<'a> {
     pub(super) traces: Box<[TraceRecord]>,
     /// The virtio-net header length of the burst's port (where a frame starts in its chain).
     pub(super) vhdr: u32,
+    /// Per port id: how long its polls are deferred (`Backoff`).
+    backoff: Box<[Backoff]>,
 }
+
+/// A port whose bursts are mostly dropped on the way in (a guest flooding new connections
+/// past its limits, or traffic its policy denies) is polled less: after such a burst its next
+/// `2^level - 1` polls are skipped, `level` growing by one per such burst up to
+/// `BACKOFF_MAX`, and back to 0 after a burst that mostly passes. Its frames wait in its own
+/// transmit ring, so the flood costs the worker one burst in `2^BACKOFF_MAX` passes instead of
+/// its share of every pass; other ports keep theirs (`scripts/flood-bench`). A busy worker's
+/// pass takes microseconds, so even the longest deferral is short for a guest that recovers.
+#[derive(Clone, Copy, Default)]
+struct Backoff {
+    level: u8,
+    skip: u16,
+}
+
+/// The longest deferral: 2^7 - 1 = 127 passes.
+const BACKOFF_MAX: u8 = 7;
+/// A burst this size or larger with at least three quarters of its frames dropped raises the
+/// level; one with less than a quarter dropped resets it.
+const BACKOFF_MIN_BURST: usize = 8;
 
 /// Switch-clock seconds for `elapsed` since boot, never 0 (0 marks "never seen").
 pub(super) fn secs(elapsed: Duration) -> u32 {
@@ -95,6 +116,7 @@ impl<'a> Worker<'a> {
             traced: 0,
             traces: vec![TraceRecord::EMPTY; BURST].into_boxed_slice(),
             vhdr: 0,
+            backoff: vec![Backoff::default(); crate::MAX_PORTS].into_boxed_slice(),
         }
     }
 
@@ -147,6 +169,13 @@ impl<'a> Worker<'a> {
         let mut work = 0;
         if let Some(queues) = table.polled.get(self.me) {
             for &(id, q) in queues {
+                if let Some(b) = self.backoff.get_mut(usize::from(id)) {
+                    if b.skip > 0 {
+                        b.skip -= 1;
+                        bump(&slot.deferred_polls, 1);
+                        continue;
+                    }
+                }
                 if let Some(p) = table.port(id) {
                     work += self.poll_port(table, p, usize::from(q), now);
                 }
@@ -195,7 +224,33 @@ impl<'a> Worker<'a> {
             self.trace_end();
         }
         self.complete(q, n);
+        self.back_off(src.id, n);
         taken
+    }
+
+    /// Updates port `id`'s `Backoff` after a burst of `n` frames.
+    #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the deferral is below 2^BACKOFF_MAX (128)"
+    )]
+    fn back_off(&mut self, id: u16, n: usize) {
+        if n < BACKOFF_MIN_BURST {
+            return;
+        }
+        let dropped = self.dest[..n]
+            .iter()
+            .filter(|d| matches!(d, Dest::Drop))
+            .count();
+        let Some(b) = self.backoff.get_mut(usize::from(id)) else {
+            return;
+        };
+        if 4 * dropped >= 3 * n {
+            b.level = (b.level + 1).min(BACKOFF_MAX);
+            b.skip = (1u16 << b.level) - 1;
+        } else if 4 * dropped < n {
+            b.level = 0;
+        }
     }
 
     /// The middle stages over one taken burst: headers, decide, deliver. Returns the reject
