@@ -230,10 +230,6 @@ impl<'a> Worker<'a> {
 
     /// Updates port `id`'s `Backoff` after a burst of `n` frames.
     #[inline]
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the deferral is below 2^BACKOFF_MAX (128)"
-    )]
     fn back_off(&mut self, id: u16, n: usize) {
         if n < BACKOFF_MIN_BURST {
             return;
