@@ -772,6 +772,10 @@ impl Table {
         r
     }
 
+    // Always inlined into `insert`, with the `lookup` and `claim` it makes: once `adopt` (a
+    // second caller) appeared, LLVM stopped inlining them here (+55 instructions per new
+    // connection, scripts/framecost rules1k-new).
+    #[inline(always)]
     fn insert_locked(
         &self,
         k: &Key,
@@ -817,7 +821,9 @@ impl Table {
     }
 
     /// Writes a connection into the claimed (BUSY) slot `s` (and `cont`, for IPv6), then
-    /// publishes it: LIVE, then its tag.
+    /// publishes it: LIVE, then its tag. Always inlined: it is the new-connection path's tail
+    /// (scripts/framecost: rules1k-new).
+    #[inline(always)]
     fn place(&self, s: usize, cont: usize, k: &Key, hash: u64, words: &Words) {
         let wide = k.is_v6();
         let w = &self.slots[s].w;
@@ -849,6 +855,7 @@ impl Table {
 
     /// Claims one free slot (two in one bucket for `wide`: the entry and its continuation),
     /// in the emptier of the key's buckets, falling back to the other. Returns (slot, cont).
+    #[inline(always)]
     fn claim(&self, hash: u64, wide: bool) -> Option<(usize, usize)> {
         // Counted from the tags (a bucket's 16 are one cache line): an untagged slot is empty,
         // being claimed, or waiting for reclamation. Reading the slots' own words instead

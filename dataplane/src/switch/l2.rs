@@ -72,6 +72,7 @@ impl Worker<'_> {
             };
             self.dest[i] = match dest {
                 Classified::Drop(r) => {
+                    self.dropped += 1;
                     sc.drop(r);
                     if TRACE && i < self.traced {
                         self.traces[i].verdict = Verdict::Dropped(r, src.id);
@@ -79,7 +80,10 @@ impl Worker<'_> {
                     Dest::Drop
                 }
                 // Counted by the firewall stage, which traced it too.
-                Classified::Counted => Dest::Drop,
+                Classified::Counted => {
+                    self.dropped += 1;
+                    Dest::Drop
+                }
                 Classified::Dest(d) => {
                     let smac = EthernetFrame::new_checked(&self.hdrs[i][..]).map(|e| e.src());
                     if let Some(m) = smac {

@@ -61,6 +61,8 @@ pub(super) struct Worker<'a> {
     pub(super) vhdr: u32,
     /// Per port id: how long its polls are deferred (`Backoff`).
     backoff: Box<[Backoff]>,
+    /// Frames of the current burst the decide stage dropped (for `Backoff`).
+    pub(super) dropped: usize,
 }
 
 /// A port whose bursts are mostly dropped on the way in (a guest flooding new connections
@@ -117,6 +119,7 @@ impl<'a> Worker<'a> {
             traces: vec![TraceRecord::EMPTY; BURST].into_boxed_slice(),
             vhdr: 0,
             backoff: vec![Backoff::default(); crate::MAX_PORTS].into_boxed_slice(),
+            dropped: 0,
         }
     }
 
@@ -231,13 +234,10 @@ impl<'a> Worker<'a> {
     /// Updates port `id`'s `Backoff` after a burst of `n` frames.
     #[inline]
     fn back_off(&mut self, id: u16, n: usize) {
+        let dropped = std::mem::take(&mut self.dropped);
         if n < BACKOFF_MIN_BURST {
             return;
         }
-        let dropped = self.dest[..n]
-            .iter()
-            .filter(|d| matches!(d, Dest::Drop))
-            .count();
         let Some(b) = self.backoff.get_mut(usize::from(id)) else {
             return;
         };
