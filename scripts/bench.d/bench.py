@@ -1473,7 +1473,9 @@ def new_ctx(args, duts, cases, suffix=""):
     ctx.failures = 0
     ctx.run_no = 0
     ctx.attempts = 0
-    ctx.tmp = tempfile.mkdtemp(prefix="bwbench.", dir="/tmp")
+    # On tmpfs, as /run is on Debian: bulwarkd keeps its connection table in a state file in
+    # its run directory, which on a disk filesystem the kernel would write back.
+    ctx.tmp = tempfile.mkdtemp(prefix="bwbench.", dir="/dev/shm" if os.path.isdir("/dev/shm") else "/tmp")
     return ctx
 
 
