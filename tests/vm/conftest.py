@@ -31,7 +31,7 @@ from lab.util import log  # noqa: E402
 # The areas in the order they run; files not listed run after these, then LAST: the files with a
 # topology of their own (starting one stops `net`), multiqueue last of all.
 AREAS = ["test_l2.py", "test_firewall.py", "test_restart.py"]
-LAST = ["test_policy.py", "test_guard.py", "test_multiqueue.py"]
+LAST = ["test_policy.py", "test_guard.py", "test_migrate.py", "test_multiqueue.py"]
 
 # The shared network: name, segment, ip, mac. vm4 is in the same subnet on purpose: only the
 # switch's segments keep it apart.

@@ -26,12 +26,13 @@ class GuestError(Exception):
 
 class Guest:
     def __init__(self, name, segment, ip, mac, workdir, cpus=1, queues=1, vectors=0,
-                 files=None, sock=None, qmp=False, incoming=None):
+                 files=None, sock=None, qmp=False, incoming=None, vhost_server=True, mem="256M"):
         # ip None: eth0 comes up with no address (a DHCP client sets it; then set self.ip).
         self.name, self.segment, self.ip, self.mac = name, segment, ip, mac
         # vCPUs, virtio-net queue pairs (QEMU side and the port's `queues`), MSI-X vectors
         # (0 = INTx: QEMU 7.2 segfaults with vhost-user + TCG + MSI-X).
         self.cpus, self.queues, self.vectors = cpus, queues, vectors
+        self.mem = mem   # guest RAM (QEMU's -m and the memfd backend's size), e.g. "256M"
         # Live migration: another QEMU of the same guest (same name, so the same kernel command
         # line, which QEMU's migration needs) has files of its own (`files`: their base name,
         # default the guest's name), may sit on another switch's socket (`sock`), has a QMP
@@ -45,6 +46,9 @@ class Guest:
         self.qemu_log = os.path.join(workdir, f"{self.files}.qemu.log")
         self.qmp_sock = os.path.join(workdir, f"{self.files}.qmp") if qmp else None
         self.incoming = incoming
+        # vhost_server False: QEMU dials a backend that listens on `sock` (e.g. dpdk-testpmd with
+        # client=0; a migration's destination dials the same socket) instead of listening.
+        self.vhost_server = vhost_server
         self.proc = None
         self.conn = None
         self.buf = ""
@@ -67,15 +71,15 @@ class Guest:
         device += f",vectors={self.vectors}"
         argv = [
             "qemu-system-x86_64", "-name", self.name, "-accel", accel, "-machine", "pc",
-            "-smp", str(self.cpus), "-m", "256M",
-            "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
+            "-smp", str(self.cpus), "-m", self.mem,
+            "-object", f"memory-backend-memfd,id=mem,size={self.mem},share=on", "-numa", "node,memdev=mem",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-chardev", f"socket,id=ser0,path={self.ser_sock},server=on,wait=off,logfile={self.serial_log}",
             "-serial", "chardev:ser0",
             "-kernel", image["kernel"], "-initrd", image["initrd"],
             "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 "
                        + (f"bw.ip={self.ip}/24 " if self.ip else "") + f"bw.hostname={self.name}",
-            "-chardev", f"socket,id=c0,path={self.sock},server=on,wait=off",
+            "-chardev", f"socket,id=c0,path={self.sock}" + (",server=on,wait=off" if self.vhost_server else ""),
             "-netdev", netdev,
             "-device", device,
         ]
@@ -85,7 +89,8 @@ class Guest:
             argv += ["-qmp", f"unix:{self.qmp_sock},server=on,wait=off"]
         if self.incoming:
             argv += ["-incoming", self.incoming]
-        for p in (self.sock, self.ser_sock) + ((self.qmp_sock,) if self.qmp_sock else ()):
+        mine = ((self.sock,) if self.vhost_server else ()) + (self.ser_sock,) + ((self.qmp_sock,) if self.qmp_sock else ())
+        for p in mine:
             if os.path.exists(p):
                 os.unlink(p)
         self.t_start = time.monotonic()
