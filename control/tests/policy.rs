@@ -621,3 +621,35 @@ fn tenants_reuse_addresses_without_mixing() {
         vec![synack.clone()]
     );
 }
+
+/// A document with fewer groups than the running one applies (the fuzz target `api` found the
+/// compiler indexing the old classes' group slots out of the new document's bounds: a 500).
+#[test]
+fn a_document_with_fewer_groups_applies() {
+    let sw = Bulwarkd::start_extra(
+        &[
+            ("a", 10, "server", "tags = { tier = \"web\" }\n"),
+            ("b", 10, "server", "tags = { tier = \"db\" }\n"),
+        ],
+        &[worker_cpu()],
+    );
+    let two = json!({
+        "groups": [
+            {"name": "web", "select": {"tag": "tier", "eq": "web"}},
+            {"name": "db", "select": {"tag": "tier", "eq": "db"}},
+        ],
+        "policies": [{"name": "p", "tier": "application",
+            "rules": [{"name": "r", "src": "web", "dst": "db", "action": "allow"}]}],
+    });
+    let (s, v) = apply(&sw, &two, "");
+    assert_eq!(s, 200, "{v}");
+    for doc in [
+        json!({}),
+        json!({"groups": [{"name": "web", "select": {"tag": "tier", "eq": "web"}}]}),
+        two,
+    ] {
+        let (s, v) = apply(&sw, &doc, "");
+        assert_eq!(s, 200, "{doc}: {v}");
+    }
+    assert_eq!(revision(&sw), 4);
+}

@@ -204,7 +204,9 @@ impl GuestMemory {
     pub fn gpa_of(&self, host: usize) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let off = host.wrapping_sub(r.host) as u64;
-            (host >= r.host && off < r.desc.size).then_some(r.desc.gpa + off)
+            // Lazily: for another region `off` has wrapped and the sum would overflow (a
+            // region's gpa + size is checked when it is mapped).
+            (host >= r.host && off < r.desc.size).then(|| r.desc.gpa + off)
         })
     }
 
@@ -212,7 +214,8 @@ impl GuestMemory {
     pub fn uva_to_gpa(&self, uva: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let off = uva.wrapping_sub(r.desc.uva);
-            (uva >= r.desc.uva && off < r.desc.size).then_some(r.desc.gpa + off)
+            // Lazily, as in `gpa_of` (the fuzz target `vhost` found the eager sum overflow).
+            (uva >= r.desc.uva && off < r.desc.size).then(|| r.desc.gpa + off)
         })
     }
 }

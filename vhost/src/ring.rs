@@ -503,6 +503,19 @@ impl SplitRing {
     #[inline]
     pub fn unpop(&mut self, n: u16) {
         self.last_avail = self.last_avail.wrapping_sub(n);
+        // A refresh between the pops and this may have accepted an avail.idx up to a ring
+        // ahead of the later position: measured from this one, the guest would be more than a
+        // ring ahead, which no driver can be (the fuzz target `ring` found `pending()` above
+        // the ring size this way). Such a ring is broken, as `refresh_avail` would say.
+        if !self.broken && self.pending() > self.size {
+            log::warn!(
+                "guest avail.idx {} is more than a ring ahead of {} (ring size {}): ring broken",
+                self.avail_idx,
+                self.last_avail,
+                self.size
+            );
+            self.broken = true;
+        }
     }
 
     #[expect(
