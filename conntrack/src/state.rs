@@ -52,6 +52,8 @@ const LAYOUT: &str = "slot=64B:8xu64 bucket=16 tags=u8/slot@2MiB \
     tcp=3w(TcpConn::to_words) time=seen:0-31,rule-eg:32-47,rule-in:48-63 pkts=count:0-39,born:40-63 \
     cont=addr6:w1-4 hash=mix-v1 buckets=mulshift2+next";
 const HEADER_WORDS: usize = 512;
+/// The largest capacity a state file may claim (bulwarkd's config allows 2^28).
+const MAX_CAPACITY: usize = 1 << 30;
 const H_CHECKSUM: usize = 8;
 const H_STATE: usize = 9;
 const H_PID: usize = 10;
@@ -267,6 +269,13 @@ impl Table {
             usize::try_from(theirs(3)).unwrap_or(0),
             usize::try_from(theirs(4)).unwrap_or(0),
         );
+        // Bounded before any arithmetic on them (the fuzz target `state` found the overflow):
+        // no table this binary makes is bigger.
+        if their_cap == 0 || their_cap > MAX_CAPACITY || their_buckets > MAX_CAPACITY {
+            return refuse(format!(
+                "its header's capacity {their_cap} or buckets {their_buckets} is out of range"
+            ));
+        }
         if geometry(their_cap).0 != their_buckets
             || memory_layout(their_buckets * 16).2 != usize::try_from(theirs(7)).unwrap_or(0)
             || usize::try_from(theirs(7)).unwrap_or(0) != len
@@ -688,6 +697,21 @@ mod tests {
         let (_, opened) = Table::open(&cfg(200), &tmp.file(), NOW).unwrap();
         assert!(
             matches!(&opened, Opened::Refused { reason, .. } if reason.contains("layout version 2")),
+            "{opened:?}"
+        );
+        // A header whose checksum holds but whose capacity no table has is refused before any
+        // arithmetic on it overflows.
+        let mut h = fuzz_valid_header(1000, 7);
+        h[4] = u64::MAX / 3;
+        h[H_CHECKSUM] = checksum(&h[..8]);
+        let mut bytes = vec![0u8; HEADER_WORDS * 8];
+        for (i, w) in h.iter().enumerate() {
+            bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        std::fs::write(tmp.file(), &bytes).unwrap();
+        let (_, opened) = Table::open(&cfg(200), &tmp.file(), NOW).unwrap();
+        assert!(
+            matches!(&opened, Opened::Refused { reason, .. } if reason.contains("out of range")),
             "{opened:?}"
         );
     }
