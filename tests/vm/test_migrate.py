@@ -54,6 +54,8 @@ MIGRATE_TIMEOUT = 90.0  # s from `migrate` to `completed` before it is cancelled
 POLL_IV = 0.02         # query-migrate polling (s)
 PING_IV = 0.05         # the background ping vm2 -> vm1 during the stream
 BUSY = ("tcp_no_connection", "tcp_out_of_window")
+# Out-of-window segments allowed on the destination after the import (see the drops check).
+OOW_AFTER_IMPORT = 3
 # vm1's RAM: 256 MiB + 64 KiB, not 256 MiB, because of a QEMU bug under TCG (QEMU 7.2 here;
 # fixed upstream in 9.0 by "physmem: Fix migration dirty bitmap coherency with TCG memory
 # access"): the fast path of cpu_physical_memory_sync_dirty_bitmap(), taken when a RAM block's
@@ -712,15 +714,20 @@ def migrate_under_stream(mig, frm, to, workdir, report, tag):
                     for k in (frm, to)}
     # Expected: the destination has no connection until the import, so the segments of the
     # window between the guest resuming there and the import are dropped there (vm1's own on
-    # its port, vm2's on the uplink); after the import none. The source keeps vm2's side all
-    # along (through the uplink after the handover): vm2 never loses its connection.
+    # its port, vm2's on the uplink). The imported TCP state is the one at the export: what
+    # the guests sent in that window moved their windows past it, so the first segments after
+    # the import may be out of its window (seen once in about 20 moves: one segment, resent by
+    # TCP). After the import, no `tcp_no_connection` and at most OOW_AFTER_IMPORT segments out
+    # of window. The source keeps vm2's side all along (through the uplink after the
+    # handover): vm2 never loses its connection.
     bad = [f"{to} {n} {r} +{ddelta(di[to], d_end[to], n, r)}" for n in names[to] for r in BUSY
-           if ddelta(di[to], d_end[to], n, r)]
+           if ddelta(di[to], d_end[to], n, r) > (OOW_AFTER_IMPORT if r == "tcp_out_of_window" else 0)]
     bad += [f"src vm2 {r} +{ddelta(d0['src'], d_end['src'], 'vm2', r)}"
             for r in BUSY if ddelta(d0["src"], d_end["src"], "vm2", r)]
     ok &= not bad
     details.append("drops after the import on " + to + ", and on src's vm2 all along: "
-                   + ("none (as expected)" if not bad else ", ".join(bad) + " -- FAIL (want +0)"))
+                   + ("within bounds (as expected)" if not bad else ", ".join(bad)
+                      + f" -- FAIL (want tcp_no_connection +0, tcp_out_of_window <= +{OOW_AFTER_IMPORT}; vm2 +0)"))
     other = {k: {n: nonzero(d_end[k].get(n, {})) for n in names[k]} for k in mig.sws}
     details.append(f"all non-zero drops at the end: {other}")
     # -- where vm1 is now -----------------------------------------------------------------------
