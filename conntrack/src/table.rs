@@ -1516,13 +1516,13 @@ impl Table {
                     && cont / BUCKET == s / BUCKET
                     && self.slots[cont].w[W_META].load(Ordering::Relaxed) == LIVE | F_CONT
                     && !kept_cont[cont]);
+            // The key's hash, once it can be read (an IPv6 key only through a sound pair).
+            let hash = (family == if wide { 6 } else { 4 } && pair_ok)
+                .then(|| self.hash(&self.key_of(s, meta)));
             let verdict = if meta & F_DOOMED != 0 {
                 Some(&mut r.removed)
-            } else if family != if wide { 6 } else { 4 }
-                || !pair_ok
-                // A key in a bucket its hash does not lead to (torn, or not a key at all).
-                || !self.buckets(self.hash(&self.key_of(s, meta))).contains(&(s / BUCKET))
-            {
+            } else if !hash.is_some_and(|h| self.buckets(h).contains(&(s / BUCKET))) {
+                // Not a key, or one in a bucket its hash does not lead to (torn).
                 Some(&mut r.invalid)
             } else if self.expired(s, now) {
                 Some(&mut r.expired)
@@ -1543,7 +1543,10 @@ impl Table {
                 kept_cont[cont] = true;
                 self.set_tag(cont, TAG_CONT);
             }
-            self.set_tag(s, Self::tag(self.hash(&self.key_of(s, meta))));
+            // Kept, so its hash was read above.
+            if let Some(h) = hash {
+                self.set_tag(s, Self::tag(h));
+            }
             if let Some(v) = self.vnics.get(usize::from((meta >> OWNER_SHIFT) as u16)) {
                 v.count.fetch_add(units, Ordering::Relaxed);
             }
