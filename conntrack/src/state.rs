@@ -45,6 +45,8 @@ const MAGIC: u64 = u64::from_le_bytes(*b"BWCTABLE");
 pub const LAYOUT_VERSION: u64 = 1;
 /// What the slot words hold, as `DESIGN.md` describes them; its checksum is in the header,
 /// so a binary that packs them otherwise refuses the file even if nobody bumped the version.
+/// (`@2MiB`: the tags of a table with 2 MiB of slots or more; where the regions of a smaller
+/// one are is checked through the file size, see `memory_layout`.)
 const LAYOUT: &str = "slot=64B:8xu64 bucket=16 tags=u8/slot@2MiB \
     meta=status:0-1,lock:2,cont:3,wide:4,replied:5,pickup:6,doomed:7,class:8-14,stale:15,epoch:16-31,owner:32-47,peer:48-63 \
     addr4=src:0-31,dst:32-63|cont-index \
@@ -187,6 +189,15 @@ pub fn fuzz_valid_header(capacity: usize, seed: u64) -> [u64; 9] {
     out[..8].copy_from_slice(&w);
     out[H_CHECKSUM] = checksum(&w);
     out
+}
+
+/// Where a state file for `capacity` has its slots and tags, and its size: (slots offset, tags
+/// offset, bytes). For the `state` fuzz target; not an API.
+#[doc(hidden)]
+pub fn fuzz_layout(capacity: usize) -> (u64, u64, u64) {
+    let (_, n) = geometry(capacity);
+    let (slots_at, tags_at, size) = memory_layout(n);
+    (slots_at as u64, tags_at as u64, size as u64)
 }
 
 fn open_file(path: &Path, create: bool) -> io::Result<File> {
@@ -714,5 +725,40 @@ mod tests {
             matches!(&opened, Opened::Refused { reason, .. } if reason.contains("out of range")),
             "{opened:?}"
         );
+    }
+
+    /// A small table's file is laid out on 4 KiB pages, a large one's on 2 MiB boundaries; a
+    /// small table's file laid out on 2 MiB boundaries (the one rule before), its header
+    /// otherwise valid and naming its size, is refused whatever capacity opens it: it is never
+    /// read with this rule's offsets.
+    #[test]
+    fn files_laid_out_by_another_rule_are_refused() {
+        let tmp = Tmp::new("rule");
+        let (t, _) = Table::open(&cfg(1000), &tmp.file(), NOW).unwrap();
+        fill(&t, 100);
+        drop(t);
+        let small = std::fs::metadata(tmp.file()).unwrap().len();
+        assert_eq!(small, fuzz_layout(1000).2);
+        assert!(small < 256 << 10, "{small} bytes for 1,000 connections");
+        let big = fuzz_layout(30_000);
+        assert_eq!((big.0, big.2 % (2 << 20)), (2 << 20, 0), "{big:?}");
+
+        for capacity in [1000, 2000] {
+            let mut h = fuzz_valid_header(1000, 7);
+            h[7] = 6 << 20;
+            h[H_CHECKSUM] = checksum(&h[..8]);
+            let mut bytes = vec![0u8; 6 << 20];
+            for (i, w) in h.iter().enumerate() {
+                bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            bytes[(2 << 20)..(2 << 20) + 64].fill(0xa5);
+            std::fs::write(tmp.file(), &bytes).unwrap();
+            let (t, opened) = Table::open(&cfg(capacity), &tmp.file(), NOW).unwrap();
+            assert!(
+                matches!(&opened, Opened::Refused { reason, .. } if reason.contains("size")),
+                "capacity {capacity}: {opened:?}"
+            );
+            assert!(t.is_empty());
+        }
     }
 }

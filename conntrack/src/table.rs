@@ -420,14 +420,23 @@ pub(crate) fn geometry(capacity: usize) -> (usize, usize) {
     (nbuckets, nbuckets * BUCKET)
 }
 
-/// Where a table's memory is: the slots, then the tags (a byte per slot), each at a 2 MiB
-/// boundary (so huge pages can back them), after a header page. Returns (slots offset, tags
-/// offset, total bytes).
+/// Where a table's memory is: the slots, then the tags (a byte per slot), after a header
+/// page. Returns (slots offset, tags offset, total bytes).
+///
+/// With 2 MiB of slots or more (32,768 slots: a capacity of about 24,500), each region starts
+/// at a 2 MiB boundary and the whole is a multiple of 2 MiB, so huge pages can back them. A
+/// smaller table is laid out on 4 KiB pages: aligning it to 2 MiB would make its state file
+/// 6 MiB of mostly padding, allocated and zeroed at every start. A state file records its
+/// size (header word 7), which `Table::open` checks against this layout for the geometry the
+/// header names, so a file laid out by another rule is refused or converted, never misread.
 pub(crate) fn memory_layout(slots: usize) -> (usize, usize, usize) {
-    const ALIGN: usize = 2 << 20;
-    let slots_at = ALIGN;
-    let tags_at = (slots_at + slots * std::mem::size_of::<Slot>()).next_multiple_of(ALIGN);
-    let end = (tags_at + slots).next_multiple_of(ALIGN);
+    const HUGE: usize = 2 << 20;
+    const PAGE: usize = 4 << 10;
+    let bytes = slots * std::mem::size_of::<Slot>();
+    let align = if bytes >= HUGE { HUGE } else { PAGE };
+    let slots_at = align;
+    let tags_at = (slots_at + bytes).next_multiple_of(align);
+    let end = (tags_at + slots).next_multiple_of(align);
     (slots_at, tags_at, end)
 }
 
