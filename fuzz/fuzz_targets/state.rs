@@ -15,8 +15,8 @@
 //! every listed connection can be exported as a record.
 //!
 //! The file lives in a directory of this process's own under /dev/shm (tmpfs, as bulwarkd's
-//! run directory), emptied for every input and removed at exit. Capacities are 1024 to 4096,
-//! so a file is 6 MiB (sparse where not written).
+//! run directory), emptied for every input and removed at exit. Capacities are 64 to 1024
+//! (small, so that buckets fill and chains grow), so a file is 16 to 96 KiB.
 #![no_main]
 
 mod util;
@@ -28,15 +28,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use conntrack::state::fuzz_valid_header;
+use conntrack::state::{fuzz_layout, fuzz_valid_header};
 use conntrack::{Config, Key, NewConn, Opened, Segment, Table, TcpConn, Timeouts};
 use libfuzzer_sys::fuzz_target;
 use util::Input;
 
-const CAPACITIES: [usize; 3] = [1024, 2048, 4096];
+const CAPACITIES: [usize; 3] = [64, 256, 1024];
 /// vNIC ids are 0..VNICS; owners and peers go a little past that.
 const VNICS: usize = 8;
-const MIB2: u64 = 2 << 20;
 
 fn cfg(capacity: usize) -> Config {
     Config {
@@ -288,13 +287,13 @@ fn exercise(t: &Table, inp: &mut Input, mut now: u32) {
 /// Damage done to a file before it is opened: header words (checksum fixed up or not), slot
 /// words, whole slots, slots copied over others, tag bytes, the length.
 /// A slot is named by index, or (top bit set) as the k-th slot in use when the damage starts.
-fn damage(f: &File, inp: &mut Input, nslots: u64, tags_at: u64) {
+fn damage(f: &File, inp: &mut Input, nslots: u64, slots_at: u64, tags_at: u64) {
     let count = inp.u8() % 16;
     if count == 0 {
         return;
     }
     let mut area = vec![0u8; 64 * nslots as usize];
-    let _ = f.read_exact_at(&mut area, MIB2);
+    let _ = f.read_exact_at(&mut area, slots_at);
     let used: Vec<u64> = (0..nslots)
         .filter(|&s| area[64 * s as usize..][..8] != [0; 8])
         .collect();
@@ -336,23 +335,23 @@ fn damage(f: &File, inp: &mut Input, nslots: u64, tags_at: u64) {
                 let v = if b & 0x80 != 0 {
                     // Flip bits of what is there.
                     let mut cur = [0u8; 8];
-                    let _ = f.read_exact_at(&mut cur, MIB2 + 64 * s + 8 * word);
+                    let _ = f.read_exact_at(&mut cur, slots_at + 64 * s + 8 * word);
                     u64::from_le_bytes(cur) ^ inp.u64()
                 } else {
                     inp.u64()
                 };
-                let _ = f.write_all_at(&v.to_le_bytes(), MIB2 + 64 * s + 8 * word);
+                let _ = f.write_all_at(&v.to_le_bytes(), slots_at + 64 * s + 8 * word);
             }
             2 => {
                 let s = slot(inp);
                 let bytes: [u8; 64] = inp.array();
-                let _ = f.write_all_at(&bytes, MIB2 + 64 * s);
+                let _ = f.write_all_at(&bytes, slots_at + 64 * s);
             }
             3 => {
                 let (from, to) = (slot(inp), slot(inp));
                 let mut bytes = [0u8; 64];
-                let _ = f.read_exact_at(&mut bytes, MIB2 + 64 * from);
-                let _ = f.write_all_at(&bytes, MIB2 + 64 * to);
+                let _ = f.read_exact_at(&mut bytes, slots_at + 64 * from);
+                let _ = f.write_all_at(&bytes, slots_at + 64 * to);
             }
             4 => {
                 let s = slot(inp);
@@ -393,7 +392,7 @@ fuzz_target!(|data: &[u8]| {
     let header = fuzz_valid_header(theirs, seed);
     let (nbuckets, size) = (header[3], header[7]);
     let nslots = nbuckets * 16;
-    let tags_at = (MIB2 + 64 * nslots).next_multiple_of(MIB2);
+    let (slots_at, tags_at, _) = fuzz_layout(theirs);
     {
         let f = File::create(&path).expect("create the state file");
         let bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -438,7 +437,7 @@ fuzz_target!(|data: &[u8]| {
             .write(true)
             .open(&path)
             .expect("reopen the state file");
-        damage(&f, &mut inp, nslots, tags_at);
+        damage(&f, &mut inp, nslots, slots_at, tags_at);
     }
     now = now.wrapping_add(u32::from(inp.u16() % 4096));
     match Table::open(&cfg(ours), &path, now) {
