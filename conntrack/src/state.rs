@@ -587,8 +587,21 @@ mod tests {
         assert!(t.remove(s2));
         // 3: cut by a worker.
         t.expire_now(slot(&t, &keys[3]));
-        // 4: its key changed under it (a torn write): no longer in its buckets.
-        w(4)[2].fetch_xor(0x5555 << 32, Ordering::Relaxed);
+        // 4: its key changed under it (a torn write): no longer in its buckets. The zone bits
+        // of the ports word flip by a pattern whose key has none of its buckets at the slot
+        // (the seed is random: a fixed pattern kept the slot in the new key's buckets in about
+        // one run in twenty).
+        let s4 = slot(&t, &keys[4]);
+        let flip = (1u16..)
+            .find(|&d| {
+                let k = Key {
+                    zone: keys[4].zone ^ d,
+                    ..keys[4]
+                };
+                !t.buckets(t.hash(&k)).contains(&(s4 / crate::table::BUCKET))
+            })
+            .unwrap();
+        w(4)[2].fetch_xor(u64::from(flip) << 32, Ordering::Relaxed);
         // 5 (IPv6): its continuation lost.
         let c5 = w(5)[1].load(Ordering::Relaxed) as usize;
         words(&t, c5).w[0].store(0, Ordering::Relaxed);

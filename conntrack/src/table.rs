@@ -30,7 +30,7 @@ use crate::mem::{prefetch, Mapping, Region};
 use crate::qsbr::{Qsbr, Snapshot};
 use crate::tcp::{TcpConn, TimeoutClass};
 
-const BUCKET: usize = 16;
+pub(crate) const BUCKET: usize = 16;
 
 // Word indexes in a slot.
 const W_META: usize = 0;
@@ -556,7 +556,7 @@ impl Table {
         clippy::cast_possible_truncation,
         reason = "the multiply-shift reduction is below the bucket count, a usize"
     )]
-    fn buckets(&self, hash: u64) -> [usize; 4] {
+    pub(crate) fn buckets(&self, hash: u64) -> [usize; 4] {
         let n = self.nbuckets as u64;
         let reduce = |h: u64| ((u128::from(h) * u128::from(n)) >> 64) as usize;
         let b1 = reduce(hash);
@@ -1434,36 +1434,47 @@ impl Table {
 
     /// `adopt`'s rejoin: in `slot`, ends that are `via` become `vnic`, the TCP state becomes
     /// the record's, and the connection is stale. False when no end was `via`.
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the owner and peer fields of the meta word are 16 bits each"
-    )]
     fn rejoin(&self, slot: usize, via: u16, vnic: u16, r: &Record) -> bool {
-        let w = &self.slots[slot].w;
-        let swap = |id: u16| if id == via { vnic } else { id };
-        let Ok(meta) = w[W_META].fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
-            let (owner, peer) = ((m >> OWNER_SHIFT) as u16, (m >> PEER_SHIFT) as u16);
-            (m & STATUS_MASK == LIVE && (owner == via || peer == via)).then(|| {
-                m & !(0xffff << OWNER_SHIFT | 0xffff << PEER_SHIFT)
-                    | F_STALE
-                    | u64::from(swap(owner)) << OWNER_SHIFT
-                    | u64::from(swap(peer)) << PEER_SHIFT
-            })
-        }) else {
+        if !self.repoint(slot, via, vnic) {
             return false;
-        };
-        if (meta >> OWNER_SHIFT) as u16 == via {
-            let units = 1 + u32::from(meta & F_WIDE != 0);
-            self.release(via, units);
-            if let Some(v) = self.vnics.get(usize::from(vnic)) {
-                v.count.fetch_add(units, Ordering::Relaxed);
-            }
         }
         if r.key.proto == ip_proto::TCP {
             self.with_tcp(slot, |c| {
                 *c = TcpConn::from_words(r.tcp);
                 (true, ())
             });
+        }
+        true
+    }
+
+    /// In `slot`, makes the ends that are `from` into `to` and the connection stale (judged
+    /// again, between its new ends, on its next packet); when `from` owned it, the charge for
+    /// it moves to `to`. False when the slot holds no live connection with an end `from`.
+    /// Control thread only (`handover`, `rejoin`).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the owner and peer fields of the meta word are 16 bits each"
+    )]
+    fn repoint(&self, slot: usize, from: u16, to: u16) -> bool {
+        let swap = |id: u16| if id == from { to } else { id };
+        let r = self.slots[slot].w[W_META].fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+            let (owner, peer) = ((m >> OWNER_SHIFT) as u16, (m >> PEER_SHIFT) as u16);
+            (m & STATUS_MASK == LIVE && (owner == from || peer == from)).then(|| {
+                m & !(0xffff << OWNER_SHIFT | 0xffff << PEER_SHIFT)
+                    | F_STALE
+                    | u64::from(swap(owner)) << OWNER_SHIFT
+                    | u64::from(swap(peer)) << PEER_SHIFT
+            })
+        });
+        let Ok(meta) = r else {
+            return false;
+        };
+        if (meta >> OWNER_SHIFT) as u16 == from {
+            let units = 1 + u32::from(meta & F_WIDE != 0);
+            self.release(from, units);
+            if let Some(v) = self.vnics.get(usize::from(to)) {
+                v.count.fetch_add(units, Ordering::Relaxed);
+            }
         }
         true
     }
@@ -1600,25 +1611,8 @@ impl Table {
                 removed += usize::from(self.remove(s));
                 continue;
             }
-            let swap = |id: u16| if id == vnic { via } else { id };
-            let r = w[W_META].fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
-                (m & STATUS_MASK == LIVE).then(|| {
-                    // Stale: judged again, between the vNIC that stayed and `via`.
-                    m & !(0xffff << OWNER_SHIFT | 0xffff << PEER_SHIFT)
-                        | F_STALE
-                        | u64::from(swap(owner)) << OWNER_SHIFT
-                        | u64::from(swap(peer)) << PEER_SHIFT
-                })
-            });
-            if r.is_ok() {
-                if owner == vnic {
-                    // The connection is now charged to `via`.
-                    let units = 1 + u32::from(meta & F_WIDE != 0);
-                    self.release(vnic, units);
-                    if let Some(v) = self.vnics.get(usize::from(via)) {
-                        v.count.fetch_add(units, Ordering::Relaxed);
-                    }
-                }
+            // Stale: judged again, between the vNIC that stayed and `via`.
+            if self.repoint(s, vnic, via) {
                 kept += 1;
             }
         }
