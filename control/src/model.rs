@@ -654,6 +654,9 @@ pub struct HandedOver {
     pub kept: usize,
     /// Connections that left with the guest, removed here.
     pub removed: usize,
+    /// The addresses the port had learned (DHCP, ARP, neighbour discovery), unbound: they
+    /// left with the guest. Its static addresses stay.
+    pub released: Vec<String>,
 }
 
 /// What an import did.

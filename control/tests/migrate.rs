@@ -19,6 +19,15 @@ egress_default = "allow"
 ingress_default = "drop"
 max_connections = 200000
 "#;
+/// On the source, a's guard learns its address (and unbinds it when a leaves).
+const GUARDED_A: &str = r#"
+mac = "02:00:00:00:00:01"
+spoof_guard = "learn"
+[ports.policy]
+egress_default = "allow"
+ingress_default = "drop"
+max_connections = 200000
+"#;
 const POLICY_B: &str = r#"
 [ports.policy]
 egress_default = "drop"
@@ -69,7 +78,7 @@ fn ctl(sw: &Bulwarkd, args: &[&str]) -> (bool, String, String) {
 fn connections_follow_a_migrating_vnic() {
     let src = Bulwarkd::start_extra(
         &[
-            ("a", 10, "server", POLICY_A),
+            ("a", 10, "server", GUARDED_A),
             ("b", 10, "server", POLICY_B),
             ("uplink", 10, "server", ""),
         ],
@@ -109,6 +118,11 @@ fn connections_follow_a_migrating_vnic() {
         .map(key_of)
         .collect();
     assert_eq!(want.len(), N as usize);
+    let port_a = src.api("GET", "/v1/ports/a", None).1;
+    assert_eq!(
+        port_a["addresses"][0]["address"], "10.0.0.1",
+        "a's guard learned its address: {port_a}"
+    );
 
     // The destination: a (the guest's new port, another segment number) and its uplink.
     let dst = src.start_beside(
@@ -139,6 +153,13 @@ fn connections_follow_a_migrating_vnic() {
         ),
         "{err}"
     );
+    // The address a's guard had learned left with it: unbound on the source.
+    assert!(
+        err.contains("learned addresses unbound (they left with the guest): 10.0.0.1"),
+        "{err}"
+    );
+    let port_a = src.api("GET", "/v1/ports/a", None).1;
+    assert_eq!(port_a["addresses"], json!([]), "{port_a}");
     let (ok, _, err) = ctl(&dst, &["port", "import", "a", "-f", file.to_str().unwrap()]);
     assert!(!ok && err.contains("remote") && err.contains('b'), "{err}");
     let t = Instant::now();

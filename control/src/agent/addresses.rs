@@ -438,6 +438,32 @@ impl Agent {
         self.save_addresses(&ports);
         Ok(out)
     }
+
+    /// Unbinds every address port `name` learned (its static ones stay), publishing the
+    /// guard and saving the bindings when any went; returns them.
+    pub(super) fn unbind_learned(
+        &self,
+        ports: &mut BTreeMap<String, PortRecord>,
+        name: &str,
+    ) -> Vec<String> {
+        let Some(p) = ports.get_mut(name) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        p.bindings.retain(|a, b| {
+            let keep = b.source == Source::Static;
+            if !keep {
+                gone.push(a.to_string());
+            }
+            keep
+        });
+        if !gone.is_empty() {
+            p.guard = guard(&p.cfg, &p.bindings);
+            self.publish(ports);
+            self.save_addresses(ports);
+        }
+        gone
+    }
 }
 
 /// A port's bindings as the API shows them.

@@ -87,10 +87,12 @@ impl Agent {
 
     /// The source's side of a migration: exports port `name`'s connections, then hands them
     /// over: those with a vNIC that stays on this switch go through `via` (the port that
-    /// reaches the guest's new switch) from now on, the others are removed.
+    /// reaches the guest's new switch) from now on, the others are removed. The addresses the
+    /// port had learned are unbound (they left with the guest, and now arrive through `via`);
+    /// its static ones stay.
     pub fn hand_over(&self, name: &str, via: &str) -> Result<HandedOver, ApiError> {
         let export = self.export_conns(name)?;
-        let ports = self.lock();
+        let mut ports = self.lock();
         let (Some(rec), Some(v)) = (ports.get(name), ports.get(via)) else {
             return Err(if ports.contains_key(name) {
                 ApiError::bad("via", format!("no port named {via:?}"))
@@ -108,15 +110,22 @@ impl Agent {
         let (kept, removed) = self
             .switch
             .hand_over_connections(rec.id, v.id, |id| ids.contains(&id));
+        let released = self.unbind_learned(&mut ports, name);
         tracing::info!(
             "port {name}: {} connections exported; {kept} with vNICs that stay now go through \
-             {via}, {removed} removed",
-            export.connections.len()
+             {via}, {removed} removed; learned addresses unbound: {}",
+            export.connections.len(),
+            if released.is_empty() {
+                "none".to_string()
+            } else {
+                released.join(", ")
+            }
         );
         Ok(HandedOver {
             export,
             kept,
             removed,
+            released,
         })
     }
 

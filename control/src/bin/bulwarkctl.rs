@@ -359,13 +359,20 @@ fn run(cli: Cli) -> Result<(), String> {
             let (export, note) = match handover {
                 Some(via) => {
                     let h = c.hand_over(name, via).map_err(err)?;
-                    let note = format!(
+                    let mut note = format!(
                         "port {name}: {} connections exported; {} with vNICs that stay now go \
                          through {via}, {} removed\n",
                         h.export.connections.len(),
                         h.kept,
                         h.removed
                     );
+                    if !h.released.is_empty() {
+                        note += &format!(
+                            "port {name}: learned addresses unbound (they left with the \
+                             guest): {}\n",
+                            h.released.join(", ")
+                        );
+                    }
                     (h.export, note)
                 }
                 None => {
