@@ -490,6 +490,13 @@ impl Table {
         }
     }
 
+    /// Where the slots are in this process's memory (addresses), to ask the kernel how they
+    /// are backed (`/proc/self/smaps`: huge pages or not).
+    pub fn slots_range(&self) -> std::ops::Range<usize> {
+        let start = self.slots.as_ptr() as usize;
+        start..start + self.slots.len() * std::mem::size_of::<Slot>()
+    }
+
     /// Bytes of table memory per connection at full capacity (slots, tags and insert flags,
     /// divided by the capacity).
     pub fn bytes_per_connection(&self) -> f64 {

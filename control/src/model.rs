@@ -305,6 +305,15 @@ pub struct ConntrackInfo {
     /// How that file was found at start: new, restored (after a crash or a clean stop, with
     /// what recovery kept and cleared), converted, or refused.
     pub opened: Option<String>,
+    /// Bytes mapped for the table (its header, slots and tags; none: unknown).
+    #[serde(default)]
+    pub mapped_bytes: Option<u64>,
+    /// Of those, the bytes in huge pages (2 MiB): all of a table of 2 MiB or more whose state
+    /// file is on a tmpfs mounted with `huge=within_size` (or hugetlbfs), or that is in
+    /// memory with transparent huge pages; none on a tmpfs without huge pages, where a large
+    /// table costs a TLB miss on most lookups.
+    #[serde(default)]
+    pub huge_page_bytes: Option<u64>,
 }
 
 /// One worker's poll counters.

@@ -255,3 +255,68 @@ fn connections_of_vnics_that_do_not_come_back_are_dropped() {
     );
     assert_eq!(sw.api("GET", "/v1/conntrack", None).1["live"], 2);
 }
+
+/// A tmpfs with huge pages mounted on a directory for the test's life (root only).
+struct HugeTmpfs(std::path::PathBuf);
+impl HugeTmpfs {
+    fn mount(dir: &std::path::Path) -> Option<HugeTmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "huge=within_size,mode=0700", "bulwark-test"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| HugeTmpfs(dir.to_path_buf()))
+    }
+}
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// bulwarkd says how the table's memory is backed: all in huge pages when its state file is on
+/// a tmpfs mounted with huge pages, and a warning that names the fix when a table of 2 MiB or
+/// more is in 4 KiB pages (as on a tmpfs without `huge=`).
+#[test]
+fn the_table_says_whether_it_is_in_huge_pages() {
+    // 30,000 connections: 2.5 MiB of slots.
+    let backing = |state: &std::path::Path| {
+        let top = format!(
+            "[conntrack]\ncapacity = 30000\nstate_file = \"{}\"\n",
+            state.display()
+        );
+        let mut sw = Bulwarkd::start_top(&top, &[("a", 10, "server", "")], &[worker_cpu()], &[]);
+        let ct = sw.api("GET", "/v1/conntrack", None).1;
+        sw.stop();
+        let mapped = ct["mapped_bytes"].as_u64().expect("mapped_bytes");
+        let huge = ct["huge_page_bytes"].as_u64().expect("huge_page_bytes");
+        assert!(mapped >= 2 << 20 && huge <= mapped, "{ct}");
+        (mapped, huge, sw.log())
+    };
+    let warning = "are in 4 KiB pages, not huge pages";
+
+    let dir = std::env::temp_dir().join(format!("bulwark-huge-{}", std::process::id()));
+    match HugeTmpfs::mount(&dir) {
+        Some(m) => {
+            let (mapped, huge, log) = backing(&m.0.join("conntrack.table"));
+            assert_eq!(huge, mapped, "all in huge pages on a huge tmpfs\n{log}");
+            assert!(!log.contains(warning), "{log}");
+            assert!(log.contains("in huge pages"), "{log}");
+        }
+        None => eprintln!("not root (cannot mount a tmpfs): the huge-page case is not run"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // /dev/shm: on tmpfs, with huge pages or not as it was mounted; the warning says which.
+    let shm = std::path::Path::new("/dev/shm").join(format!("bulwark-shm-{}", std::process::id()));
+    std::fs::create_dir_all(&shm).unwrap();
+    let (_, huge, log) = backing(&shm.join("conntrack.table"));
+    let _ = std::fs::remove_dir_all(&shm);
+    if huge == 0 {
+        assert!(log.contains(warning) && log.contains("huge=within_size"), "{log}");
+    } else {
+        assert!(!log.contains(warning), "{log}");
+    }
+}

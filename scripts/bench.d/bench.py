@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 
+import hugetmpfs  # scripts/bench.d/hugetmpfs.py
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 BUILD_HINT = "run: cargo build --release -p bulwark-control -p bulwark-pktgen --bins"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -1474,9 +1476,18 @@ def new_ctx(args, duts, cases, suffix=""):
     ctx.run_no = 0
     ctx.attempts = 0
     # On tmpfs, as /run is on Debian: bulwarkd keeps its connection table in a state file in
-    # its run directory, which on a disk filesystem the kernel would write back.
+    # its run directory, which on a disk filesystem the kernel would write back. A tmpfs of its
+    # own with huge pages (hugetmpfs.py), as bulwarkd should be deployed.
     ctx.tmp = tempfile.mkdtemp(prefix="bwbench.", dir="/dev/shm" if os.path.isdir("/dev/shm") else "/tmp")
+    ctx.tmp_mounted = hugetmpfs.mount(ctx.tmp, log)
     return ctx
+
+
+def remove_tmp(ctx):
+    """Removes the scratch directory (and the tmpfs mounted on it)."""
+    if getattr(ctx, "tmp_mounted", False):
+        hugetmpfs.umount(ctx.tmp, log)
+    shutil.rmtree(ctx.tmp, ignore_errors=True)
 
 
 def run_ab(args, cases):
@@ -1535,7 +1546,7 @@ def run_ab(args, cases):
         for b in builds:
             b.stop()
         ctx.procs.stop_all()
-        shutil.rmtree(ctx.tmp, ignore_errors=True)
+        remove_tmp(ctx)
     with open(os.path.join(ctx.out, "ab.csv"), "w") as f:
         f.write("\n".join(lines) + "\n")
     log(f"results in {ctx.out}/ab.csv")
@@ -1755,7 +1766,7 @@ conn4k `bench: conn4k bulwark_cps=X testpmd_cps=Y ovs_cps=Z` followed by the D_l
             huge.restore()
         except OSError as e:
             log(f"could not restore nr_hugepages: {e}")
-        shutil.rmtree(ctx.tmp, ignore_errors=True)
+        remove_tmp(ctx)
 
     if results or xres:
         table = write_outputs(ctx, results, xres)

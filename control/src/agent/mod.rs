@@ -663,6 +663,7 @@ impl Agent {
     /// The connection table's size and use.
     pub fn conntrack(&self) -> ConntrackInfo {
         let ct = self.switch.conntrack();
+        let backing = crate::sys::huge_backing(ct.slots_range());
         ConntrackInfo {
             capacity: self.switch.config().ct_capacity,
             live: ct.len(),
@@ -670,6 +671,8 @@ impl Agent {
             epoch: self.switch.policy_epoch(),
             state_file: ct.state_file().map(|p| p.display().to_string()),
             opened: self.switch.conntrack_opened().map(ToString::to_string),
+            mapped_bytes: backing.map(|b| b.0),
+            huge_page_bytes: backing.map(|b| b.1),
         }
     }
 

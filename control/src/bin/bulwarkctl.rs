@@ -602,6 +602,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 (Some(f), Some(o)) => s += &format!("state file {f}: at start {o}\n"),
                 _ => s += "in the process's memory: a restart empties it\n",
             }
+            if let (Some(m), Some(h)) = (t.mapped_bytes, t.huge_page_bytes) {
+                s += &format!(
+                    "{:.1} MiB mapped, {:.1} MiB of it in huge pages\n",
+                    m as f64 / f64::from(1 << 20),
+                    h as f64 / f64::from(1 << 20)
+                );
+            }
             s
         }),
         Cmd::Stats => show(cli.json, &c.stats().map_err(err)?, render_stats),
