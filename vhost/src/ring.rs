@@ -388,7 +388,15 @@ impl SplitRing {
     }
 
     /// Reads `avail.idx` and returns how many chains are waiting. Marks the ring broken (and
-    /// returns 0) if the guest's index ran more than a ring's worth ahead.
+    /// returns 0) if the guest has more than a ring's worth of buffers out: made available and
+    /// not yet returned in a published `used.idx`.
+    ///
+    /// Measured from the published `used.idx`, not from the next chain to consume: a driver
+    /// owns at most `size` descriptors, so no correct one can be further ahead of what it was
+    /// given back, and one that is (it made a descriptor available again while the device
+    /// still had it) would have the device write more used elements before a publication than
+    /// the used ring holds, each over the one a ring before it (the fuzz target `ring` found a
+    /// mergeable frame's two buffers completed into the one slot of a 1-entry ring).
     #[inline]
     pub fn refresh_avail(&mut self) -> u16 {
         if self.broken {
@@ -397,10 +405,14 @@ impl SplitRing {
         // Acquire: pairs with the driver's write barrier before it stores avail.idx, so the
         // ring entries and descriptors it published are visible to the reads that follow.
         let idx = self.u16_at(self.avail + 2).load(Ordering::Acquire);
+        let out = idx.wrapping_sub(self.used_published);
         let pending = idx.wrapping_sub(self.last_avail);
-        if pending > self.size {
+        // `pending > size` too: an index moved back behind what was consumed.
+        if out > self.size || pending > self.size {
             log::warn!(
-                "guest avail.idx {idx} is {pending} ahead of {} (ring size {}): ring broken",
+                "guest avail.idx {idx} is {out} ahead of the published used.idx {} and {pending} \
+                 of the next chain {} (ring size {}): ring broken",
+                self.used_published,
                 self.last_avail,
                 self.size
             );
@@ -1100,6 +1112,41 @@ mod tests {
         r.refresh_avail();
         r.prefetch_rx(0);
         assert_eq!(r.pop(&mut c, true), Pop::Broken);
+    }
+
+    /// A driver that makes a buffer available again while the device still has it (here the
+    /// one descriptor of a 1-entry ring, offered twice while a mergeable frame needs two
+    /// buffers) has more out than the ring holds: the ring breaks instead of writing two used
+    /// elements into the one slot, and nothing is published.
+    #[test]
+    fn more_buffers_out_than_the_ring_holds_breaks_it() {
+        let mut f = Fake::new(1 << 20, 1);
+        f.desc(0, GPA + BUFS, 248, VRING_DESC_F_WRITE, 0);
+        f.push(0);
+        let mut r = f.ring(false, None);
+        let mut scratch = vec![Chain::default(); 8];
+        // One buffer, one frame that fits: fine.
+        assert_eq!(r.enqueue_bytes(&[7u8; 100], 12, true, &mut scratch), Ok(()));
+        assert!(r.publish_used());
+        assert_eq!(f.used(0), (0, 112));
+        // Given back and offered again (seen by a refresh); then offered once more, while the
+        // device has it: a frame of 266 bytes takes the buffer, needs a second one, and the
+        // refresh for it finds two out in a 1-entry ring.
+        f.push(0);
+        assert_eq!(r.refresh_avail(), 1);
+        f.push(0);
+        assert_eq!(
+            r.enqueue_bytes(&[7u8; 254], 12, true, &mut scratch),
+            Err(RxError::Broken)
+        );
+        assert!(r.is_broken());
+        assert!(!r.publish_used());
+        assert_eq!(f.read::<u16>(USED + 2), 1, "nothing more published");
+        assert_eq!(
+            f.used(0),
+            (0, 112),
+            "the one used element was not written over"
+        );
     }
 
     #[test]
