@@ -654,6 +654,33 @@ mod tests {
         assert_eq!(n, 1000 - units, "fills to its capacity again");
     }
 
+    /// A connection whose last-seen time is in the future (a damaged file) is kept, starts
+    /// ageing at the reopening, and moves through a conversion as a live connection.
+    #[test]
+    fn a_last_seen_time_in_the_future_starts_ageing_at_recovery() {
+        let tmp = Tmp::new("future");
+        let (t, _) = Table::open(&cfg(1000), &tmp.file(), NOW).unwrap();
+        let keys = fill(&t, 2);
+        words(&t, slot(&t, &keys[0])).w[6].store(u64::from(NOW + 1_000_000), Ordering::Relaxed);
+        drop(t);
+        // Another capacity: converted through records, the connection live in the new table.
+        let (t, opened) = Table::open(&cfg(2000), &tmp.file(), NOW).unwrap();
+        assert!(
+            matches!(opened, Opened::Converted { lost: 0, .. }),
+            "{opened:?}"
+        );
+        assert_eq!(t.records(None, NOW).len(), 2);
+        let s = slot(&t, &keys[0]);
+        assert!(!t.expired(s, NOW));
+        assert_eq!(words(&t, s).w[6].load(Ordering::Relaxed) as u32, NOW);
+        drop(t);
+        // The same capacity: recovered in place, its time now.
+        let (t, _) = Table::open(&cfg(2000), &tmp.file(), NOW + 5).unwrap();
+        let s = slot(&t, &keys[0]);
+        assert!(!t.expired(s, NOW + 5));
+        assert_eq!(words(&t, s).w[6].load(Ordering::Relaxed) as u32, NOW);
+    }
+
     /// A header that does not match is refused (set aside, the table starts empty); another
     /// capacity is converted; a file in use is an error.
     #[test]

@@ -1350,7 +1350,11 @@ impl Table {
                 replied: meta & F_REPLIED != 0,
                 pickup: meta & F_PICKUP != 0,
                 tcp,
-                idle_secs: now.wrapping_sub(time as u32).min(1 << 30),
+                // As `expired` reads it: a last-seen time after `now` is idle 0.
+                idle_secs: match now.wrapping_sub(time as u32) {
+                    i if i < 1 << 31 => i.min(1 << 30),
+                    _ => 0,
+                },
                 age_secs: now.wrapping_sub((pkts >> BORN_SHIFT) as u32) & BORN_MASK,
                 packets: pkts & PKTS_MASK,
             });
@@ -1563,6 +1567,13 @@ impl Table {
             }
             if meta & LOCK != 0 {
                 r.mid_update += 1;
+            }
+            // A last-seen time in the future (only a damaged file has one: the times are the
+            // boot's clock, and the header names the boot) reads as idle 0 until the clock
+            // gets there, decades for the worst: it starts ageing now.
+            let time = w[W_TIME].load(Ordering::Relaxed);
+            if now.wrapping_sub(time as u32) >= 1 << 31 {
+                w[W_TIME].store(time & !0xffff_ffff | u64::from(now), Ordering::Relaxed);
             }
             w[W_META].store(meta & !LOCK | F_STALE, Ordering::Relaxed);
             let units = 1 + u32::from(wide);
