@@ -7,7 +7,8 @@
 //! the receive ring as the data path does (`dataplane::switch::{take, deliver}`), dirty logging
 //! included. A connection that ends (an error `conn::serve` closes on, or the input asks) is
 //! followed by a new one on the same device, as after a frontend's reconnect; when a connection
-//! ends, every ring must have been taken back from the workers. No panic, no out-of-bounds
+//! ends, every ring must have been taken back from the workers, and once the input is over
+//! nothing of the memory tables and logs it sent may stay mapped. No panic, no out-of-bounds
 //! access, no hang (a request the backend waits on for ever would time the run out).
 //!
 //! Input: a configuration byte (bit 0: two queue pairs), then operations, each an opcode byte
@@ -777,4 +778,11 @@ fuzz_target!(|data: &[u8]| {
         worker(&w.dev, pair, pair, &[], &mut w.burst);
     }
     w.end_session();
+    drop(w);
+    // Nothing of the frontend's memory tables and logs stays mapped once it is gone.
+    assert_eq!(
+        bulwark_vhost::guest_mem::live_mappings(),
+        0,
+        "guest memory or a dirty log left mapped"
+    );
 });
