@@ -262,7 +262,13 @@ impl HugeTmpfs {
     fn mount(dir: &std::path::Path) -> Option<HugeTmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "huge=within_size,mode=0700", "bulwark-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "huge=within_size,mode=0700",
+                "bulwark-test",
+            ])
             .arg(dir)
             .stderr(std::process::Stdio::null())
             .status()
@@ -315,7 +321,10 @@ fn the_table_says_whether_it_is_in_huge_pages() {
     let (_, huge, log) = backing(&shm.join("conntrack.table"));
     let _ = std::fs::remove_dir_all(&shm);
     if huge == 0 {
-        assert!(log.contains(warning) && log.contains("huge=within_size"), "{log}");
+        assert!(
+            log.contains(warning) && log.contains("huge=within_size"),
+            "{log}"
+        );
     } else {
         assert!(!log.contains(warning), "{log}");
     }
