@@ -32,7 +32,7 @@ use bulwark_vhost::guest_mem::{DirtyLog, GuestMemory, RegionDesc, LOG_PAGE};
 use bulwark_vhost::ring::{RingConfig, RingLog, RxError, MAX_CHAIN};
 use bulwark_vhost::{Chain, Pop, SplitRing};
 use libfuzzer_sys::fuzz_target;
-use util::{memfd, Input};
+use util::{chain_flags, descriptor, memfd, Input};
 
 const GPA: u64 = 0x1_0000;
 const UVA: u64 = 0x7f00_0000_0000;
@@ -246,17 +246,9 @@ impl World {
             let (flags, next) = if a & 0x20 != 0 {
                 (inp.u16(), inp.u16())
             } else {
-                let mut f = if last { 0 } else { 1 };
-                if r == RX {
-                    f |= 2;
-                }
-                (f, idx.wrapping_add(1) & mask)
+                (chain_flags(last, r == RX), idx.wrapping_add(1) & mask)
             };
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
+            let d = descriptor(addr, len, flags, next);
             self.write(desc.wrapping_add(16 * u64::from(idx)), &d);
             if r == TX && a & 0x10 != 0 {
                 let data = inp.blob(256);

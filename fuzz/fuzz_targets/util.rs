@@ -79,6 +79,22 @@ impl<'a> Input<'a> {
 }
 
 /// A new memfd of `len` bytes (sparse).
+/// A split-ring descriptor as a driver writes it: address, length, flags, next.
+pub fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    d
+}
+
+/// The flags a correct driver gives a chain's descriptor: NEXT unless it is the `last`,
+/// WRITE in a receive (`writable`) chain.
+pub fn chain_flags(last: bool, writable: bool) -> u16 {
+    u16::from(!last) | if writable { 2 } else { 0 }
+}
+
 pub fn memfd(name: &str, len: u64) -> File {
     let name = std::ffi::CString::new(name).expect("no NUL");
     // SAFETY: a valid C string; the returned descriptor is owned by the File below.

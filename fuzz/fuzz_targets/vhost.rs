@@ -33,7 +33,7 @@ use bulwark_vhost::backend::{
 use bulwark_vhost::ring::MAX_CHAIN;
 use bulwark_vhost::{Chain, Pop};
 use libfuzzer_sys::fuzz_target;
-use util::{memfd, Input};
+use util::{chain_flags, descriptor, memfd, Input};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -208,17 +208,9 @@ impl Driver {
             let (flags, next) = if fl & 0x80 != 0 {
                 (inp.u16(), inp.u16())
             } else {
-                let mut f = if last { 0 } else { 1 }; // NEXT
-                if rx {
-                    f |= 2; // WRITE
-                }
-                (f, idx.wrapping_add(1) & mask)
+                (chain_flags(last, rx), idx.wrapping_add(1) & mask)
             };
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
+            let d = descriptor(addr, len, flags, next);
             self.write(v.desc.wrapping_add(16 * u64::from(idx)), &d, false);
             if !rx {
                 // The frame (after a virtio-net header the guest leaves zero).
