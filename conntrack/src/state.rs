@@ -681,6 +681,15 @@ mod tests {
         assert_eq!(words(&t, s).w[6].load(Ordering::Relaxed) as u32, NOW);
     }
 
+    /// `len` bytes of state file, zero but for the header words `h`.
+    fn file_with_header(h: &[u64], len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        for (i, w) in h.iter().enumerate() {
+            bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        bytes
+    }
+
     /// A header that does not match is refused (set aside, the table starts empty); another
     /// capacity is converted; a file in use is an error.
     #[test]
@@ -755,11 +764,7 @@ mod tests {
         let mut h = fuzz_valid_header(1000, 7);
         h[4] = u64::MAX / 3;
         h[H_CHECKSUM] = checksum(&h[..8]);
-        let mut bytes = vec![0u8; HEADER_WORDS * 8];
-        for (i, w) in h.iter().enumerate() {
-            bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
-        }
-        std::fs::write(tmp.file(), &bytes).unwrap();
+        std::fs::write(tmp.file(), file_with_header(&h, HEADER_WORDS * 8)).unwrap();
         let (_, opened) = Table::open(&cfg(200), &tmp.file(), NOW).unwrap();
         assert!(
             matches!(&opened, Opened::Refused { reason, .. } if reason.contains("out of range")),
@@ -787,10 +792,7 @@ mod tests {
             let mut h = fuzz_valid_header(1000, 7);
             h[7] = 6 << 20;
             h[H_CHECKSUM] = checksum(&h[..8]);
-            let mut bytes = vec![0u8; 6 << 20];
-            for (i, w) in h.iter().enumerate() {
-                bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
-            }
+            let mut bytes = file_with_header(&h, 6 << 20);
             bytes[(2 << 20)..(2 << 20) + 64].fill(0xa5);
             std::fs::write(tmp.file(), &bytes).unwrap();
             let (t, opened) = Table::open(&cfg(capacity), &tmp.file(), NOW).unwrap();

@@ -390,14 +390,6 @@ mod tests {
         assert!(m.translate_uva(0x1000_0000, 16).is_none());
     }
 
-    /// Mappings of memfds named "bulwark-test" in this process.
-    fn test_mappings() -> usize {
-        std::fs::read_to_string("/proc/self/maps")
-            .unwrap()
-            .matches("memfd:bulwark-test")
-            .count()
-    }
-
     /// A table refused at its second region leaves nothing of the first mapped, however
     /// often a frontend sends it (the fuzz target `vhost` found each one leaking a mapping).
     #[test]
@@ -414,18 +406,18 @@ mod tests {
             uva: 1 << 30,
             offset: 0,
         };
-        let before = test_mappings();
+        let before = live_mappings();
         for _ in 0..100 {
             assert_eq!(
                 GuestMemory::map(&[ok, past_end], &[memfd(4096), memfd(1 << 20)]).unwrap_err(),
                 MemError::PastEndOfFile
             );
         }
-        // Other tests of this binary may map test memfds meanwhile: far fewer than 100.
+        // Other tests of this binary may map guest memory meanwhile: far fewer than 100.
         assert!(
-            test_mappings() < before + 10,
+            live_mappings() < before + 10,
             "{before} -> {}",
-            test_mappings()
+            live_mappings()
         );
     }
 
