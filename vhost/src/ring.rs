@@ -515,10 +515,12 @@ impl SplitRing {
     #[inline]
     pub fn unpop(&mut self, n: u16) {
         self.last_avail = self.last_avail.wrapping_sub(n);
-        // A refresh between the pops and this may have accepted an avail.idx up to a ring
-        // ahead of the later position: measured from this one, the guest would be more than a
-        // ring ahead, which no driver can be (the fuzz target `ring` found `pending()` above
-        // the ring size this way). Such a ring is broken, as `refresh_avail` would say.
+        // `refresh_avail` keeps `avail.idx` within a ring of the published `used.idx`, and
+        // chains given back were never used, so `pending()` stays within a ring here. (Before
+        // it measured from the next chain, a refresh between the pops and this could accept
+        // an index a ring ahead of the later position, and the fuzz target `ring` found
+        // `pending()` above the ring size.) Kept as a guard for an `n` beyond the chains
+        // popped: such a ring is broken, as `refresh_avail` would say.
         if !self.broken && self.pending() > self.size {
             log::warn!(
                 "guest avail.idx {} is more than a ring ahead of {} (ring size {}): ring broken",
