@@ -1267,7 +1267,8 @@ impl Table {
                 owner,
                 peer,
                 class,
-                idle_secs: now.wrapping_sub(time as u32),
+                // A worker may have touched it after `now` was read: idle 0, not 2^32 - 1.
+                idle_secs: idle_secs(now, time as u32),
                 packets: pkts & PKTS_MASK,
                 age_secs: now.wrapping_sub((pkts >> BORN_SHIFT) as u32) & BORN_MASK,
                 rule_egress: (time >> 32) as u16,
@@ -1665,7 +1666,8 @@ fn is_future(now: u32, t: u32) -> bool {
 }
 
 /// Seconds since a connection was last seen at `seen`: 0 for a time in the future, not four
-/// billion, as `expired` reads it (`records`).
+/// billion, as `expired` reads it (`records`, and `connections`: a worker may touch one after
+/// the operator view read the clock).
 #[inline]
 fn idle_secs(now: u32, seen: u32) -> u32 {
     if is_future(now, seen) {
@@ -1751,5 +1753,31 @@ mod tests {
         );
         assert_eq!(t.tag_at(b * BUCKET + 9, Ordering::Relaxed), 0x42);
         assert_eq!(t.bucket_matches(b + 1, 0x42, Ordering::Relaxed), 0);
+    }
+
+    /// The operator view reads a connection a worker touched after it read the clock as idle
+    /// 0 (it showed 4294967295), and one seen before as idle for the seconds since.
+    #[test]
+    fn connections_read_a_later_touch_as_idle_zero() {
+        let t = Table::new(&Config {
+            capacity: 1000,
+            vnics: 1,
+            workers: 1,
+            timeouts: Timeouts::default(),
+        });
+        let k = Key {
+            zone: 1,
+            proto: ip_proto::UDP,
+            src: [10, 0, 0, 1].into(),
+            dst: [10, 0, 0, 2].into(),
+            sport: 1000,
+            dport: 53,
+        };
+        t.insert(&k, t.hash(&k), &NewConn::default(), 100, 100_000)
+            .expect("inserted");
+        let idle = |now| t.connections(None, now)[0].idle_secs;
+        assert_eq!(idle(99), 0);
+        assert_eq!(idle(100), 0);
+        assert_eq!(idle(107), 7);
     }
 }
