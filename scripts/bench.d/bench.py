@@ -1072,14 +1072,23 @@ def check_binaries(ctx, duts, conn=False):
             raise BenchError(f"{ctx.bindir}/pktgen has no `bench` mode (an old build?): {BUILD_HINT}")
         if conn and "--mode" not in r.stdout + r.stderr:
             raise BenchError(f"{ctx.bindir}/pktgen bench has no --mode conn (an old build?): {BUILD_HINT}")
-    newest_bin = min([os.path.getmtime(os.path.join(ctx.bindir, b)) for b in need] or [time.time()])
-    newest_src = 0.0
-    for crate in ("vhost", "dataplane", "conntrack", "control", "pktgen"):
-        for root, _, files in os.walk(os.path.join(REPO, crate, "src")):
-            for fn in files:
-                newest_src = max(newest_src, os.path.getmtime(os.path.join(root, fn)))
-    if newest_src > newest_bin:
-        log(f"warning: sources are newer than the binaries in {ctx.bindir} ({BUILD_HINT})")
+    # Each binary against the sources of the crates it is built from (pktgen does not take in
+    # the switch's crates: comparing it with them warned after every change to the switch).
+    crates = {"bulwarkd": ("vhost", "dataplane", "conntrack", "control"),
+              "bulwarkctl": ("vhost", "dataplane", "conntrack", "control"),
+              "pktgen": ("pktgen",)}
+    stale = []
+    for b in need:
+        built = os.path.getmtime(os.path.join(ctx.bindir, b))
+        newest_src = 0.0
+        for crate in crates[b]:
+            for root, _, files in os.walk(os.path.join(REPO, crate, "src")):
+                for fn in files:
+                    newest_src = max(newest_src, os.path.getmtime(os.path.join(root, fn)))
+        if newest_src > built:
+            stale.append(b)
+    if stale:
+        log(f"warning: sources are newer than {', '.join(stale)} in {ctx.bindir} ({BUILD_HINT})")
     # Only the tools of the switches being run: an --ab or --duts bulwark run needs neither
     # DPDK nor OVS.
     tools = ([TESTPMD] if "testpmd" in duts or ctx.args.generator == "flowgen" else []) + \
