@@ -342,9 +342,11 @@ fn world() -> &'static Mutex<World> {
     W.get_or_init(|| Mutex::new(World::new()))
 }
 
-/// Puts the world back as it starts: no ports, no connections, no policy document; then
-/// ports a (web), b (db, bound MAC, learning spoof guard, one static address, its own rules)
-/// and up (an uplink), and connections between them.
+/// Puts the world back as it starts: ports a (web), b (db, bound MAC, learning spoof guard,
+/// one static address, its own rules) and up (an uplink), no policy document, and four
+/// connections between them. After an input that changed nothing, only the connections are
+/// tracked again, with fresh times (left alone, they would expire in a long run); otherwise
+/// every port is removed and added again.
 fn reset(w: &mut World, dir: &Path) {
     if !w.dirty {
         w.switch.retain_connections(|_| false);
@@ -416,8 +418,8 @@ fn track(w: &World) {
             tcp: if proto == 6 { syn } else { None },
             ..Default::default()
         };
-        // The ports keep their connection-rate buckets from input to input: each `track`
-        // is a second later for them, so their limits never refuse these four.
+        // The ports keep their connection-rate buckets from input to input: each insert is a
+        // second after the last for them, so their limits never refuse these.
         let now_ms = TICK.fetch_add(1000, Ordering::Relaxed);
         ct.insert(&k, ct.hash(&k), &n, now, now_ms)
             .expect("the reset's connections are tracked");
