@@ -1270,7 +1270,7 @@ impl Table {
                 // A worker may have touched it after `now` was read: idle 0, not 2^32 - 1.
                 idle_secs: idle_secs(now, time as u32),
                 packets: pkts & PKTS_MASK,
-                age_secs: now.wrapping_sub((pkts >> BORN_SHIFT) as u32) & BORN_MASK,
+                age_secs: age_secs(now, (pkts >> BORN_SHIFT) as u32),
                 rule_egress: (time >> 32) as u16,
                 rule_ingress: (time >> 48) as u16,
                 epoch: (meta >> EPOCH_SHIFT) as u16,
@@ -1352,7 +1352,7 @@ impl Table {
                 pickup: meta & F_PICKUP != 0,
                 tcp,
                 idle_secs: idle_secs(now, time as u32).min(1 << 30),
-                age_secs: now.wrapping_sub((pkts >> BORN_SHIFT) as u32) & BORN_MASK,
+                age_secs: age_secs(now, (pkts >> BORN_SHIFT) as u32),
                 packets: pkts & PKTS_MASK,
             });
         }
@@ -1677,6 +1677,19 @@ fn idle_secs(now: u32, seen: u32) -> u32 {
     }
 }
 
+/// Seconds since a connection's birth, kept as the low 24 bits of the clock (`BORN_MASK`: ages
+/// wrap after 194 days): 0 for a birth up to a minute after `now` (a worker may create one
+/// after the operator view read the clock), not 16,777,215.
+#[inline]
+fn age_secs(now: u32, born: u32) -> u32 {
+    let age = now.wrapping_sub(born) & BORN_MASK;
+    if BORN_MASK - age < 60 {
+        0
+    } else {
+        age
+    }
+}
+
 #[inline]
 #[expect(
     clippy::cast_possible_truncation,
@@ -1755,8 +1768,9 @@ mod tests {
         assert_eq!(t.bucket_matches(b + 1, 0x42, Ordering::Relaxed), 0);
     }
 
-    /// The operator view reads a connection a worker touched after it read the clock as idle
-    /// 0 (it showed 4294967295), and one seen before as idle for the seconds since.
+    /// The operator view reads a connection a worker touched (or created) after it read the
+    /// clock as idle 0 (it showed 4294967295) and age 0, and one seen before as idle for the
+    /// seconds since.
     #[test]
     fn connections_read_a_later_touch_as_idle_zero() {
         let t = Table::new(&Config {
@@ -1779,5 +1793,10 @@ mod tests {
         assert_eq!(idle(99), 0);
         assert_eq!(idle(100), 0);
         assert_eq!(idle(107), 7);
+        // Its birth too: age 0, not 16,777,215.
+        let age = |now| t.connections(None, now)[0].age_secs;
+        assert_eq!(age(99), 0);
+        assert_eq!(age(100), 0);
+        assert_eq!(age(107), 7);
     }
 }
