@@ -10,7 +10,7 @@
 //! One switch, agent and router serve the inputs of a process for as long as no input applies
 //! a policy document (building the router builds the OpenAPI document, a fifth of a second
 //! under the sanitizer). After an input that changed something (a request other than GET,
-//! HEAD or OPTIONS answered with a 2xx), every port is removed (its connections, MAC entries,
+//! HEAD or OPTIONS answered with a 2xx, but for the dry runs below), every port is removed (its connections, MAC entries,
 //! identity and addresses with it) and the three ports added again; after one that applied a
 //! document, all three are built anew, so that no input meets another's policy. Otherwise the
 //! ports stay (removing and adding them, each with its socket thread, was a third of the time
@@ -18,10 +18,11 @@
 //!
 //! Checked for every response: a status below 500 (bad input is the client's fault; a 500 is a
 //! finding), a JSON body, and for a 4xx an object `{"error": "...", "field": "..."}` (`field`
-//! absent when no field is at fault). After an input whose every request was refused or only
-//! read, the ports, their addresses, tags and policy epochs, the connection count and the
-//! policy revision must be as the reset left them: a refused request changes nothing. No
-//! panic, no hang.
+//! absent when no field is at fault). After an input whose every request was refused, only
+//! read, or a dry run (`?dry_run=true` on a document or an application's removal, `POST
+//! /v1/reach`), the ports, their addresses, tags and policies, the connection count and the
+//! policy revision and history must be as the reset left them: a refused request or a dry run
+//! changes nothing. No panic, no hang.
 //!
 //! Input: requests, each a route byte (modulo the routes, plus unknown ones), a variant byte
 //! (path parameters, query, method), then the parameters and a length-prefixed body; see
@@ -31,7 +32,6 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Body;
@@ -187,7 +187,9 @@ fn confine(body: &[u8], dir: &Path) -> Vec<u8> {
 }
 
 /// Decodes and sends one request; checks the response. Returns whether the request may have
-/// changed something: a method other than GET, HEAD or OPTIONS, answered with a 2xx.
+/// changed something: a method other than GET, HEAD or OPTIONS, answered with a 2xx, save the
+/// two that say they change nothing (`POST /v1/reach`, and a document applied or an
+/// application removed with `?dry_run=true`: the world is then checked to be as it was).
 fn request(app: &axum::Router, inp: &mut Input) -> bool {
     let r = usize::from(inp.u8()) % ROUTES.len();
     let v = inp.u8();
@@ -244,8 +246,13 @@ fn request(app: &axum::Router, inp: &mut Input) -> bool {
         )
     };
     assert!(!status.is_server_error(), "server error: {}", what());
-    let changed =
-        status.is_success() && ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&method);
+    let read_only = (method == Method::POST && template == "/v1/reach")
+        || (query == "?dry_run=true"
+            && ((method == Method::PUT && template == "/v1/policy")
+                || (method == Method::DELETE && template == "/v1/policy/apps/{n}")));
+    let changed = status.is_success()
+        && !read_only
+        && ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&method);
     if method == Method::HEAD {
         return changed; // no body
     }
@@ -305,15 +312,22 @@ impl World {
 
     /// What a request could change that the world must keep while no request succeeds in
     /// changing it: each port's identity, socket, tags, guard, addresses (with their times),
-    /// MAC and policy epoch; the number of connections; the policy document's revision.
-    /// Counters and link states are left out.
+    /// MAC, policy (its rules, defaults, groups and epoch); the number of connections; the
+    /// policy document's revision and history. Counters and link states are left out.
     fn fingerprint(&self) -> String {
         let ports: Vec<Value> = self
             .agent
             .ports()
             .into_iter()
             .map(|p| {
-                let epoch = self.agent.policy(&p.name).map(|i| i.epoch).ok();
+                let mut policy = self
+                    .agent
+                    .policy(&p.name)
+                    .ok()
+                    .and_then(|i| serde_json::to_value(i).ok());
+                if let Some(Value::Object(o)) = &mut policy {
+                    o.remove("rules"); // per-rule counters
+                }
                 json!([
                     p.name,
                     p.uuid,
@@ -324,7 +338,7 @@ impl World {
                     p.spoof_guard,
                     p.addresses,
                     p.mac,
-                    epoch
+                    policy
                 ])
             })
             .collect();
@@ -332,6 +346,7 @@ impl World {
             "ports": ports,
             "conns": self.switch.conntrack().len(),
             "revision": self.agent.policy_doc().revision,
+            "history": self.agent.policy_history().len(),
         })
         .to_string()
     }
@@ -418,16 +433,10 @@ fn track(w: &World) {
             tcp: if proto == 6 { syn } else { None },
             ..Default::default()
         };
-        // The ports keep their connection-rate buckets from input to input: each insert is a
-        // second after the last for them, so their limits never refuse these.
-        let now_ms = TICK.fetch_add(1000, Ordering::Relaxed);
-        ct.insert(&k, ct.hash(&k), &n, now, now_ms)
+        ct.insert(&k, ct.hash(&k), &n, now, now.wrapping_mul(1000))
             .expect("the reset's connections are tracked");
     }
 }
-
-/// The milliseconds `track` tells the table's rate limits.
-static TICK: AtomicU32 = AtomicU32::new(1000);
 
 fuzz_target!(|data: &[u8]| {
     let dir = dir();
