@@ -78,7 +78,6 @@ impl<'a> Input<'a> {
     }
 }
 
-/// A new memfd of `len` bytes (sparse).
 /// A split-ring descriptor as a driver writes it: address, length, flags, next.
 pub fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
     let mut d = [0u8; 16];
@@ -95,6 +94,7 @@ pub fn chain_flags(last: bool, writable: bool) -> u16 {
     u16::from(!last) | if writable { 2 } else { 0 }
 }
 
+/// A new memfd of `len` bytes (sparse).
 pub fn memfd(name: &str, len: u64) -> File {
     let name = std::ffi::CString::new(name).expect("no NUL");
     // SAFETY: a valid C string; the returned descriptor is owned by the File below.
